@@ -1,0 +1,103 @@
+// kernels/cpu/rope.cpp — rotary position embedding (Su et al. 2021) in HF's rotate-half layout.
+//
+// HF (and so Qwen3/Llama checkpoints) pairs dimension i with i + D/2, not 2i with 2i+1 as the paper
+// writes it. With h = D/2 and c = cos[t, i], s = sin[t, i] (the tables repeat: cos[t, i] = cos[t, i+h]):
+//   forward   y[i]     = x[i] c - x[i+h] s            for i < h
+//             y[i+h]   = x[i+h] c + x[i] s
+//   backward  (the transpose of that 2x2 rotation)
+//             dx[i]   += dy[i] c + dy[i+h] s
+//             dx[i+h] += dy[i+h] c - dy[i] s
+// Applying RoPE to the wrong half, or with the interleaved layout to an HF checkpoint, is a silent
+// bug: the model still trains, it just does not match the checkpoint. The parity test pins the layout.
+#include <cmath>
+
+#include "kernels/cpu/ops.h"
+
+namespace reftrain::cpu {
+
+namespace {
+
+template <class T>
+void tables_impl(const Tensor& cos, const Tensor& sin, double theta) {
+    const int64_t T_max = cos.dim(0), D = cos.dim(1), h = D / 2;
+    T* c = cos.ptr<T>();
+    T* s = sin.ptr<T>();
+    for (int64_t t = 0; t < T_max; ++t) {
+        for (int64_t i = 0; i < h; ++i) {
+            const double inv_freq = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+            const double angle = static_cast<double>(t) * inv_freq;
+            c[t * D + i] = c[t * D + i + h] = static_cast<T>(std::cos(angle));
+            s[t * D + i] = s[t * D + i + h] = static_cast<T>(std::sin(angle));
+        }
+    }
+}
+
+// sign = +1 applies the rotation (forward), sign = -1 its transpose (backward); `accumulate` adds.
+template <class T>
+void rotate_impl(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, T sign,
+                 bool accumulate) {
+    const int64_t B = x.dim(0), Tn = x.dim(1), H = x.dim(2), D = x.dim(3), h = D / 2;
+    const T* in = x.ptr<T>();
+    const T* c = cos.ptr<T>();
+    const T* s = sin.ptr<T>();
+    T* o = out.ptr<T>();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = 0; t < Tn; ++t) {
+            const T* ct = c + t * D;
+            const T* st = s + t * D;
+            for (int64_t head = 0; head < H; ++head) {
+                const int64_t base = ((b * Tn + t) * H + head) * D;
+                const T* xi = in + base;
+                T* yi = o + base;
+                for (int64_t i = 0; i < h; ++i) {
+                    const T lo = xi[i] * ct[i] - sign * xi[i + h] * st[i];
+                    const T hi = xi[i + h] * ct[i + h] + sign * xi[i] * st[i + h];
+                    if (accumulate) { yi[i] += lo; yi[i + h] += hi; }
+                    else { yi[i] = lo; yi[i + h] = hi; }
+                }
+            }
+        }
+    }
+}
+
+void check_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
+    const int64_t B = x.dim(0), T = x.dim(1), H = x.dim(2), D = x.dim(3);
+    expect_shape(x, {B, T, H, D}, op, "x");
+    expect_shape(out, {B, T, H, D}, op, "out");
+    check(D % 2 == 0, op, ": head dimension ", D, " of '", x.name, "' must be even (RoPE rotates pairs)");
+    expect_shape(cos, {-1, D}, op, "cos");
+    expect_shape(sin, {cos.dim(0), D}, op, "sin");
+    check(T <= cos.dim(0), op, ": sequence length ", T, " exceeds the RoPE table length ", cos.dim(0),
+          " (max_position_embeddings)");
+    expect_same_dtype(x, out, op);
+    expect_same_dtype(x, cos, op);
+    expect_same_dtype(x, sin, op);
+}
+
+}  // namespace
+
+void rope_tables(const Tensor& cos, const Tensor& sin, double theta) {
+    expect_shape(sin, {cos.dim(0), cos.dim(1)}, "rope_tables", "sin");
+    check(cos.dim(1) % 2 == 0, "rope_tables: head dimension ", cos.dim(1), " must be even");
+    dispatch_float(cos.dtype, "rope_tables", [&](auto t) { tables_impl<decltype(t)>(cos, sin, theta); });
+}
+
+void rope_forward(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+    check_args(out, x, cos, sin, "rope_forward");
+    dispatch_float(x.dtype, "rope_forward", [&](auto t) {
+        using T = decltype(t);
+        rotate_impl<T>(out, x, cos, sin, T(1), false);
+    });
+}
+
+void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) {
+    if (!dx.data) return;
+    check_args(dx, dout, cos, sin, "rope_backward");
+    dispatch_float(dout.dtype, "rope_backward", [&](auto t) {
+        using T = decltype(t);
+        rotate_impl<T>(dx, dout, cos, sin, T(-1), true);
+    });
+}
+
+}  // namespace reftrain::cpu

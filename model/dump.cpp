@@ -1,0 +1,44 @@
+// model/dump.cpp — see dump.h.
+#include "model/dump.h"
+
+#include "kernels/safetensors.h"
+
+namespace reftrain {
+
+Batch load_batch(const std::string& path) {
+    SafetensorsFile file = SafetensorsFile::open(path);
+    for (const char* name : {"input_ids", "targets"}) {
+        check(file.contains(name), path, ": batch file has no tensor '", name, "' (expected input_ids and targets, (B, T) I64)");
+        check(file.entry(name).shape.size() == 2, path, ": tensor '", name, "' has shape ", file.entry(name).shape_str(),
+              ", expected 2-D (B, T)");
+    }
+    const SafetensorsEntry& ids = file.entry("input_ids");
+    check(file.entry("targets").shape == ids.shape, path, ": 'targets' has shape ", file.entry("targets").shape_str(),
+          " but 'input_ids' has ", ids.shape_str());
+    Batch batch;
+    batch.batch_size = ids.shape[0];
+    batch.seq_len = ids.shape[1];
+    batch.input_ids.resize(batch.batch_size * batch.seq_len);
+    batch.targets.resize(batch.input_ids.size());
+    file.read_into("input_ids", batch.input_ids_tensor());
+    file.read_into("targets", batch.targets_tensor());
+    return batch;
+}
+
+void save_batch(const std::string& path, Batch& batch) {
+    save_safetensors(path, {batch.input_ids_tensor(), batch.targets_tensor()});
+}
+
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path) {
+    model.zero_grad();
+    ForwardResult result = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
+    model.backward();
+    std::vector<Tensor> tensors;
+    for (const Tensor& t : model.params().tensors()) tensors.push_back(t);
+    for (const Tensor& t : model.acts().tensors()) tensors.push_back(t);
+    for (const Tensor& t : model.grads().tensors()) tensors.push_back(t);
+    save_safetensors(path, tensors, {{"format", "pt"}, {"producer", "reftrain"}});
+    return result;
+}
+
+}  // namespace reftrain

@@ -1,0 +1,32 @@
+// model/dump.h — one training step's every named tensor, written to a single safetensors file.
+//
+// The file holds the parameters (HF names), every activation in execution order ("logits", "loss"
+// included), and the parameter gradients ("grad:<name>"). tools/python/reftrain_mirror.py writes the
+// same names from PyTorch, which is what makes a tensor-by-tensor diff of two implementations possible.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+
+namespace reftrain {
+
+// A batch as stored on disk: "input_ids" and "targets", both (B, T) I64 (targets already aligned
+// with the inputs; kIgnoreIndex = not supervised).
+struct Batch {
+    int64_t batch_size = 0, seq_len = 0;
+    std::vector<int64_t> input_ids, targets;
+    Tensor input_ids_tensor() { return Tensor(input_ids.data(), DType::I64, {batch_size, seq_len}, "input_ids"); }
+    Tensor targets_tensor() { return Tensor(targets.data(), DType::I64, {batch_size, seq_len}, "targets"); }
+};
+
+// Reads a batch file; fails naming the file when a tensor is missing, not 2-D, or the shapes differ.
+Batch load_batch(const std::string& path);
+void save_batch(const std::string& path, Batch& batch);
+
+// Runs forward + backward on `batch` (after zeroing the gradients) and writes parameters,
+// activations and parameter gradients to `path`. Returns the forward result.
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path);
+
+}  // namespace reftrain

@@ -1,0 +1,377 @@
+// model/transformer.cpp — buffers, init, forward and backward of the decoder (see transformer.h).
+//
+// Each line of forward() is one op from kernels/cpu/ops.h; backward() walks the same ops in reverse.
+// Activations are declared in execution order, which is the order the tracer and diffs report in.
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "kernels/random.h"
+#include "kernels/safetensors.h"
+
+namespace reftrain {
+
+using namespace cpu;
+
+// Pointers into the arenas for one decoder layer. `input` is the previous layer's `out` (or the
+// embedding output for layer 0): the residual stream is never copied.
+struct Transformer::Layer {
+    // parameters
+    Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
+    Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+    // activations, in execution order
+    Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
+    Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs, *attn_out, *o_out;
+    Tensor *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
+};
+
+Transformer::~Transformer() = default;
+
+Transformer::Transformer(const ModelConfig& config, int64_t batch_size, int64_t seq_len, DType dtype)
+    : config_(config), B_(batch_size), T_(seq_len), dtype_(dtype) {
+    config_.validate("model config");
+    check(dtype == DType::F32 || dtype == DType::F64, "Transformer: compute dtype ", dtype_name(dtype),
+          " is not supported on the CPU (F32 or F64)");
+    check(B_ >= 1 && T_ >= 1, "Transformer: batch size ", B_, " and sequence length ", T_, " must be >= 1");
+    check(T_ <= config_.max_position_embeddings, "Transformer: sequence length ", T_,
+          " exceeds max_position_embeddings = ", config_.max_position_embeddings);
+    declare_tensors();
+    params_.allocate();
+    grads_.allocate();
+    acts_.allocate();
+    act_grads_.allocate();
+    rope_.allocate();
+    rope_tables(rope_.get("rope.cos"), rope_.get("rope.sin"), config_.rope_theta);
+    resolve_layers();
+}
+
+void Transformer::declare_tensors() {
+    const ModelConfig& c = config_;
+    const int64_t B = B_, T = T_, d = c.hidden_size, V = c.vocab_size, F = c.intermediate_size;
+    const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+
+    // Parameters (HF names) and their gradient twins, declared in the same order.
+    auto param = [&](const std::string& name, std::initializer_list<int64_t> shape) {
+        params_.add(name, dtype_, shape);
+        grads_.add("grad:" + name, dtype_, shape);
+    };
+    param("model.embed_tokens.weight", {V, d});
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        const std::string p = "model.layers." + std::to_string(i) + ".";
+        param(p + "input_layernorm.weight", {d});
+        param(p + "self_attn.q_proj.weight", {Hq * D, d});
+        param(p + "self_attn.k_proj.weight", {Hkv * D, d});
+        param(p + "self_attn.v_proj.weight", {Hkv * D, d});
+        param(p + "self_attn.o_proj.weight", {d, Hq * D});
+        if (c.qk_norm) {
+            param(p + "self_attn.q_norm.weight", {D});
+            param(p + "self_attn.k_norm.weight", {D});
+        }
+        param(p + "post_attention_layernorm.weight", {d});
+        param(p + "mlp.gate_proj.weight", {F, d});
+        param(p + "mlp.up_proj.weight", {F, d});
+        param(p + "mlp.down_proj.weight", {d, F});
+    }
+    param("model.norm.weight", {d});
+    if (!c.tie_word_embeddings) param("lm_head.weight", {V, d});
+
+    // Activations in execution order. `with_grad` ones get a twin in act_grads_; saved statistics
+    // (rstd, probs, logsumexp) and the loss itself do not.
+    auto act = [&](const std::string& name, std::initializer_list<int64_t> shape, bool with_grad = true) {
+        acts_.add(name, dtype_, shape);
+        if (with_grad) act_grads_.add("grad:" + name, dtype_, shape);
+    };
+    act("model.embed_tokens.out", {B, T, d});
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        const std::string p = "model.layers." + std::to_string(i) + ".";
+        act(p + "input_layernorm.out", {B, T, d});
+        act(p + "input_layernorm.rstd", {B, T}, false);
+        act(p + "self_attn.q_proj.out", {B, T, Hq, D});
+        act(p + "self_attn.k_proj.out", {B, T, Hkv, D});
+        act(p + "self_attn.v_proj.out", {B, T, Hkv, D});
+        if (c.qk_norm) {
+            act(p + "self_attn.q_normed", {B, T, Hq, D});
+            act(p + "self_attn.q_norm.rstd", {B, T, Hq}, false);
+            act(p + "self_attn.k_normed", {B, T, Hkv, D});
+            act(p + "self_attn.k_norm.rstd", {B, T, Hkv}, false);
+        }
+        act(p + "self_attn.q_rotary", {B, T, Hq, D});
+        act(p + "self_attn.k_rotary", {B, T, Hkv, D});
+        act(p + "self_attn.attn_probs", {B, Hq, T, T}, false);
+        act(p + "self_attn.attn_out", {B, T, Hq * D});
+        act(p + "self_attn.o_proj.out", {B, T, d});
+        act(p + "attn_residual", {B, T, d});
+        act(p + "post_attention_layernorm.out", {B, T, d});
+        act(p + "post_attention_layernorm.rstd", {B, T}, false);
+        act(p + "mlp.gate_proj.out", {B, T, F});
+        act(p + "mlp.up_proj.out", {B, T, F});
+        act(p + "mlp.act", {B, T, F});
+        act(p + "mlp.down_proj.out", {B, T, d});
+        act(p + "out", {B, T, d});
+    }
+    act("model.norm.out", {B, T, d});
+    act("model.norm.rstd", {B, T}, false);
+    act("logits", {B, T, V});
+    act("loss.logsumexp", {B, T}, false);
+    acts_.add("loss", dtype_, std::vector<int64_t>{});
+
+    rope_.add("rope.cos", dtype_, {T, D});
+    rope_.add("rope.sin", dtype_, {T, D});
+}
+
+void Transformer::resolve_layers() {
+    layers_.resize(config_.num_hidden_layers);
+    Tensor* previous = &acts_.get("model.embed_tokens.out");
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+        const std::string p = "model.layers." + std::to_string(i) + ".";
+        auto P = [&](const std::string& n) { return &params_.get(p + n); };
+        auto A = [&](const std::string& n) { return &acts_.get(p + n); };
+        Layer& l = layers_[i];
+        l.input_layernorm = P("input_layernorm.weight");
+        l.q_proj = P("self_attn.q_proj.weight");
+        l.k_proj = P("self_attn.k_proj.weight");
+        l.v_proj = P("self_attn.v_proj.weight");
+        l.o_proj = P("self_attn.o_proj.weight");
+        l.post_attention_layernorm = P("post_attention_layernorm.weight");
+        l.gate_proj = P("mlp.gate_proj.weight");
+        l.up_proj = P("mlp.up_proj.weight");
+        l.down_proj = P("mlp.down_proj.weight");
+        l.input = previous;
+        l.ln1_out = A("input_layernorm.out");
+        l.ln1_rstd = A("input_layernorm.rstd");
+        l.q = A("self_attn.q_proj.out");
+        l.k = A("self_attn.k_proj.out");
+        l.v = A("self_attn.v_proj.out");
+        if (config_.qk_norm) {
+            l.q_norm = P("self_attn.q_norm.weight");
+            l.k_norm = P("self_attn.k_norm.weight");
+            l.q_normed = A("self_attn.q_normed");
+            l.q_rstd = A("self_attn.q_norm.rstd");
+            l.k_normed = A("self_attn.k_normed");
+            l.k_rstd = A("self_attn.k_norm.rstd");
+        }
+        l.q_rotary = A("self_attn.q_rotary");
+        l.k_rotary = A("self_attn.k_rotary");
+        l.probs = A("self_attn.attn_probs");
+        l.attn_out = A("self_attn.attn_out");
+        l.o_out = A("self_attn.o_proj.out");
+        l.attn_residual = A("attn_residual");
+        l.ln2_out = A("post_attention_layernorm.out");
+        l.ln2_rstd = A("post_attention_layernorm.rstd");
+        l.gate = A("mlp.gate_proj.out");
+        l.up = A("mlp.up_proj.out");
+        l.act = A("mlp.act");
+        l.down = A("mlp.down_proj.out");
+        l.out = A("out");
+        previous = l.out;
+    }
+}
+
+// ---- init ---------------------------------------------------------------------------------------------
+
+void Transformer::init_weights(uint64_t seed) {
+    for (size_t i = 0; i < params_.size(); ++i) {
+        Tensor& t = params_.at(i);
+        const bool is_norm = t.ndim == 1;
+        const bool is_output_projection = t.name.ends_with("o_proj.weight") || t.name.ends_with("down_proj.weight");
+        const bool zero = is_output_projection && config_.zero_init_output_projections;
+        Rng rng = Rng::for_name(seed, t.name);
+        dispatch_float(t.dtype, "init_weights", [&](auto tag) {
+            using T = decltype(tag);
+            T* p = t.ptr<T>();
+            for (int64_t j = 0; j < t.numel(); ++j) {
+                p[j] = is_norm ? T(1) : zero ? T(0) : static_cast<T>(config_.initializer_range * rng.normal());
+            }
+        });
+    }
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+
+ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& targets) {
+    const ModelConfig& c = config_;
+    const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
+    const int64_t Hkv = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    expect_shape(input_ids, {B_, T_}, "Transformer::forward", "input_ids");
+    expect_dtype(input_ids, DType::I64, "Transformer::forward", "input_ids");
+    input_ids_.assign(input_ids.ptr<int64_t>(), input_ids.ptr<int64_t>() + N);
+    have_targets_ = targets.data != nullptr;
+    if (have_targets_) {
+        expect_shape(targets, {B_, T_}, "Transformer::forward", "targets");
+        expect_dtype(targets, DType::I64, "Transformer::forward", "targets");
+        targets_.assign(targets.ptr<int64_t>(), targets.ptr<int64_t>() + N);
+    }
+    const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
+    const Tensor& cos = rope_.get("rope.cos");
+    const Tensor& sin = rope_.get("rope.sin");
+
+    Tensor& embedded = acts_.get("model.embed_tokens.out");
+    embedding_forward(embedded.reshaped({N, d}), ids, params_.get("model.embed_tokens.weight"));
+    for (Layer& l : layers_) {
+        rmsnorm_forward(l.ln1_out->reshaped({N, d}), l.ln1_rstd->reshaped({N}), l.input->reshaped({N, d}),
+                        *l.input_layernorm, c.rms_norm_eps);
+        linear_forward(l.q->reshaped({N, Hq * D}), l.ln1_out->reshaped({N, d}), *l.q_proj);
+        linear_forward(l.k->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), *l.k_proj);
+        linear_forward(l.v->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), *l.v_proj);
+        const Tensor* q = l.q;
+        const Tensor* k = l.k;
+        if (c.qk_norm) {
+            rmsnorm_forward(l.q_normed->reshaped({N * Hq, D}), l.q_rstd->reshaped({N * Hq}),
+                            l.q->reshaped({N * Hq, D}), *l.q_norm, c.rms_norm_eps);
+            rmsnorm_forward(l.k_normed->reshaped({N * Hkv, D}), l.k_rstd->reshaped({N * Hkv}),
+                            l.k->reshaped({N * Hkv, D}), *l.k_norm, c.rms_norm_eps);
+            q = l.q_normed;
+            k = l.k_normed;
+        }
+        rope_forward(*l.q_rotary, *q, cos, sin);
+        rope_forward(*l.k_rotary, *k, cos, sin);
+        attention_forward(l.attn_out->reshaped({B_, T_, Hq, D}), *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
+        linear_forward(l.o_out->reshaped({N, d}), l.attn_out->reshaped({N, Hq * D}), *l.o_proj);
+        residual_forward(*l.attn_residual, *l.input, *l.o_out);
+        rmsnorm_forward(l.ln2_out->reshaped({N, d}), l.ln2_rstd->reshaped({N}), l.attn_residual->reshaped({N, d}),
+                        *l.post_attention_layernorm, c.rms_norm_eps);
+        linear_forward(l.gate->reshaped({N, F}), l.ln2_out->reshaped({N, d}), *l.gate_proj);
+        linear_forward(l.up->reshaped({N, F}), l.ln2_out->reshaped({N, d}), *l.up_proj);
+        swiglu_forward(l.act->reshaped({N, F}), l.gate->reshaped({N, F}), l.up->reshaped({N, F}));
+        linear_forward(l.down->reshaped({N, d}), l.act->reshaped({N, F}), *l.down_proj);
+        residual_forward(*l.out, *l.attn_residual, *l.down);
+    }
+    const Tensor& last = layers_.empty() ? embedded : *layers_.back().out;
+    Tensor& normed = acts_.get("model.norm.out");
+    rmsnorm_forward(normed.reshaped({N, d}), acts_.get("model.norm.rstd").reshaped({N}), last.reshaped({N, d}),
+                    params_.get("model.norm.weight"), c.rms_norm_eps);
+    const Tensor& lm_head = params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    Tensor& logits = acts_.get("logits");
+    linear_forward(logits.reshaped({N, V}), normed.reshaped({N, d}), lm_head);
+
+    last_ = ForwardResult{};
+    if (have_targets_) {
+        const Tensor target_view(targets_.data(), DType::I64, {N}, "targets");
+        CrossEntropyResult ce = cross_entropy_forward(acts_.get("loss.logsumexp").reshaped({N}),
+                                                      logits.reshaped({N, V}), target_view);
+        last_ = ForwardResult{ce.loss, ce.supervised_tokens, ce.no_supervised_tokens};
+        Tensor& loss = acts_.get("loss");
+        dispatch_float(dtype_, "forward", [&](auto tag) { *loss.ptr<decltype(tag)>() = static_cast<decltype(tag)>(ce.loss); });
+    }
+    return last_;
+}
+
+// ---- backward -----------------------------------------------------------------------------------------
+
+void Transformer::backward() {
+    check(have_targets_, "Transformer::backward: the last forward() had no targets, so there is no loss");
+    const ModelConfig& c = config_;
+    const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
+    const int64_t Hkv = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    // Gradient of an activation / a parameter: same name with "grad:" in front.
+    auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
+    auto dP = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
+    const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
+    const Tensor targets(targets_.data(), DType::I64, {N}, "targets");
+    const Tensor& cos = rope_.get("rope.cos");
+    const Tensor& sin = rope_.get("rope.sin");
+
+    act_grads_.zero();
+    Tensor& logits = acts_.get("logits");
+    cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}),
+                           acts_.get("loss.logsumexp").reshaped({N}), targets, 1.0);
+    Tensor& normed = acts_.get("model.norm.out");
+    const Tensor& lm_head = params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    linear_backward(dA(&normed).reshaped({N, d}), dP(&lm_head), dA(&logits).reshaped({N, V}),
+                    normed.reshaped({N, d}), lm_head);
+    const Tensor* last = layers_.empty() ? &acts_.get("model.embed_tokens.out") : layers_.back().out;
+    const Tensor& norm_weight = params_.get("model.norm.weight");
+    rmsnorm_backward(dA(last).reshaped({N, d}), dP(&norm_weight), dA(&normed).reshaped({N, d}),
+                     last->reshaped({N, d}), norm_weight, acts_.get("model.norm.rstd").reshaped({N}));
+
+    for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+        Layer& l = *it;
+        // x = attn_residual + down
+        residual_backward(dA(l.attn_residual), dA(l.down), dA(l.out));
+        linear_backward(dA(l.act).reshaped({N, F}), dP(l.down_proj), dA(l.down).reshaped({N, d}),
+                        l.act->reshaped({N, F}), *l.down_proj);
+        swiglu_backward(dA(l.gate).reshaped({N, F}), dA(l.up).reshaped({N, F}), dA(l.act).reshaped({N, F}),
+                        l.gate->reshaped({N, F}), l.up->reshaped({N, F}));
+        linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.gate_proj), dA(l.gate).reshaped({N, F}),
+                        l.ln2_out->reshaped({N, d}), *l.gate_proj);
+        linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.up_proj), dA(l.up).reshaped({N, F}),
+                        l.ln2_out->reshaped({N, d}), *l.up_proj);
+        rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dP(l.post_attention_layernorm),
+                         dA(l.ln2_out).reshaped({N, d}), l.attn_residual->reshaped({N, d}),
+                         *l.post_attention_layernorm, l.ln2_rstd->reshaped({N}));
+        // attn_residual = input + o_proj.out
+        residual_backward(dA(l.input), dA(l.o_out), dA(l.attn_residual));
+        linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dP(l.o_proj), dA(l.o_out).reshaped({N, d}),
+                        l.attn_out->reshaped({N, Hq * D}), *l.o_proj);
+        attention_backward(dA(l.q_rotary), dA(l.k_rotary), dA(l.v), dA(l.attn_out).reshaped({B_, T_, Hq, D}),
+                           *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
+        const Tensor* q = c.qk_norm ? l.q_normed : l.q;
+        const Tensor* k = c.qk_norm ? l.k_normed : l.k;
+        rope_backward(dA(q), dA(l.q_rotary), cos, sin);
+        rope_backward(dA(k), dA(l.k_rotary), cos, sin);
+        if (c.qk_norm) {
+            rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dP(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
+                             l.q->reshaped({N * Hq, D}), *l.q_norm, l.q_rstd->reshaped({N * Hq}));
+            rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dP(l.k_norm), dA(l.k_normed).reshaped({N * Hkv, D}),
+                             l.k->reshaped({N * Hkv, D}), *l.k_norm, l.k_rstd->reshaped({N * Hkv}));
+        }
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
+                        l.ln1_out->reshaped({N, d}), *l.q_proj);
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
+                        l.ln1_out->reshaped({N, d}), *l.k_proj);
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
+                        l.ln1_out->reshaped({N, d}), *l.v_proj);
+        rmsnorm_backward(dA(l.input).reshaped({N, d}), dP(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
+                         l.input->reshaped({N, d}), *l.input_layernorm, l.ln1_rstd->reshaped({N}));
+    }
+    Tensor& embedded = acts_.get("model.embed_tokens.out");
+    const Tensor& embed_weight = params_.get("model.embed_tokens.weight");
+    embedding_backward(dP(&embed_weight), dA(&embedded).reshaped({N, d}), ids);
+}
+
+// ---- weights on disk ------------------------------------------------------------------------------------
+
+void Transformer::load_weights(const std::string& path) {
+    SafetensorsFile file = SafetensorsFile::open(path);
+    std::set<std::string> expected;
+    for (const Tensor& t : params_.tensors()) expected.insert(t.name);
+    std::vector<std::string> missing, unexpected;
+    for (const std::string& name : expected) {
+        if (!file.contains(name)) missing.push_back(name);
+    }
+    const bool tied_copy = config_.tie_word_embeddings && file.contains("lm_head.weight");
+    for (const SafetensorsEntry& e : file.entries()) {
+        if (!expected.count(e.name) && !(tied_copy && e.name == "lm_head.weight")) unexpected.push_back(e.name);
+    }
+    if (!missing.empty() || !unexpected.empty()) {
+        auto join = [](const std::vector<std::string>& names) {
+            std::string s;
+            for (size_t i = 0; i < names.size() && i < 12; ++i) s += (i ? ", " : "") + names[i];
+            if (names.size() > 12) s += ", ... (" + std::to_string(names.size()) + " in all)";
+            return s;
+        };
+        std::string message = path + ": tensor names do not match the model config";
+        if (!missing.empty()) message += "; missing: " + join(missing);
+        if (!unexpected.empty()) message += "; unexpected: " + join(unexpected);
+        message += " (check num_hidden_layers, qk_norm (Llama has no q_norm/k_norm) and tie_word_embeddings)";
+        fail(message);
+    }
+    for (const Tensor& t : params_.tensors()) file.read_into(t.name, t);
+    if (tied_copy) {
+        const Tensor& embed = params_.get("model.embed_tokens.weight");
+        std::vector<std::byte> copy(embed.nbytes());
+        Tensor lm_head(copy.data(), embed.dtype, {embed.dim(0), embed.dim(1)}, "lm_head.weight");
+        file.read_into("lm_head.weight", lm_head);
+        check(std::memcmp(copy.data(), embed.data, copy.size()) == 0, path,
+              ": tie_word_embeddings is true but 'lm_head.weight' differs from 'model.embed_tokens.weight'; "
+              "set tie_word_embeddings to false to load separate weights");
+    }
+}
+
+void Transformer::save_weights(const std::string& path, DType store_dtype) const {
+    save_safetensors(path, params_.tensors(), {{"format", "pt"}}, store_dtype);
+}
+
+}  // namespace reftrain

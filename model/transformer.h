@@ -1,0 +1,101 @@
+// model/transformer.h — the Qwen3-style decoder (pre-norm, RMSNorm, RoPE, GQA, QK-norm, SwiGLU).
+//
+// Memory lives in four arenas, every tensor under a stable dotted name (DESIGN.md):
+//   params()     HF names: "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", ...
+//   grads()      the same names prefixed "grad:"; backward() ADDS into them, zero_grad() clears them
+//   acts()       activations in execution order: "model.embed_tokens.out",
+//                "model.layers.0.input_layernorm.out", ..., "logits", "loss"
+//   act_grads()  "grad:" + activation name; cleared at the start of every backward()
+// The batch shape (B, T) is fixed at construction so that every buffer is allocated once.
+//
+// One forward per layer (x is the residual stream, (B, T, d)):
+//   h  = rmsnorm(x, input_layernorm)
+//   q, k, v = h Wq^T, h Wk^T, h Wv^T                     viewed (B, T, heads, head_dim)
+//   q, k = rmsnorm_per_head(q, q_norm), rmsnorm_per_head(k, k_norm)      only when qk_norm
+//   q, k = rope(q), rope(k)
+//   a  = causal_attention(q, k, v)                        GQA: Hq / Hkv query heads share a KV head
+//   x  = x + a Wo^T                                       "attn_residual"
+//   h  = rmsnorm(x, post_attention_layernorm)
+//   x  = x + Wdown (silu(h Wgate^T) * h Wup^T)            "out"
+// then logits = rmsnorm(x, model.norm) lm_head^T (lm_head = embed_tokens when tied), and the mean
+// cross-entropy over supervised targets. backward() is the exact reverse, op by op.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/arena.h"
+#include "kernels/cpu/ops.h"
+#include "model/config.h"
+
+namespace reftrain {
+
+struct ForwardResult {
+    double loss = 0.0;                  // mean CE over supervised tokens (0 when there are none)
+    int64_t supervised_tokens = 0;
+    bool no_supervised_tokens = false;  // see cross_entropy_forward
+};
+
+class Transformer {
+public:
+    // dtype F32 (training) or F64 (gradient checks and parity tests in double precision).
+    Transformer(const ModelConfig& config, int64_t batch_size, int64_t seq_len, DType dtype = DType::F32);
+    ~Transformer();
+    Transformer(const Transformer&) = delete;
+    Transformer& operator=(const Transformer&) = delete;
+
+    const ModelConfig& config() const { return config_; }
+    int64_t batch_size() const { return B_; }
+    int64_t seq_len() const { return T_; }
+    DType dtype() const { return dtype_; }
+
+    Arena& params() { return params_; }
+    Arena& grads() { return grads_; }
+    Arena& acts() { return acts_; }
+    Arena& act_grads() { return act_grads_; }
+    const Arena& params() const { return params_; }
+    const Arena& grads() const { return grads_; }
+    const Arena& acts() const { return acts_; }
+    Tensor& param(const std::string& name) { return params_.get(name); }
+    Tensor& grad(const std::string& name) { return grads_.get("grad:" + name); }
+
+    // The documented init (docs/model.md): every matrix ~ N(0, initializer_range), every RMSNorm
+    // weight = 1, o_proj/down_proj = 0 when zero_init_output_projections. Each tensor draws from its
+    // own stream Rng::for_name(seed, name), so the result depends only on (seed, name, shape).
+    void init_weights(uint64_t seed);
+
+    // input_ids (B, T) I64; targets (B, T) I64 aligned with the inputs (targets[b, t] is the token
+    // to predict at position t, kIgnoreIndex = not supervised) or a Tensor with null data for no loss.
+    ForwardResult forward(const Tensor& input_ids, const Tensor& targets);
+    // Backpropagates the loss of the last forward (which must have had targets), ADDING into grads().
+    void backward();
+    void zero_grad() { grads_.zero(); }
+
+    // Loads HF-named weights, converting dtype. Refuses a file with missing or unexpected names for
+    // this config, naming them all. With tied embeddings an "lm_head.weight" in the file is accepted
+    // only when it equals "model.embed_tokens.weight".
+    void load_weights(const std::string& path);
+    // Writes the parameters under their HF names (metadata format=pt, so transformers reads it).
+    void save_weights(const std::string& path, DType store_dtype = DType::F32) const;
+
+    int64_t num_parameters() const { return params_.numel(); }
+
+private:
+    struct Layer;  // pointers into the arenas for one decoder layer, resolved once at construction
+    void declare_tensors();
+    void resolve_layers();
+
+    ModelConfig config_;
+    int64_t B_, T_;
+    DType dtype_;
+    Arena params_{"parameters"}, grads_{"gradients"}, acts_{"activations"}, act_grads_{"activation gradients"};
+    Arena rope_{"rope tables"};
+    std::vector<Layer> layers_;
+    // The last forward's inputs, kept for backward (views of the caller's memory are not kept).
+    std::vector<int64_t> input_ids_, targets_;
+    bool have_targets_ = false;
+    ForwardResult last_;
+};
+
+}  // namespace reftrain

@@ -1,0 +1,155 @@
+// tools/main.cpp — the `reftrain` command line: subcommand wiring only; the work lives in the layers.
+//
+//   reftrain demo    build a small random model, run forward/backward and a few AdamW steps, print a summary
+//   reftrain init    write randomly initialised weights (HF names) for a config.json
+//   reftrain dump    run one forward+backward on a batch and write every named tensor to safetensors
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "kernels/random.h"
+#include "model/dump.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+
+using namespace reftrain;
+
+namespace {
+
+DType parse_compute_dtype(const std::string& s) {
+    if (s == "f32" || s == "fp32" || s == "float32") return DType::F32;
+    if (s == "f64" || s == "fp64" || s == "float64") return DType::F64;
+    fail("--dtype: '", s, "' is not a CPU compute dtype (f32 or f64)");
+}
+
+double rms(const Tensor& t) {
+    double sum = 0.0;
+    dispatch_float(t.dtype, "rms", [&](auto tag) {
+        const auto* p = t.ptr<decltype(tag)>();
+        for (int64_t i = 0; i < t.numel(); ++i) sum += static_cast<double>(p[i]) * p[i];
+    });
+    return std::sqrt(sum / std::max<int64_t>(1, t.numel()));
+}
+
+// A random batch: ids uniform over the vocabulary, targets = next ids (the last one unsupervised).
+Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+    Rng rng(seed);
+    Batch batch{B, T, std::vector<int64_t>(B * T), std::vector<int64_t>(B * T)};
+    for (auto& id : batch.input_ids) id = static_cast<int64_t>(rng.below(V));
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = 0; t < T; ++t) {
+            batch.targets[b * T + t] = t + 1 < T ? batch.input_ids[b * T + t + 1] : cpu::kIgnoreIndex;
+        }
+    }
+    return batch;
+}
+
+int run_demo(const std::string& config_path, int64_t B, int64_t T, uint64_t seed, int steps) {
+    ModelConfig config = config_path.empty() ? ModelConfig{} : ModelConfig::load(config_path);
+    if (T > config.max_position_embeddings) T = config.max_position_embeddings;
+    std::printf("reftrain demo: a random Qwen3-style model, one batch, forward + backward + %d AdamW steps\n", steps);
+    std::printf("config: %s\n", config.to_json().dump().c_str());
+    Transformer model(config, B, T);
+    model.init_weights(seed);
+    std::printf("parameters: %lld in %zu tensors; activations: %.1f MiB; batch B=%lld T=%lld; threads=%d\n",
+                static_cast<long long>(model.num_parameters()), model.params().size(),
+                model.acts().nbytes() / 1048576.0, static_cast<long long>(B), static_cast<long long>(T),
+                omp_get_max_threads());
+    Batch batch = random_batch(B, T, config.vocab_size, seed + 1);
+
+    auto start = std::chrono::steady_clock::now();
+    model.zero_grad();
+    ForwardResult first = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
+    model.backward();
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    std::printf("initial loss %.4f (ln V = %.4f: a fresh model should predict uniformly), %lld supervised tokens\n",
+                first.loss, std::log(static_cast<double>(config.vocab_size)),
+                static_cast<long long>(first.supervised_tokens));
+    std::printf("forward+backward: %.1f ms (%.0f tokens/s)\n", ms, B * T / (ms / 1000.0));
+    std::printf("%-52s %12s %12s\n", "parameter", "rms", "grad rms");
+    for (size_t i = 0; i < model.params().size(); ++i) {
+        const Tensor& p = model.params().at(i);
+        if (p.name.find("layers.") != std::string::npos && p.name.find("layers.0.") == std::string::npos) continue;
+        std::printf("%-52s %12.4e %12.4e\n", p.name.c_str(), rms(p), rms(model.grads().at(i)));
+    }
+    std::printf("(layers 1..%lld omitted)\n", static_cast<long long>(config.num_hidden_layers - 1));
+
+    AdamW optimizer(model.params(), model.grads(), AdamWConfig{.lr = 3e-3});
+    optimizer.step();
+    for (int s = 1; s < steps; ++s) {
+        model.zero_grad();
+        ForwardResult r = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
+        model.backward();
+        optimizer.step();
+        if (s % 5 == 0 || s == steps - 1) std::printf("step %3d  loss %.4f\n", s, r.loss);
+    }
+    ForwardResult last = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
+    std::printf("loss after %d steps on the same batch: %.4f (from %.4f)\n", steps, last.loss, first.loss);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"reftrain — a reference training framework with debugging in every layer"};
+    app.require_subcommand(1);
+
+    std::string config_path, weights_path, batch_path, out_path, dtype = "f32";
+    int64_t batch_size = 4, seq_len = 64;
+    uint64_t seed = 1234;
+    int steps = 20;
+
+    CLI::App* demo = app.add_subcommand("demo", "Random model, one batch: forward, backward, a few AdamW steps");
+    demo->add_option("--config", config_path, "HF-style config.json (default: the tiny built-in config)");
+    demo->add_option("--batch-size", batch_size, "B")->check(CLI::PositiveNumber);
+    demo->add_option("--seq-len", seq_len, "T")->check(CLI::PositiveNumber);
+    demo->add_option("--seed", seed, "Seed for init and data");
+    demo->add_option("--steps", steps, "AdamW steps on the batch")->check(CLI::PositiveNumber);
+
+    CLI::App* init = app.add_subcommand("init", "Write randomly initialised weights for a config");
+    init->add_option("--config", config_path, "HF-style config.json")->required();
+    init->add_option("--seed", seed, "Init seed");
+    init->add_option("--out", out_path, "Output .safetensors")->required();
+
+    CLI::App* dump = app.add_subcommand("dump", "One forward+backward on a batch; write every named tensor");
+    dump->add_option("--config", config_path, "HF-style config.json")->required();
+    dump->add_option("--weights", weights_path, "Weights .safetensors (HF names)")->required();
+    dump->add_option("--batch", batch_path, ".safetensors with input_ids and targets, (B, T) I64")->required();
+    dump->add_option("--out", out_path, "Output .safetensors")->required();
+    dump->add_option("--dtype", dtype, "Compute dtype: f32 or f64");
+
+    CLI11_PARSE(app, argc, argv);
+    try {
+        if (demo->parsed()) return run_demo(config_path, batch_size, seq_len, seed, steps);
+        if (init->parsed()) {
+            ModelConfig config = ModelConfig::load(config_path);
+            Transformer model(config, 1, 1);
+            model.init_weights(seed);
+            model.save_weights(out_path);
+            std::printf("wrote %lld parameters in %zu tensors to %s\n", static_cast<long long>(model.num_parameters()),
+                        model.params().size(), out_path.c_str());
+            return 0;
+        }
+        if (dump->parsed()) {
+            ModelConfig config = ModelConfig::load(config_path);
+            Batch batch = load_batch(batch_path);
+            Transformer model(config, batch.batch_size, batch.seq_len, parse_compute_dtype(dtype));
+            model.load_weights(weights_path);
+            ForwardResult r = dump_step(model, batch, out_path);
+            std::printf("loss %.9g over %lld supervised tokens%s; wrote %s\n", r.loss,
+                        static_cast<long long>(r.supervised_tokens),
+                        r.no_supervised_tokens ? " (NO supervised tokens: loss defined as 0)" : "", out_path.c_str());
+            return 0;
+        }
+    } catch (const Error& e) {
+        std::fprintf(stderr, "reftrain: error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
