@@ -10,46 +10,43 @@
 //             dk[s]   += scale * sum_t dS[t, s] q[t]     (summed over the Hq/Hkv query heads of g)
 //             dv[s]   += sum_t P[t, s] dout[t]           (likewise)
 // Tensors keep the (B, T, H, D) layout the projections produce, so no transpose is ever materialised;
-// a head is a strided slice. The forward splits work over (b, h); the backward over (b, g), so the
-// thread that owns a KV head is the only one that writes its dk and dv.
+// a head is a strided slice, and each product above is one GEMM on such slices (kernels/cpu/blas.h).
+// The forward splits work over (b, h); the backward over (b, g), so the thread that owns a KV head is
+// the only one that writes its dk and dv. A GEMM inside the parallel loop runs single-threaded
+// (OpenBLAS's OpenMP build checks omp_in_parallel), so threads are never oversubscribed.
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 
 namespace reftrain::cpu {
 
 namespace {
 
-template <class T>
-inline T dot(const T* a, const T* b, int64_t n) {
-    T sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-    return sum;
-}
-
+// Head h of batch row b is the (T, D) matrix starting at q + (b T Hq + h) D with row stride Hq D;
+// the products below run on those strided slices directly. The scores are computed for the full
+// (T, T) square and the upper triangle is then overwritten: half the multiply is wasted, but BLAS
+// on the square is still several times faster than any triangular loop we could write here.
 template <class T>
 void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
     const int64_t B = q.dim(0), Tn = q.dim(1), Hq = q.dim(2), D = q.dim(3), Hkv = k.dim(2);
     const int64_t group = Hq / Hkv;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
-    const T* qp = q.ptr<T>();
-    const T* kp = k.ptr<T>();
-    const T* vp = v.ptr<T>();
-    T* op = out.ptr<T>();
-    T* pp = probs.ptr<T>();
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t h = 0; h < Hq; ++h) {
             const int64_t g = h / group;
-            for (int64_t t = 0; t < Tn; ++t) {
-                const T* qt = qp + ((b * Tn + t) * Hq + h) * D;
-                T* row = pp + ((b * Hq + h) * Tn + t) * Tn;
-                T max_score = -INFINITY;
-                for (int64_t s = 0; s <= t; ++s) {
-                    row[s] = scale * dot(qt, kp + ((b * Tn + s) * Hkv + g) * D, D);
-                    if (row[s] > max_score) max_score = row[s];
-                }
+            const T* qh = q.ptr<T>() + (b * Tn * Hq + h) * D;   // (T, D), row stride Hq D
+            const T* kg = k.ptr<T>() + (b * Tn * Hkv + g) * D;  // (T, D), row stride Hkv D
+            const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
+            T* oh = out.ptr<T>() + (b * Tn * Hq + h) * D;
+            T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;      // (T, T)
+            gemm(false, true, Tn, Tn, D, scale, qh, Hq * D, kg, Hkv * D, T(0), P, Tn);  // S = scale Q K^T
+            for (int64_t t = 0; t < Tn; ++t) {                    // causal softmax, row by row
+                T* row = P + t * Tn;
+                T max_score = row[0];
+                for (int64_t s = 1; s <= t; ++s) max_score = row[s] > max_score ? row[s] : max_score;
                 double sum = 0.0;
                 for (int64_t s = 0; s <= t; ++s) {
                     row[s] = std::exp(row[s] - max_score);
@@ -57,16 +54,9 @@ void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const
                 }
                 const T inv_sum = static_cast<T>(1.0 / sum);
                 for (int64_t s = 0; s <= t; ++s) row[s] *= inv_sum;
-                for (int64_t s = t + 1; s < Tn; ++s) row[s] = 0;
-
-                T* ot = op + ((b * Tn + t) * Hq + h) * D;
-                for (int64_t d = 0; d < D; ++d) ot[d] = 0;
-                for (int64_t s = 0; s <= t; ++s) {
-                    const T p = row[s];
-                    const T* vs = vp + ((b * Tn + s) * Hkv + g) * D;
-                    for (int64_t d = 0; d < D; ++d) ot[d] += p * vs[d];
-                }
+                for (int64_t s = t + 1; s < Tn; ++s) row[s] = 0;  // the mask: no weight on the future
             }
+            gemm(false, false, Tn, D, Tn, T(1), P, Tn, vg, Hkv * D, T(0), oh, Hq * D);  // O = P V
         }
     }
 }
@@ -77,50 +67,37 @@ void backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
     const int64_t B = q.dim(0), Tn = q.dim(1), Hq = q.dim(2), D = q.dim(3), Hkv = k.dim(2);
     const int64_t group = Hq / Hkv;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
-    const T* qp = q.ptr<T>();
-    const T* kp = k.ptr<T>();
-    const T* vp = v.ptr<T>();
-    const T* dop = dout.ptr<T>();
-    const T* pp = probs.ptr<T>();
-    T* dqp = dq.data ? dq.ptr<T>() : nullptr;
-    T* dkp = dk.data ? dk.ptr<T>() : nullptr;
-    T* dvp = dv.data ? dv.ptr<T>() : nullptr;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t g = 0; g < Hkv; ++g) {
-            std::vector<T> dscore(Tn);
+            std::vector<T> dS(Tn * Tn);  // dP, then turned into dS in place
+            const T* kg = k.ptr<T>() + (b * Tn * Hkv + g) * D;
+            const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
             for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-                for (int64_t t = 0; t < Tn; ++t) {
-                    const T* row = pp + ((b * Hq + h) * Tn + t) * Tn;
-                    const T* dot_ = dop + ((b * Tn + t) * Hq + h) * D;
-                    const T* qt = qp + ((b * Tn + t) * Hq + h) * D;
-                    // dP and the softmax Jacobian, row t.
+                const T* qh = q.ptr<T>() + (b * Tn * Hq + h) * D;
+                const T* doh = dout.ptr<T>() + (b * Tn * Hq + h) * D;
+                const T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;
+                gemm(false, true, Tn, Tn, D, T(1), doh, Hq * D, vg, Hkv * D, T(0), dS.data(), Tn);  // dP = dO V^T
+                for (int64_t t = 0; t < Tn; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
+                    const T* p = P + t * Tn;
+                    T* row = dS.data() + t * Tn;
                     double weighted = 0.0;
-                    for (int64_t s = 0; s <= t; ++s) {
-                        dscore[s] = dot(dot_, vp + ((b * Tn + s) * Hkv + g) * D, D);
-                        weighted += static_cast<double>(row[s]) * dscore[s];
-                    }
+                    for (int64_t s = 0; s <= t; ++s) weighted += static_cast<double>(p[s]) * row[s];
                     const T w = static_cast<T>(weighted);
-                    for (int64_t s = 0; s <= t; ++s) dscore[s] = row[s] * (dscore[s] - w);
-                    if (dqp) {
-                        T* dqt = dqp + ((b * Tn + t) * Hq + h) * D;
-                        for (int64_t s = 0; s <= t; ++s) {
-                            const T c = scale * dscore[s];
-                            const T* ks = kp + ((b * Tn + s) * Hkv + g) * D;
-                            for (int64_t d = 0; d < D; ++d) dqt[d] += c * ks[d];
-                        }
-                    }
-                    for (int64_t s = 0; s <= t; ++s) {
-                        const int64_t kv = ((b * Tn + s) * Hkv + g) * D;
-                        if (dkp) {
-                            const T c = scale * dscore[s];
-                            for (int64_t d = 0; d < D; ++d) dkp[kv + d] += c * qt[d];
-                        }
-                        if (dvp) {
-                            const T p = row[s];
-                            for (int64_t d = 0; d < D; ++d) dvp[kv + d] += p * dot_[d];
-                        }
-                    }
+                    for (int64_t s = 0; s <= t; ++s) row[s] = p[s] * (row[s] - w);
+                    for (int64_t s = t + 1; s < Tn; ++s) row[s] = 0;
+                }
+                if (dq.data) {  // dQ += scale dS K
+                    T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
+                    gemm(false, false, Tn, D, Tn, scale, dS.data(), Tn, kg, Hkv * D, T(1), dqh, Hq * D);
+                }
+                if (dk.data) {  // dK += scale dS^T Q
+                    T* dkg = dk.ptr<T>() + (b * Tn * Hkv + g) * D;
+                    gemm(true, false, Tn, D, Tn, scale, dS.data(), Tn, qh, Hq * D, T(1), dkg, Hkv * D);
+                }
+                if (dv.data) {  // dV += P^T dO
+                    T* dvg = dv.ptr<T>() + (b * Tn * Hkv + g) * D;
+                    gemm(true, false, Tn, D, Tn, T(1), P, Tn, doh, Hq * D, T(1), dvg, Hkv * D);
                 }
             }
         }

@@ -5,27 +5,24 @@
 //   backward  dx (N, IC)  += dout (N, OC) @ W         sgemm(NoTrans, NoTrans, beta = 1)
 //             dW (OC, IC) += dout^T (OC, N) @ x       sgemm(Trans, NoTrans, beta = 1)
 // beta = 1 is what makes the backward accumulate (see the conventions in ops.h).
-#include <cblas.h>
-
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 
 namespace reftrain::cpu {
 
 namespace {
 
+template <class T>
+void gemm_tensors(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda,
+                  const Tensor& b, int64_t ldb, double beta, const Tensor& c, int64_t ldc) {
+    gemm(trans_a, trans_b, m, n, k, T(1), a.ptr<T>(), lda, b.ptr<T>(), ldb, static_cast<T>(beta), c.ptr<T>(), ldc);
+}
+
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda,
           const Tensor& b, int64_t ldb, double beta, const Tensor& c, int64_t ldc) {
-    CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
-    CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
-    if (c.dtype == DType::F32) {
-        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a.ptr<float>(), lda, b.ptr<float>(), ldb,
-                    static_cast<float>(beta), c.ptr<float>(), ldc);
-    } else if (c.dtype == DType::F64) {
-        cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a.ptr<double>(), lda, b.ptr<double>(), ldb,
-                    beta, c.ptr<double>(), ldc);
-    } else {
-        fail("linear: dtype ", dtype_name(c.dtype), " is not supported on the CPU (F32 or F64)");
-    }
+    dispatch_float(c.dtype, "linear", [&](auto t) {
+        gemm_tensors<decltype(t)>(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    });
 }
 
 }  // namespace

@@ -1,0 +1,83 @@
+// bench/bench_cpu_step.cpp — one training step (forward + backward + AdamW) of the tiny config on
+// the CPU, and the machine's sgemm rate as the yardstick. Run through bench/cpu_step_vs_torch.py,
+// which times the PyTorch mirror in the same run and prints the ratios; alone it prints Google
+// Benchmark's table (or JSON with --benchmark_format=json).
+//
+// Model FLOPs per step (the "6N" rule, counted exactly for this architecture): each matmul of an
+// (M, K) by (K, N) costs 2MKN forward and twice that backward; attention scores and the weighted sum
+// add 2 * 2 * B * Hq * (T(T+1)/2) * D forward (causal half) and twice that backward.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include <vector>
+
+#include "kernels/random.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+
+using namespace reftrain;
+
+namespace {
+
+ModelConfig tiny_config() {
+    ModelConfig c;  // the defaults are the tiny config: V=512, d=128, L=4, Hq=4, Hkv=2, D=32, F=384
+    c.max_position_embeddings = 128;
+    return c;
+}
+
+double step_flops(const ModelConfig& c, int64_t B, int64_t T) {
+    const double N = static_cast<double>(B * T), d = c.hidden_size, F = c.intermediate_size;
+    const double per_layer_matmul_params = d * c.q_dim() + 2 * d * c.kv_dim() + c.q_dim() * d + 3 * d * F;
+    const double matmul_params = c.num_hidden_layers * per_layer_matmul_params + d * c.vocab_size;
+    const double attention = 2.0 * 2.0 * B * c.num_attention_heads * (T * (T + 1) / 2.0) * c.head_dim * c.num_hidden_layers;
+    return 3.0 * (2.0 * N * matmul_params + attention);
+}
+
+void BM_TinyTrainingStep(benchmark::State& state) {
+    const int threads = static_cast<int>(state.range(0));
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+    const int64_t B = 16, T = 128;
+    ModelConfig c = tiny_config();
+    Transformer model(c, B, T);
+    model.init_weights(1);
+    AdamW optimizer(model.params(), model.grads(), AdamWConfig{.lr = 1e-4});
+    std::vector<int64_t> ids(B * T), targets(B * T);
+    Rng rng(2);
+    for (auto& x : ids) x = static_cast<int64_t>(rng.below(c.vocab_size));
+    for (auto& x : targets) x = static_cast<int64_t>(rng.below(c.vocab_size));
+    Tensor ids_t(ids.data(), DType::I64, {B, T}, "input_ids"), targets_t(targets.data(), DType::I64, {B, T}, "targets");
+    for (auto _ : state) {
+        model.zero_grad();
+        ForwardResult r = model.forward(ids_t, targets_t);
+        model.backward();
+        optimizer.step();
+        benchmark::DoNotOptimize(r.loss);
+    }
+    state.counters["tokens_per_s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["flops"] = benchmark::Counter(step_flops(c, B, T), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_TinyTrainingStep)->Arg(2)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+
+// The machine's sgemm rate at a size large enough to be compute-bound: what "100%" means.
+void BM_Sgemm(benchmark::State& state) {
+    const int threads = static_cast<int>(state.range(0));
+    const int64_t n = state.range(1);
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+    std::vector<float> a(n * n), b(n * n), c(n * n);
+    Rng rng(3);
+    for (auto& x : a) x = static_cast<float>(rng.normal());
+    for (auto& x : b) x = static_cast<float>(rng.normal());
+    for (auto _ : state) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        benchmark::DoNotOptimize(c.data());
+    }
+    state.counters["flops"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Sgemm)->Args({2, 1024})->Args({1, 1024})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+
+}  // namespace
+
+BENCHMARK_MAIN();
