@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — install what is missing, then configure and build reftrain.
+#
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+#   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
+#     nlohmann-json, CLI11, GoogleTest, Google Benchmark, sentencepiece, and Debian's PyTorch + numpy
+#     for the parity tests and benchmark peers.
+#   - A Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and adds
+#     `safetensors` from PyPI (Debian has no package for it).
+# Environment: REFTRAIN_BUILD_DIR (default build/), REFTRAIN_CMAKE_ARGS (extra -D options).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${REFTRAIN_BUILD_DIR:-$root/build}
+
+packages=(g++ cmake make git libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+          libbenchmark-dev libsentencepiece-dev sentencepiece python3 python3-venv python3-pip python3-numpy
+          python3-torch python3-sentencepiece)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv=$root/.venv
+if ! "$venv/bin/python" -c "import torch, numpy, safetensors" >/dev/null 2>&1; then
+  echo "setup: creating the Python venv in .venv (Debian's torch + numpy, safetensors from PyPI)"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "safetensors>=0.4"
+fi
+
+# shellcheck disable=SC2086
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFTRAIN_PYTHON="$venv/bin/python" \
+      ${REFTRAIN_CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j"$(nproc)"
