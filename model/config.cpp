@@ -33,7 +33,8 @@ const char* const kStructFields[] = {
 // HF keys whose value is checked against what our math implements.
 const char* const kCheckedHfKeys[] = {
     "model_type", "architectures", "attention_bias", "mlp_bias", "hidden_act", "rope_scaling",
-    "use_sliding_window", "sliding_window", "attention_dropout", "pretraining_tp", "layer_types"};
+    "use_sliding_window", "sliding_window", "attention_dropout", "pretraining_tp", "layer_types",
+    "rope_parameters"};
 // HF keys that do not affect the model's math: accepted whatever their value.
 const char* const kIgnoredHfKeys[] = {
     "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "transformers_version",
@@ -129,6 +130,20 @@ void check_hf_keys(const json& j, const ModelConfig& c, const std::string& sourc
               short_dump(j["rope_scaling"]),
               ", but RoPE scaling is not implemented (only plain RoPE with rope_theta); it must be null");
     }
+    // transformers >= 5 writes {"rope_type": "default", "rope_theta": ...} instead of a top-level
+    // rope_theta; any other rope_type (linear, dynamic, yarn, llama3, ...) rescales frequencies.
+    if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+        const json& rope = j["rope_parameters"];
+        check(rope.is_object(), source, ": field 'rope_parameters' must be an object, got ", short_dump(rope));
+        if (rope.contains("rope_type")) {  // the most telling problem first
+            check(rope["rope_type"] == "default", source, ": field 'rope_parameters.rope_type' is ",
+                  short_dump(rope["rope_type"]), ", but only \"default\" RoPE is implemented (no scaling)");
+        }
+        for (const auto& [key, value] : rope.items()) {
+            check(key == "rope_type" || key == "rope_theta", source, ": field 'rope_parameters' has key '", key,
+                  "', but only rope_type \"default\" with rope_theta is implemented");
+        }
+    }
     bool sliding_window_disabled = false;
     if (j.contains("use_sliding_window")) {
         check(!read_bool(j["use_sliding_window"], "use_sliding_window", source), source,
@@ -201,6 +216,12 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     integer("num_attention_heads", &c.num_attention_heads);
     integer("max_position_embeddings", &c.max_position_embeddings);
     number("rope_theta", &c.rope_theta);
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object() && j["rope_parameters"].contains("rope_theta")) {
+        const double nested = read_number(j["rope_parameters"]["rope_theta"], "rope_parameters.rope_theta", source);
+        check(!j.contains("rope_theta") || nested == c.rope_theta, source, ": fields 'rope_theta' (", c.rope_theta,
+              ") and 'rope_parameters.rope_theta' (", nested, ") disagree");
+        c.rope_theta = nested;
+    }
     number("rms_norm_eps", &c.rms_norm_eps);
     boolean("tie_word_embeddings", &c.tie_word_embeddings);
     number("initializer_range", &c.initializer_range);

@@ -260,6 +260,21 @@ TEST_F(ConfigTest, RopeScalingRefused) {
                       {"'rope_scaling'", "not implemented"});
 }
 
+TEST_F(ConfigTest, RopeParametersOfTransformers5) {
+    // transformers >= 5 writes rope_theta inside rope_parameters.
+    json j = json::parse(kQwen3_0_6B);
+    j.erase("rope_theta");
+    j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 12345.0}};
+    ModelConfig c = ModelConfig::load(write("rope_parameters.json", j.dump(2)));
+    EXPECT_EQ(c.rope_theta, 12345.0);
+    expect_load_error(write_qwen3_with("rope_yarn.json", "rope_parameters",
+                                       json{{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}}),
+                      {"'rope_parameters.rope_type'", "\"yarn\"", "only \"default\""});
+    expect_load_error(write_qwen3_with("rope_disagree.json", "rope_parameters",
+                                       json{{"rope_type", "default"}, {"rope_theta", 5.0}}),
+                      {"'rope_theta'", "'rope_parameters.rope_theta'", "disagree"});
+}
+
 TEST_F(ConfigTest, HiddenActOtherThanSiluRefused) {
     expect_load_error(write_qwen3_with("gelu.json", "hidden_act", "gelu"),
                       {"'hidden_act'", "'gelu'", "silu"});

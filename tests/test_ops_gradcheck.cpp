@@ -223,13 +223,14 @@ TEST(OpsBehaviour, RoPEUsesRotateHalfLayout) {
     Buffer x("x", {1, 2, 1, 4}), y("y", {1, 2, 1, 4});
     x.values = {0, 0, 0, 0, 1, 0, 0, 0};  // position 1, unit vector on dimension 0
     cpu::rope_forward(y, x, cos, sin);
-    EXPECT_DOUBLE_EQ(y.values[4 + 0], std::cos(1.0));
-    EXPECT_DOUBLE_EQ(y.values[4 + 1], 0.0);
-    EXPECT_DOUBLE_EQ(y.values[4 + 2], std::sin(1.0));
-    EXPECT_DOUBLE_EQ(y.values[4 + 3], 0.0);
-    // Second frequency: theta^(-2/4) = 0.01 rad per position.
-    EXPECT_DOUBLE_EQ(cos.values[4 + 1], std::cos(std::pow(theta, -0.5)));
-    EXPECT_DOUBLE_EQ(cos.values[4 + 3], cos.values[4 + 1]);
+    // Table values are float32 numbers (HF's angles), widened for the fp64 model.
+    EXPECT_EQ(y.values[4 + 0], static_cast<double>(static_cast<float>(std::cos(1.0))));
+    EXPECT_EQ(y.values[4 + 1], 0.0);
+    EXPECT_EQ(y.values[4 + 2], static_cast<double>(static_cast<float>(std::sin(1.0))));
+    EXPECT_EQ(y.values[4 + 3], 0.0);
+    // Second frequency: theta^(-2/4) = 0.01 rad per position (as a float32 angle).
+    EXPECT_NEAR(cos.values[4 + 1], std::cos(std::pow(theta, -0.5)), 1e-7);
+    EXPECT_EQ(cos.values[4 + 3], cos.values[4 + 1]);
 }
 
 TEST(OpsBehaviour, AttentionIsCausalAndRowsSumToOne) {

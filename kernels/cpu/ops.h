@@ -63,7 +63,8 @@ void rmsnorm_backward(const Tensor& dx,      // (N, C)  may be null
 
 // ---- RoPE (HF rotate-half layout) ----------------------------------------------------------------------
 // Fills the tables: angle[t, i] = t * theta^(-2i/D) for i < D/2, cos[t, i] = cos[t, i + D/2] =
-// cos(angle[t, i]) (sin likewise). Computed in fp64 and rounded once to the table's dtype.
+// cos(angle[t, i]) (sin likewise). Angles are float32 numbers computed exactly as HF computes them
+// (see rope.cpp: that is what HF checkpoints were trained with); cos/sin are float32-rounded values.
 void rope_tables(const Tensor& cos,  // (T_max, D)
                  const Tensor& sin,  // (T_max, D)
                  double theta);

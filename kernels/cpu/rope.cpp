@@ -17,17 +17,24 @@ namespace reftrain::cpu {
 
 namespace {
 
+// HF's angles, float32 all the way: e = float(2i) / D, inv_freq = 1 / powf(theta, e), angle = float(t) *
+// inv_freq. Every HF checkpoint was trained with these; exact angles drift from them by ~6e-8 t rad
+// (2e-3 rad at t = 32k), which a diff against an HF model would flag. cos/sin of the float32 angle
+// are evaluated in fp64 and rounded once to float32, so the table holds the same float32 values in
+// every compute dtype (the fp64 model widens them).
 template <class T>
 void tables_impl(const Tensor& cos, const Tensor& sin, double theta) {
     const int64_t T_max = cos.dim(0), D = cos.dim(1), h = D / 2;
     T* c = cos.ptr<T>();
     T* s = sin.ptr<T>();
-    for (int64_t t = 0; t < T_max; ++t) {
-        for (int64_t i = 0; i < h; ++i) {
-            const double inv_freq = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));
-            const double angle = static_cast<double>(t) * inv_freq;
-            c[t * D + i] = c[t * D + i + h] = static_cast<T>(std::cos(angle));
-            s[t * D + i] = s[t * D + i + h] = static_cast<T>(std::sin(angle));
+    const float base = static_cast<float>(theta);
+    for (int64_t i = 0; i < h; ++i) {
+        const float exponent = static_cast<float>(2 * i) / static_cast<float>(D);
+        const float inv_freq = 1.0f / std::pow(base, exponent);
+        for (int64_t t = 0; t < T_max; ++t) {
+            const double angle = static_cast<double>(static_cast<float>(t) * inv_freq);
+            c[t * D + i] = c[t * D + i + h] = static_cast<T>(static_cast<float>(std::cos(angle)));
+            s[t * D + i] = s[t * D + i + h] = static_cast<T>(static_cast<float>(std::sin(angle)));
         }
     }
 }

@@ -91,8 +91,14 @@ class ModelConfig:
         if "num_key_value_heads" not in values or values["num_key_value_heads"] is None:
             values["num_key_value_heads"] = raw["num_attention_heads"]
         if "qk_norm" not in values:
-            # HF configs do not carry the switch: Llama has no QK-norm, Qwen3 has it.
-            values["qk_norm"] = raw.get("model_type", "qwen3") != "llama"
+            # HF configs do not carry the switch: Llama (and Mistral) have no QK-norm, Qwen3 has it.
+            values["qk_norm"] = raw.get("model_type", "qwen3") not in ("llama", "mistral")
+        rope = raw.get("rope_parameters")  # transformers >= 5 nests rope_theta here
+        if isinstance(rope, dict):
+            if rope.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters.rope_type {rope['rope_type']!r}: only default RoPE is implemented")
+            if "rope_theta" in rope:
+                values["rope_theta"] = rope["rope_theta"]
         for f in dataclasses.fields(cls):
             if f.name in values:
                 values[f.name] = {"int": int, "float": float, "bool": bool}[
@@ -141,18 +147,20 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def rope_tables(seq_len: int, head_dim: int, theta: float,
                 dtype: torch.dtype, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, hd) in HF's rotate-half layout, computed in float64 then cast.
+    """cos, sin of shape (T, hd) in HF's rotate-half layout, with HF's float32 angles.
 
-    inv_freq[i] = theta^(-2i/hd) for i < hd/2; angle[t, i] = t * inv_freq[i];
-    cos = cat([cos(angle), cos(angle)], -1), sin likewise.
+    inv_freq[i] = 1 / theta^(2i/hd) for i < hd/2 and angle[t, i] = t * inv_freq[i] are float32
+    numbers computed the way HF computes them, because every HF checkpoint was trained with those
+    angles (exact ones drift from them by ~6e-8 * t rad: 2e-3 rad at t = 32k). cos and sin of those
+    angles are evaluated in float64 and rounded once to float32; the table then holds float32 values
+    whatever the compute dtype. cos = cat([cos(angle), cos(angle)], -1), sin likewise.
     """
-    half = head_dim // 2
-    exponent = -(2.0 * torch.arange(half, dtype=torch.float64)) / head_dim
-    inv_freq = torch.pow(torch.tensor(float(theta), dtype=torch.float64), exponent)  # (hd/2,)
-    positions = torch.arange(seq_len, dtype=torch.float64)  # (T,)
-    angle = positions[:, None] * inv_freq[None, :]  # (T, hd/2)
-    cos = torch.cat([angle.cos(), angle.cos()], dim=-1)
-    sin = torch.cat([angle.sin(), angle.sin()], dim=-1)
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # float32, as HF
+    inv_freq = 1.0 / (float(theta) ** exponent)  # (hd/2,) float32
+    positions = torch.arange(seq_len, dtype=torch.float32)  # (T,)
+    angle = (positions[:, None] * inv_freq[None, :]).double()  # (T, hd/2), a float32 product, exact in float64
+    cos = torch.cat([angle.cos(), angle.cos()], dim=-1).float()
+    sin = torch.cat([angle.sin(), angle.sin()], dim=-1).float()
     return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)
 
 
