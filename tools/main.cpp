@@ -22,6 +22,13 @@ using namespace reftrain;
 
 namespace {
 
+DType parse_store_dtype(const std::string& s) {
+    if (s == "f32" || s == "fp32" || s == "float32") return DType::F32;
+    if (s == "bf16" || s == "bfloat16") return DType::BF16;
+    if (s == "f16" || s == "fp16" || s == "float16") return DType::F16;
+    fail("--store-dtype: '", s, "' is not a storage dtype (f32, bf16 or f16)");
+}
+
 DType parse_compute_dtype(const std::string& s) {
     if (s == "f32" || s == "fp32" || s == "float32") return DType::F32;
     if (s == "f64" || s == "fp64" || s == "float64") return DType::F64;
@@ -100,7 +107,7 @@ int main(int argc, char** argv) {
     CLI::App app{"reftrain — a reference training framework with debugging in every layer"};
     app.require_subcommand(1);
 
-    std::string config_path, weights_path, batch_path, out_path, dtype = "f32";
+    std::string config_path, weights_path, batch_path, out_path, dtype = "f32", store_dtype = "f32";
     int64_t batch_size = 4, seq_len = 64;
     uint64_t seed = 1234;
     int steps = 20;
@@ -116,6 +123,7 @@ int main(int argc, char** argv) {
     init->add_option("--config", config_path, "HF-style config.json")->required();
     init->add_option("--seed", seed, "Init seed");
     init->add_option("--out", out_path, "Output .safetensors")->required();
+    init->add_option("--store-dtype", store_dtype, "Dtype in the file: f32, bf16 or f16 (rounded to nearest even)");
 
     CLI::App* dump = app.add_subcommand("dump", "One forward+backward on a batch; write every named tensor");
     dump->add_option("--config", config_path, "HF-style config.json")->required();
@@ -131,7 +139,7 @@ int main(int argc, char** argv) {
             ModelConfig config = ModelConfig::load(config_path);
             Transformer model(config, 1, 1);
             model.init_weights(seed);
-            model.save_weights(out_path);
+            model.save_weights(out_path, parse_store_dtype(store_dtype));
             std::printf("wrote %lld parameters in %zu tensors to %s\n", static_cast<long long>(model.num_parameters()),
                         model.params().size(), out_path.c_str());
             return 0;
