@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/json_strict.h"
+
 namespace reftrain {
 
 // Tensor bytes are copied as they are in the file, which the format defines as little-endian.
@@ -174,38 +176,19 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
           " header bytes are present): truncated or not a safetensors file");
     file.data_start_ = 8 + static_cast<size_t>(header_length);
 
-    // nlohmann keeps the last of two equal keys; the callback spots the first repeat instead.
-    std::vector<std::set<std::string>> open_objects;
-    std::string duplicate_key;
-    bool duplicate_is_tensor_name = false;
-    auto on_event = [&](int, json::parse_event_t event, json& parsed) {
-        if (event == json::parse_event_t::object_start) {
-            open_objects.emplace_back();
-        } else if (event == json::parse_event_t::object_end) {
-            open_objects.pop_back();
-        } else if (event == json::parse_event_t::key && duplicate_key.empty()) {
-            const auto& key = parsed.get_ref<const std::string&>();
-            if (!open_objects.back().insert(key).second) {
-                duplicate_key = key;
-                duplicate_is_tensor_name = open_objects.size() == 1;
-            }
-        }
-        return true;
-    };
     const char* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
+    DuplicateKey duplicate;
     json header;
     try {
-        header = json::parse(header_begin, header_begin + header_length, on_event);
+        header = parse_json_noting_duplicates(std::string_view(header_begin, header_length), &duplicate);
     } catch (const json::parse_error& e) {
         fail(path, ": header is not valid JSON (", e.what(), ")");
     }
     check(header.is_object(), path, ": header must be a JSON object mapping tensor names to entries, got ",
           header.type_name());
-    if (!duplicate_key.empty()) {
-        if (duplicate_is_tensor_name) {
-            fail(path, ": duplicate tensor name '", duplicate_key, "' in the header");
-        }
-        fail(path, ": duplicate key '", duplicate_key, "' inside a header entry");
+    if (!duplicate.key.empty()) {
+        if (duplicate.depth == 1) fail(path, ": duplicate tensor name '", duplicate.key, "' in the header");
+        fail(path, ": duplicate key '", duplicate.key, "' inside a header entry");
     }
 
     // --- Each entry on its own. ---

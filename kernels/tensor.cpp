@@ -4,14 +4,7 @@
 namespace reftrain {
 
 Tensor::Tensor(void* data_, DType dtype_, std::initializer_list<int64_t> dims, std::string name_)
-    : data(data_), dtype(dtype_), name(std::move(name_)) {
-    check(dims.size() <= static_cast<size_t>(kMaxDims), "tensor '", name, "': ", dims.size(),
-          " dimensions, at most ", kMaxDims, " supported");
-    for (int64_t d : dims) {
-        check(d >= 0, "tensor '", name, "': negative dimension ", d);
-        shape[ndim++] = d;
-    }
-}
+    : Tensor(data_, dtype_, std::vector<int64_t>(dims), std::move(name_)) {}
 
 Tensor::Tensor(void* data_, DType dtype_, const std::vector<int64_t>& dims, std::string name_)
     : data(data_), dtype(dtype_), name(std::move(name_)) {

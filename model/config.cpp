@@ -10,13 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <set>
 #include <sstream>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/error.h"
+#include "kernels/json_strict.h"
 #include "kernels/safetensors.h"  // write_file_atomically
 
 namespace reftrain {
@@ -268,27 +268,15 @@ ModelConfig ModelConfig::load(const std::string& path) {
     std::stringstream text;
     text << in.rdbuf();
 
-    // nlohmann keeps the last of two equal keys; a repeated key is refused like any other typo.
-    std::vector<std::set<std::string>> open_objects;
-    std::string duplicate;
-    auto on_event = [&](int, json::parse_event_t event, json& parsed) {
-        if (event == json::parse_event_t::object_start) {
-            open_objects.emplace_back();
-        } else if (event == json::parse_event_t::object_end) {
-            open_objects.pop_back();
-        } else if (event == json::parse_event_t::key && duplicate.empty()) {
-            const auto& key = parsed.get_ref<const std::string&>();
-            if (!open_objects.back().insert(key).second) duplicate = key;
-        }
-        return true;
-    };
+    // A repeated key is refused like any other typo (nlohmann alone would keep the last one).
+    DuplicateKey duplicate;
     json j;
     try {
-        j = json::parse(text.str(), on_event);
+        j = parse_json_noting_duplicates(text.str(), &duplicate);
     } catch (const json::parse_error& e) {
         fail(path, ": invalid JSON in model config (", e.what(), ")");
     }
-    check(duplicate.empty(), path, ": duplicate key '", duplicate, "' in model config");
+    check(duplicate.key.empty(), path, ": duplicate key '", duplicate.key, "' in model config");
     return from_json(j, path);
 }
 

@@ -1,0 +1,42 @@
+// kernels/json_strict.h — JSON parsing that notices repeated keys.
+//
+// nlohmann::json keeps the last of two equal keys in an object, so {"lr": 1, "lr": 2} silently
+// means lr = 2. Every JSON input of reftrain (configs, safetensors headers) goes through this
+// instead, and the caller refuses a repeat with a message of its own.
+#pragma once
+
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace reftrain {
+
+struct DuplicateKey {
+    std::string key;  // empty when every key is unique
+    size_t depth = 0; // 1 = a key of the top-level object, 2 = one level further in, ...
+};
+
+// Parses `text`; throws nlohmann::json::parse_error on invalid JSON (callers add the file name).
+// The first repeated key, if any, is reported through `duplicate`.
+inline nlohmann::json parse_json_noting_duplicates(std::string_view text, DuplicateKey* duplicate) {
+    using json = nlohmann::json;
+    std::vector<std::set<std::string>> open_objects;
+    *duplicate = DuplicateKey{};
+    auto on_event = [&](int, json::parse_event_t event, json& parsed) {
+        if (event == json::parse_event_t::object_start) {
+            open_objects.emplace_back();
+        } else if (event == json::parse_event_t::object_end) {
+            open_objects.pop_back();
+        } else if (event == json::parse_event_t::key && duplicate->key.empty()) {
+            const auto& key = parsed.get_ref<const std::string&>();
+            if (!open_objects.back().insert(key).second) *duplicate = DuplicateKey{key, open_objects.size()};
+        }
+        return true;
+    };
+    return json::parse(text.begin(), text.end(), on_event);
+}
+
+}  // namespace reftrain
