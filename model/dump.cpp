@@ -25,6 +25,17 @@ Batch load_batch(const std::string& path) {
     return batch;
 }
 
+void validate_batch(const Batch& batch, int64_t vocab_size, const std::string& source) {
+    for (int64_t i = 0; i < batch.batch_size * batch.seq_len; ++i) {
+        const int64_t b = i / batch.seq_len, t = i % batch.seq_len;
+        check(batch.input_ids[i] >= 0 && batch.input_ids[i] < vocab_size, source, ": input_ids[", b, ", ", t, "] = ",
+              batch.input_ids[i], " is outside the vocabulary [0, ", vocab_size, ")");
+        const int64_t y = batch.targets[i];
+        check(y == cpu::kIgnoreIndex || (y >= 0 && y < vocab_size), source, ": targets[", b, ", ", t, "] = ", y,
+              " is neither a token id in [0, ", vocab_size, ") nor the ignore index ", cpu::kIgnoreIndex);
+    }
+}
+
 void save_batch(const std::string& path, Batch& batch) {
     save_safetensors(path, {batch.input_ids_tensor(), batch.targets_tensor()});
 }

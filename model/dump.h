@@ -24,6 +24,9 @@ struct Batch {
 // Reads a batch file; fails naming the file when a tensor is missing, not 2-D, or the shapes differ.
 Batch load_batch(const std::string& path);
 void save_batch(const std::string& path, Batch& batch);
+// Fails naming `source`, the tensor, the row and the position when an input id is outside
+// [0, vocab_size) or a target is neither such an id nor the ignore index (-100).
+void validate_batch(const Batch& batch, int64_t vocab_size, const std::string& source);
 
 // Runs forward + backward on `batch` (after zeroing the gradients) and writes parameters,
 // activations and parameter gradients to `path`. Returns the forward result.

@@ -8,6 +8,7 @@
 
 #include "kernels/random.h"
 #include "kernels/safetensors.h"
+#include "model/dump.h"
 #include "model/transformer.h"
 #include "tests/gradcheck.h"
 #include "train/adamw.h"
@@ -221,6 +222,22 @@ TEST(Model, TiedCheckpointWithEqualLmHeadLoads) {
     src.param("lm_head.weight").ptr<float>()[0] += 1.0f;
     src.save_weights(path);
     EXPECT_THROW(dst.load_weights(path), Error);
+}
+
+TEST(Model, BatchValidationNamesFileRowAndPosition) {
+    Batch batch{2, 3, {1, 2, 3, 4, 5, 6}, {2, 3, cpu::kIgnoreIndex, 5, 6, cpu::kIgnoreIndex}};
+    EXPECT_NO_THROW(validate_batch(batch, 7, "b.safetensors"));
+    auto message = [&](int64_t vocab) {
+        try {
+            validate_batch(batch, vocab, "b.safetensors");
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_EQ(message(6), "b.safetensors: input_ids[1, 2] = 6 is outside the vocabulary [0, 6)");
+    batch.targets[1] = -1;
+    EXPECT_NE(message(7).find("b.safetensors: targets[0, 1] = -1 is neither a token id"), std::string::npos) << message(7);
 }
 
 TEST(AdamW, MatchesTheUpdateRuleAndDecaysOnlyMatrices) {

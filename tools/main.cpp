@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
         if (dump->parsed()) {
             ModelConfig config = ModelConfig::load(config_path);
             Batch batch = load_batch(batch_path);
+            validate_batch(batch, config.vocab_size, batch_path);
             Transformer model(config, batch.batch_size, batch.seq_len, parse_compute_dtype(dtype));
             model.load_weights(weights_path);
             ForwardResult r = dump_step(model, batch, out_path);
