@@ -225,7 +225,7 @@ TEST(Model, TiedCheckpointWithEqualLmHeadLoads) {
 }
 
 TEST(Model, BatchValidationNamesFileRowAndPosition) {
-    Batch batch{2, 3, {1, 2, 3, 4, 5, 6}, {2, 3, cpu::kIgnoreIndex, 5, 6, cpu::kIgnoreIndex}};
+    Batch batch{2, 3, {1, 2, 3, 4, 5, 6}, {2, 3, cpu::kIgnoreIndex, 5, 4, cpu::kIgnoreIndex}};
     EXPECT_NO_THROW(validate_batch(batch, 7, "b.safetensors"));
     auto message = [&](int64_t vocab) {
         try {
