@@ -246,16 +246,16 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
     Tensor& logits = acts_.get("logits");
     linear_forward(logits.reshaped({N, V}), normed.reshaped({N, d}), lm_head);
 
-    last_ = ForwardResult{};
+    ForwardResult result;
     if (have_targets_) {
         const Tensor target_view(targets_.data(), DType::I64, {N}, "targets");
         CrossEntropyResult ce = cross_entropy_forward(acts_.get("loss.logsumexp").reshaped({N}),
                                                       logits.reshaped({N, V}), target_view);
-        last_ = ForwardResult{ce.loss, ce.supervised_tokens, ce.no_supervised_tokens};
+        result = ForwardResult{ce.loss, ce.supervised_tokens, ce.no_supervised_tokens};
         Tensor& loss = acts_.get("loss");
         dispatch_float(dtype_, "forward", [&](auto tag) { *loss.ptr<decltype(tag)>() = static_cast<decltype(tag)>(ce.loss); });
     }
-    return last_;
+    return result;
 }
 
 // ---- backward -----------------------------------------------------------------------------------------

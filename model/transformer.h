@@ -95,7 +95,6 @@ private:
     // The last forward's inputs, kept for backward (views of the caller's memory are not kept).
     std::vector<int64_t> input_ids_, targets_;
     bool have_targets_ = false;
-    ForwardResult last_;
 };
 
 }  // namespace reftrain

@@ -12,16 +12,12 @@ namespace reftrain::cpu {
 
 namespace {
 
-template <class T>
-void gemm_tensors(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda,
-                  const Tensor& b, int64_t ldb, double beta, const Tensor& c, int64_t ldc) {
-    gemm(trans_a, trans_b, m, n, k, T(1), a.ptr<T>(), lda, b.ptr<T>(), ldb, static_cast<T>(beta), c.ptr<T>(), ldc);
-}
-
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda,
-          const Tensor& b, int64_t ldb, double beta, const Tensor& c, int64_t ldc) {
-    dispatch_float(c.dtype, "linear", [&](auto t) {
-        gemm_tensors<decltype(t)>(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+// The typed GEMM of blas.h on Tensor views, dispatched on the output's dtype.
+void gemm_views(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda,
+                const Tensor& b, int64_t ldb, double beta, const Tensor& c, int64_t ldc) {
+    dispatch_float(c.dtype, "linear", [&](auto tag) {
+        using T = decltype(tag);
+        gemm(trans_a, trans_b, m, n, k, T(1), a.ptr<T>(), lda, b.ptr<T>(), ldb, static_cast<T>(beta), c.ptr<T>(), ldc);
     });
 }
 
@@ -35,7 +31,7 @@ void linear_forward(const Tensor& out, const Tensor& x, const Tensor& weight) {
     expect_same_dtype(x, weight, "linear_forward");
     expect_same_dtype(x, out, "linear_forward");
     if (N == 0) return;
-    gemm(false, true, N, OC, IC, x, IC, weight, IC, 0.0, out, OC);
+    gemm_views(false, true, N, OC, IC, x, IC, weight, IC, 0.0, out, OC);
 }
 
 void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
@@ -47,12 +43,12 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout
     if (dx.data) {
         expect_shape(dx, {N, IC}, "linear_backward", "dx");
         expect_same_dtype(dx, dout, "linear_backward");
-        gemm(false, false, N, IC, OC, dout, OC, weight, IC, 1.0, dx, IC);
+        gemm_views(false, false, N, IC, OC, dout, OC, weight, IC, 1.0, dx, IC);
     }
     if (dweight.data) {
         expect_shape(dweight, {OC, IC}, "linear_backward", "dweight");
         expect_same_dtype(dweight, dout, "linear_backward");
-        gemm(true, false, OC, IC, N, dout, OC, x, IC, 1.0, dweight, IC);
+        gemm_views(true, false, OC, IC, N, dout, OC, x, IC, 1.0, dweight, IC);
     }
 }
 
