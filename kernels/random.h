@@ -45,6 +45,10 @@ public:
     // Uniform integer in [0, n).
     uint64_t below(uint64_t n) { return next_u64() % n; }
 
+    // The whole state is one word: checkpoints save it so a resumed run draws the same numbers.
+    uint64_t state() const { return state_; }
+    void set_state(uint64_t state) { state_ = state; }
+
 private:
     uint64_t state_;
 };

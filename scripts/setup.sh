@@ -13,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${REFTRAIN_BUILD_DIR:-$root/build}
 
 packages=(g++ cmake make git libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-          libbenchmark-dev libsentencepiece-dev sentencepiece python3 python3-venv python3-pip python3-numpy
+          libbenchmark-dev libsentencepiece-dev sentencepiece zlib1g-dev python3 python3-venv python3-pip python3-numpy
           python3-torch python3-sentencepiece)
 missing=()
 for p in "${packages[@]}"; do

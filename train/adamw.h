@@ -35,6 +35,8 @@ public:
     void step() { step(config_.lr); }
 
     int64_t step_count() const { return step_count_; }
+    // Restored from a checkpoint together with the moments (bias correction depends on it).
+    void set_step_count(int64_t steps) { step_count_ = steps; }
     const AdamWConfig& config() const { return config_; }
     Arena& moments() { return moments_; }
     // True when weight decay applies to this parameter (2-D tensors: all matrices, embeddings).

@@ -1,0 +1,54 @@
+// model/generate.h — autoregressive inference with a KV cache, and sampling.
+//
+// An InferenceSession runs the SAME math as Transformer::forward (the same CPU ops, in the same
+// order) on one sequence, one token at a time after the prompt, keeping each layer's rotated keys
+// and values in a cache. Tests check that its logits equal a full recompute (the `kv-cache`
+// diagnostic later uses the same comparison).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/random.h"
+#include "model/transformer.h"
+
+namespace reftrain {
+
+class InferenceSession {
+public:
+    // Reads the parameters of `model` (which must outlive the session); max_len bounds prompt +
+    // generated tokens (<= max_position_embeddings). F32 and F64 models are supported.
+    InferenceSession(const Transformer& model, int64_t max_len);
+    ~InferenceSession();
+    InferenceSession(const InferenceSession&) = delete;
+    InferenceSession& operator=(const InferenceSession&) = delete;
+
+    void reset();                                   // empty the cache
+    // Appends tokens at positions length()..; returns the logits (V) of the last one, as doubles.
+    // Fails naming the id/position when an id is outside the vocabulary or max_len would be exceeded.
+    const std::vector<double>& feed(const std::vector<int64_t>& ids);
+    int64_t length() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+struct SamplingConfig {
+    double temperature = 1.0;   // 0 = greedy (argmax, lowest id on ties)
+    int64_t top_k = 0;          // 0 = no top-k
+    int64_t max_new_tokens = 64;
+    std::vector<int64_t> stop_ids;   // generation stops after emitting one of these (it is included)
+};
+
+struct Generation {
+    std::vector<int64_t> ids;   // generated ids only (excluding the prompt)
+    bool stopped = false;       // ended on a stop id (false: hit max_new_tokens or max_len)
+};
+
+// Resets the session, feeds the prompt and samples. Sampling draws from `rng` only (deterministic).
+Generation generate(InferenceSession& session, const std::vector<int64_t>& prompt, const SamplingConfig& config,
+                    Rng& rng);
+
+}  // namespace reftrain
