@@ -29,6 +29,7 @@ public:
     // Fails naming the id/position when an id is outside the vocabulary or max_len would be exceeded.
     const std::vector<double>& feed(const std::vector<int64_t>& ids);
     int64_t length() const;
+    int64_t max_len() const;
 
 private:
     struct Impl;
@@ -47,7 +48,15 @@ struct Generation {
     bool stopped = false;       // ended on a stop id (false: hit max_new_tokens or max_len)
 };
 
+// One token from `logits` (V) under `config` (temperature and top_k; the other fields are generate()'s).
+// temperature 0: argmax, lowest id on ties, and nothing is drawn from `rng`. Otherwise the ids are
+// restricted to the top_k largest logits (ties at the k-th value go to the lower id) and one
+// rng.uniform() draw u picks the first id, in ascending id order, whose cumulative probability under
+// softmax(logits / temperature) exceeds u (inverse CDF, in fp64). A NaN or +inf logit is an error.
+int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConfig& config, Rng& rng);
+
 // Resets the session, feeds the prompt and samples. Sampling draws from `rng` only (deterministic).
+// Generation ends after a stop id, after max_new_tokens, or when prompt + generated reaches max_len.
 Generation generate(InferenceSession& session, const std::vector<int64_t>& prompt, const SamplingConfig& config,
                     Rng& rng);
 

@@ -95,6 +95,15 @@ void attention_backward(const Tensor& dq,    // (B, T, Hq, D)
                         const Tensor& q,     // (B, T, Hq, D)
                         const Tensor& k,     // (B, T, Hkv, D)
                         const Tensor& v);    // (B, T, Hkv, D)
+// Decode-time attention of one sequence against its KV cache (forward only; attention_decode.cpp).
+// The L cached positions include the n new ones, which sit at positions p..p+n-1 with p = L - n.
+// New query i (position p + i) reads cache positions s <= p + i, with the same scale and GQA mapping:
+//   scores[i, s] = q[i] . k[s] / sqrt(D);  out[i] = sum_{s <= p+i} softmax_s(scores[i, :]) v[s]
+// Sums run in fp64 in a fixed order, so the result does not depend on the thread count.
+void attention_decode_forward(const Tensor& out,      // (n, Hq, D)
+                              const Tensor& q,        // (n, Hq, D)   rotated queries of the new tokens
+                              const Tensor& k_cache,  // (L, Hkv, D)  rotated keys, n <= L
+                              const Tensor& v_cache); // (L, Hkv, D)
 
 // ---- SwiGLU ------------------------------------------------------------------------------------------
 // out = silu(gate) * up, silu(g) = g * sigmoid(g)
