@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -358,7 +359,10 @@ void save_safetensors(const std::string& path, const std::vector<Tensor>& tensor
 }
 
 void write_file_atomically(const std::string& path, const void* data, size_t size) {
-    const std::string tmp = path + ".tmp";
+    // A temp name unique to this process and call: two writers of the same path (two runs filling
+    // one tokenizer cache) must not interleave their bytes in one temp file. The rename is atomic.
+    static std::atomic<uint64_t> counter{0};
+    const std::string tmp = concat(path, ".tmp.", ::getpid(), ".", counter++);
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail(tmp, ": cannot create file for writing: ", std::strerror(errno));
     auto give_up = [&](const char* what) {

@@ -215,7 +215,8 @@ TEST_F(ConfigTest, JsonRoundTripIsLossless) {
 
         const std::string p = (dir_ / "saved.json").string();
         c.save(p);
-        EXPECT_FALSE(fs::exists(p + ".tmp"));
+        for (const auto& e : fs::directory_iterator(fs::path(p).parent_path()))
+            EXPECT_EQ(e.path().string().find(p + ".tmp"), std::string::npos) << "temp file left behind: " << e.path();
         EXPECT_EQ(ModelConfig::load(p).to_json(), j);
     }
     ModelConfig qwen = ModelConfig::load(write("qwen3.json", kQwen3_0_6B));
