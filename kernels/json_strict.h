@@ -5,6 +5,7 @@
 // instead, and the caller refuses a repeat with a message of its own.
 #pragma once
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <string_view>
@@ -37,6 +38,33 @@ inline nlohmann::json parse_json_noting_duplicates(std::string_view text, Duplic
         return true;
     };
     return json::parse(text.begin(), text.end(), on_event);
+}
+
+// Levenshtein distance (insertions, deletions, substitutions), for "did you mean" suggestions.
+inline size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diagonal = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+            diagonal = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
+        }
+    }
+    return row[b.size()];
+}
+
+// The candidate nearest to `key` within edit distance 3, or "" when none is that close.
+inline std::string closest_name(std::string_view key, const std::vector<std::string>& candidates) {
+    std::string closest;
+    size_t best = 4;
+    for (const std::string& candidate : candidates) {
+        const size_t d = edit_distance(key, candidate);
+        if (d < best) { best = d; closest = candidate; }
+    }
+    return closest;
 }
 
 }  // namespace reftrain

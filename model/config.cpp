@@ -48,22 +48,6 @@ std::vector<std::string> known_keys() {
     return keys;
 }
 
-// Levenshtein distance (insertions, deletions, substitutions), for "did you mean" suggestions.
-size_t edit_distance(const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diagonal = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= b.size(); ++j) {
-            size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
-            diagonal = row[j];
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
-        }
-    }
-    return row[b.size()];
-}
-
 std::string short_dump(const json& j) {
     std::string s = j.dump();
     return s.size() <= 60 ? s : s.substr(0, 57) + "...";
@@ -189,12 +173,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     const std::vector<std::string> known = known_keys();
     for (const auto& [key, unused] : j.items()) {
         if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-        std::string closest;
-        size_t best = 4;  // suggest only within distance 3
-        for (const std::string& candidate : known) {
-            size_t d = edit_distance(key, candidate);
-            if (d < best) { best = d; closest = candidate; }
-        }
+        const std::string closest = closest_name(key, known);
         if (closest.empty()) fail("unknown key '", key, "' in ", source);
         fail("unknown key '", key, "' in ", source, " (did you mean '", closest, "'?)");
     }

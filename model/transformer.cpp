@@ -260,7 +260,7 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
 
 // ---- backward -----------------------------------------------------------------------------------------
 
-void Transformer::backward() {
+void Transformer::backward(double loss_weight) {
     check(have_targets_, "Transformer::backward: the last forward() had no targets, so there is no loss");
     const ModelConfig& c = config_;
     const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
@@ -276,7 +276,7 @@ void Transformer::backward() {
     act_grads_.zero();
     Tensor& logits = acts_.get("logits");
     cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}),
-                           acts_.get("loss.logsumexp").reshaped({N}), targets, 1.0);
+                           acts_.get("loss.logsumexp").reshaped({N}), targets, loss_weight);
     Tensor& normed = acts_.get("model.norm.out");
     const Tensor& lm_head = params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     linear_backward(dA(&normed).reshaped({N, d}), dP(&lm_head), dA(&logits).reshaped({N, V}),

@@ -68,8 +68,10 @@ public:
     // input_ids (B, T) I64; targets (B, T) I64 aligned with the inputs (targets[b, t] is the token
     // to predict at position t, kIgnoreIndex = not supervised) or a Tensor with null data for no loss.
     ForwardResult forward(const Tensor& input_ids, const Tensor& targets);
-    // Backpropagates the loss of the last forward (which must have had targets), ADDING into grads().
-    void backward();
+    // Backpropagates loss_weight * (the loss of the last forward), ADDING into grads(). The last
+    // forward must have had targets. Gradient accumulation passes its per-micro-batch weight here
+    // (train/trainer.cpp); a loss scaler would pass its scale.
+    void backward(double loss_weight = 1.0);
     void zero_grad() { grads_.zero(); }
 
     // Loads HF-named weights, converting dtype. Refuses a file with missing or unexpected names for

@@ -3,6 +3,7 @@
 //   reftrain demo    build a small random model, run forward/backward and a few AdamW steps, print a summary
 //   reftrain init    write randomly initialised weights (HF names) for a config.json
 //   reftrain dump    run one forward+backward on a batch and write every named tensor to safetensors
+//   reftrain train / sample   (tools/cmd_train.cpp);  reftrain data encode / show   (tools/cmd_data.cpp)
 #include <omp.h>
 
 #include <chrono>
@@ -16,6 +17,7 @@
 #include "kernels/random.h"
 #include "model/dump.h"
 #include "model/transformer.h"
+#include "tools/commands.h"
 #include "train/adamw.h"
 
 using namespace reftrain;
@@ -132,8 +134,17 @@ int main(int argc, char** argv) {
     dump->add_option("--out", out_path, "Output .safetensors")->required();
     dump->add_option("--dtype", dtype, "Compute dtype: f32 or f64");
 
-    CLI11_PARSE(app, argc, argv);
+    // Subcommand groups that live in their own files run from CLI11 callbacks during parse(), so
+    // parsing sits inside the same try as the commands above: every reftrain::Error becomes one line.
+    register_data_commands(app);
+    register_train_commands(app);
+
     try {
+        try {
+            app.parse(argc, argv);
+        } catch (const CLI::ParseError& e) {
+            return app.exit(e);
+        }
         if (demo->parsed()) return run_demo(config_path, batch_size, seq_len, seed, steps);
         if (init->parsed()) {
             ModelConfig config = ModelConfig::load(config_path);
@@ -159,6 +170,10 @@ int main(int argc, char** argv) {
     } catch (const Error& e) {
         std::fprintf(stderr, "reftrain: error: %s\n", e.what());
         return 1;
+    } catch (const std::exception& e) {
+        // Not one of our checked errors: still one line and a non-zero exit, never an abort.
+        std::fprintf(stderr, "reftrain: unexpected error: %s\n", e.what());
+        return 2;
     }
     return 0;
 }

@@ -1,0 +1,288 @@
+// tests/test_trainer.cpp — the training loop: run configs, accumulation, schedule units, bitwise resume.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/error.h"
+#include "train/checkpoint.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+
+using namespace reftrain;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string temp_dir(const std::string& name) {
+    const fs::path dir = fs::temp_directory_path() / ("reftrain_test_trainer_" + name);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir.string();
+}
+
+// A tiny run on the addition task with the byte tokenizer: seconds, not minutes.
+std::vector<std::string> tiny_sets(const std::string& run_dir) {
+    return {"run_dir=" + run_dir,
+            "model.hidden_size=32",
+            "model.intermediate_size=64",
+            "model.num_hidden_layers=2",
+            "model.num_attention_heads=4",
+            "model.num_key_value_heads=2",
+            "model.head_dim=8",
+            "model.max_position_embeddings=64",
+            "data.tokenizer=\"byte\"",
+            "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
+            "data.train_examples=300",
+            "data.val_examples=20",
+            "data.test_examples=20",
+            "train.batch_size=4",
+            "train.seq_len=48",
+            "train.max_steps=6",
+            "schedule.lr=0.003",
+            "eval.every=0",
+            "eval.exact_match_examples=5",
+            "eval.samples=0"};
+}
+
+RunConfig tiny_config(const std::string& run_dir, std::vector<std::string> extra = {}) {
+    std::vector<std::string> sets = tiny_sets(run_dir);
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return load_run_config("", sets);
+}
+
+std::string error_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+double max_relative_difference(const Arena& a, const Arena& b) {
+    double worst = 0.0, scale = 0.0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const float* x = a.at(i).ptr<float>();
+        const float* y = b.at(i).ptr<float>();
+        for (int64_t j = 0; j < a.at(i).numel(); ++j) scale = std::max(scale, std::fabs(static_cast<double>(x[j])));
+        for (int64_t j = 0; j < a.at(i).numel(); ++j) worst = std::max(worst, std::fabs(static_cast<double>(x[j]) - y[j]));
+    }
+    return worst / std::max(scale, 1e-30);
+}
+
+bool bitwise_equal(const Arena& a, const Arena& b) {
+    return a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+}  // namespace
+
+// ---- run configs ------------------------------------------------------------------------------------
+
+TEST(RunConfig, DefaultsParseAndSetOverrides) {
+    const RunConfig c = load_run_config("", {"train.max_steps=17", "data.task=reversal", "schedule.kind=cosine"});
+    EXPECT_EQ(c.train.max_steps, 17);
+    EXPECT_EQ(c.data.task, "reversal");
+    EXPECT_EQ(c.schedule.kind, "cosine");
+    EXPECT_EQ(c.schedule.total_steps, 17) << "total_steps 0 means train.max_steps";
+    EXPECT_EQ(c.resolved["train"]["max_steps"], 17);
+}
+
+TEST(RunConfig, RefusesUnknownKeysWithSuggestion) {
+    EXPECT_NE(error_of([] { load_run_config("", {"train.max_step=3"}); }).find("unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"nonsense=3"}); }).find("unknown key 'nonsense'"), std::string::npos);
+}
+
+TEST(RunConfig, RefusesWrongTypesAndRanges) {
+    EXPECT_NE(error_of([] { load_run_config("", {"train.max_steps=\"ten\""}); }).find("'train.max_steps' must be an integer"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"train.max_steps=2.5"}); }).find("'train.max_steps' must be an integer"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"train.batch_size=0"}); }).find("'train.batch_size' must be > 0"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"train.loss_normalization=mean"}); }).find("train.loss_normalization"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"data.jsonl=x.jsonl"}); }).find("set exactly one of 'data.task'"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"schedule.kind=wsd", "schedule.decay_fraction=1.5"}); })
+                  .find("schedule.decay_fraction"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"oops"}); }).find("expected key=value"), std::string::npos);
+}
+
+TEST(RunConfig, FileErrorsNameTheFile) {
+    const std::string dir = temp_dir("config_files");
+    const std::string bad = dir + "/bad.json";
+    std::ofstream(bad) << "{\"train\": {\"max_steps\": 3,}}";
+    EXPECT_NE(error_of([&] { load_run_config(bad, {}); }).find(bad + ": not valid JSON"), std::string::npos);
+    const std::string twice = dir + "/twice.json";
+    std::ofstream(twice) << "{\"seed\": 1, \"seed\": 2}";
+    EXPECT_NE(error_of([&] { load_run_config(twice, {}); }).find("'seed' appears twice"), std::string::npos);
+    const std::string typo = dir + "/typo.json";
+    std::ofstream(typo) << "{\"data\": {\"templat\": \"chatml\"}}";
+    EXPECT_NE(error_of([&] { load_run_config(typo, {}); }).find(typo + ": unknown key 'data.templat' (did you mean 'data.template'?)"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { load_run_config(dir + "/missing.json", {}); }).find("cannot open"), std::string::npos);
+}
+
+TEST(RunConfig, ShippedConfigsParse) {
+    for (const auto& entry : fs::directory_iterator(fs::path(REFTRAIN_SOURCE_DIR) / "configs")) {
+        if (entry.path().extension() != ".json") continue;
+        SCOPED_TRACE(entry.path().string());
+        EXPECT_NO_THROW(load_run_config(entry.path().string(), {}));
+    }
+}
+
+// ---- the optimizer step -----------------------------------------------------------------------------
+
+// k micro-batches with "tokens" weighting give the gradient of one batch holding all of them, even
+// when the micro-batches supervise different numbers of tokens (the packer makes them differ).
+TEST(Trainer, AccumulationEqualsOneBigBatch) {
+    const std::string dir = temp_dir("accumulation");
+    std::ostringstream log;
+    Trainer big(tiny_config(dir, {"train.batch_size=4", "train.grad_accum=1", "train.grad_clip=0"}), log);
+    Trainer small(tiny_config(dir, {"train.batch_size=1", "train.grad_accum=4", "train.grad_clip=0"}), log);
+    Trainer textbook(tiny_config(dir, {"train.batch_size=1", "train.grad_accum=4", "train.grad_clip=0",
+                                       "train.loss_normalization=micro_batches"}),
+                     log);
+    const StepMetrics a = big.train_step();
+    const StepMetrics b = small.train_step();
+    textbook.train_step();
+    ASSERT_EQ(a.supervised_tokens, b.supervised_tokens);
+    EXPECT_NEAR(a.loss, b.loss, 1e-5 * a.loss);
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-5 * a.grad_norm);
+    const double rel = max_relative_difference(big.model().grads(), small.model().grads());
+    EXPECT_LT(rel, 1e-5) << "accumulated gradient differs from the big batch's";
+    // Dividing by k instead is only right when every micro-batch supervises as many tokens: here they
+    // do not, and the gradient visibly differs (this is what the "tokens" rule exists for).
+    const double rel_textbook = max_relative_difference(big.model().grads(), textbook.model().grads());
+    EXPECT_GT(rel_textbook, 1e-3);
+}
+
+TEST(Trainer, ScheduleAdvancesPerOptimizerStepNotPerMicroBatch) {
+    const std::string dir = temp_dir("schedule_units");
+    std::ostringstream log;
+    Trainer trainer(tiny_config(dir, {"train.grad_accum=3", "schedule.kind=linear_warmup", "schedule.warmup_steps=4"}),
+                    log);
+    const ScheduleConfig schedule = load_run_config("", {"schedule.kind=linear_warmup", "schedule.warmup_steps=4",
+                                                         "schedule.lr=0.003"})
+                                        .schedule;
+    for (int64_t step = 0; step < 4; ++step) {
+        const StepMetrics m = trainer.train_step();
+        EXPECT_EQ(m.step, step + 1);
+        EXPECT_DOUBLE_EQ(m.lr, lr_at(schedule, step)) << "optimizer step " << step;
+        EXPECT_EQ(trainer.optimizer().step_count(), step + 1) << "one AdamW update per 3 micro-batches";
+    }
+}
+
+TEST(Trainer, LossFallsOnTheAdditionTask) {
+    const std::string dir = temp_dir("loss_falls");
+    std::ostringstream log;
+    Trainer trainer(tiny_config(dir, {"train.max_steps=40", "train.batch_size=8"}), log);
+    const double first = trainer.train_step().loss;
+    double last = first;
+    for (int i = 1; i < 40; ++i) last = trainer.train_step().loss;
+    EXPECT_LT(last, 0.6 * first) << "40 AdamW steps should cut the loss well below its start";
+    EXPECT_NEAR(first, std::log(static_cast<double>(trainer.model().config().vocab_size)), 0.5)
+        << "a fresh model predicts about uniformly";
+}
+
+// ---- checkpoints through the trainer ----------------------------------------------------------------
+
+TEST(Trainer, ResumeContinuesBitwise) {
+    const std::string dir_a = temp_dir("resume_a"), dir_b = temp_dir("resume_b");
+    std::ostringstream log;
+    Trainer straight(tiny_config(dir_a, {"train.grad_accum=2"}), log);
+    for (int i = 0; i < 6; ++i) straight.train_step();
+
+    std::string checkpoint;
+    {
+        Trainer first_half(tiny_config(dir_b, {"train.grad_accum=2"}), log);
+        for (int i = 0; i < 3; ++i) first_half.train_step();
+        checkpoint = first_half.save_checkpoint();
+        first_half.train_step();  // work after the checkpoint must not leak into the resumed run
+    }
+    Trainer resumed(tiny_config(dir_b, {"train.grad_accum=2"}), log);
+    resumed.resume(checkpoint);
+    EXPECT_EQ(resumed.step(), 3);
+    for (int i = 0; i < 3; ++i) resumed.train_step();
+    EXPECT_TRUE(bitwise_equal(straight.model().params(), resumed.model().params()))
+        << "weights after 3 + resume + 3 steps differ from 6 straight steps";
+    EXPECT_TRUE(bitwise_equal(straight.optimizer().moments(), resumed.optimizer().moments()));
+    EXPECT_EQ(straight.packer().position(), resumed.packer().position());
+
+    // "latest" finds the newest checkpoint of the run.
+    Trainer again(tiny_config(dir_b, {"train.grad_accum=2"}), log);
+    again.resume("latest");
+    EXPECT_EQ(again.step(), 3);
+}
+
+TEST(Trainer, ResumeRefusesAnotherTemplate) {
+    const std::string dir = temp_dir("resume_template");
+    std::ostringstream log;
+    std::string checkpoint;
+    {
+        Trainer trainer(tiny_config(dir), log);
+        trainer.train_step();
+        checkpoint = trainer.save_checkpoint();
+    }
+    Trainer other(tiny_config(dir, {"data.template=nanochat"}), log);
+    EXPECT_NE(error_of([&] { other.resume(checkpoint); }).find("another chat template or tokenizer"), std::string::npos);
+}
+
+TEST(Trainer, RunWritesMetricsCheckpointAndScoresTheTestSplit) {
+    const std::string dir = temp_dir("full_run");
+    std::ostringstream log;
+    Trainer trainer(tiny_config(dir, {"train.max_steps=4", "log_every=2", "eval.every=2", "eval.samples=1"}), log);
+    trainer.run();
+    const std::string text = log.str();
+    EXPECT_NE(text.find("step 2/4 loss"), std::string::npos) << text;
+    EXPECT_NE(text.find("eval step 2: val loss"), std::string::npos) << text;
+    EXPECT_NE(text.find("sample: "), std::string::npos) << text;
+    EXPECT_NE(text.find("test: exact match"), std::string::npos) << text;
+    std::ifstream metrics(dir + "/metrics.jsonl");
+    int train_lines = 0, eval_lines = 0, test_lines = 0;
+    for (std::string line; std::getline(metrics, line);) {
+        const json j = json::parse(line);
+        const std::string kind = j.at("kind");
+        if (kind == "train") {
+            ++train_lines;
+            EXPECT_TRUE(j.contains("grad_norm") && j.contains("lr") && j.contains("loss"));
+        }
+        eval_lines += kind == "eval";
+        test_lines += kind == "test";
+    }
+    EXPECT_EQ(train_lines, 4);
+    EXPECT_EQ(eval_lines, 2);  // step 2 and the final one
+    EXPECT_EQ(test_lines, 1);
+    EXPECT_TRUE(fs::exists(dir + "/checkpoints/step_0000004/model.safetensors"));
+    EXPECT_TRUE(fs::exists(dir + "/checkpoints/step_0000004/config.json"));
+}
+
+TEST(Trainer, TooLongConversationsAreSkippedAndCountedNeverCut) {
+    const std::string dir = temp_dir("too_long");
+    const std::string jsonl = dir + "/chat.jsonl";
+    {
+        std::ofstream out(jsonl);
+        out << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})" << "\n";
+        out << R"({"messages": [{"role": "user", "content": "tell me a long story"}, {"role": "assistant", "content": ")"
+            << std::string(200, 'x') << R"("}]})" << "\n";
+    }
+    std::ostringstream log;
+    const RunConfig config = tiny_config(dir, {"data.task=\"\"", "data.jsonl=" + jsonl});
+    const RunData data = prepare_run_data(config, log);
+    EXPECT_EQ(data.train_docs.size(), 1u);
+    EXPECT_EQ(data.skipped_too_long, 1);
+    EXPECT_NE(log.str().find("skipped 1 conversations longer than seq_len + 1 = 49 tokens"), std::string::npos)
+        << log.str();
+    // Nothing usable at all is an error, not an empty run.
+    const RunConfig tiny_context = tiny_config(dir, {"data.task=\"\"", "data.jsonl=" + jsonl, "train.seq_len=8"});
+    EXPECT_NE(error_of([&] { prepare_run_data(tiny_context, log); }).find("no training conversation is usable"),
+              std::string::npos);
+}

@@ -1,0 +1,15 @@
+// tools/commands.h — the subcommand groups of the `reftrain` binary, one register_* function per
+// tools/cmd_*.cpp file. main() calls each; a group adds its subcommands and their callbacks to `app`.
+// Callbacks run inside app.parse() and may throw reftrain::Error; main() prints it as one line, exit 1.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace reftrain {
+
+// `reftrain data encode|show`: tokenizer and chat-template inspection (tools/cmd_data.cpp).
+void register_data_commands(CLI::App& app);
+// `reftrain train|sample`: the training loop and generation from a checkpoint (tools/cmd_train.cpp).
+void register_train_commands(CLI::App& app);
+
+}  // namespace reftrain

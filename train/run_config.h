@@ -1,0 +1,92 @@
+// train/run_config.h — the configuration of one training run: JSON file + `--set key=value` overrides.
+//
+// Every key has a default (default_run_config(), printed by `reftrain train --print-defaults`); a
+// config file only names what it changes. Merging is strict: an unknown key anywhere fails with the
+// file, the dotted key and the closest known key, and a value of the wrong JSON type fails naming the
+// key and the expected type — a typo in a config must never be silently ignored. The resolved config
+// is printed at start-up and stored in every checkpoint (run.json), so a run can always be repeated.
+//
+// Sections: run_dir, seed, threads; model (HF config fields, vocab_size 0 = the tokenizer's);
+// data (task or JSONL, template, tokenizer, example counts, packing); train (batch, accumulation,
+// steps, clipping, AdamW); schedule (train/schedule.h); eval; log; checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+#include "train/adamw.h"
+#include "train/schedule.h"
+
+namespace reftrain {
+
+struct DataConfig {
+    std::string task = "addition";            // a toy task (data/tasks.h), or "" when jsonl is set
+    nlohmann::json task_options = nlohmann::json::object();
+    std::string jsonl;                        // the user's own conversations (train split)
+    std::string val_jsonl;                    // optional held-out conversations for val loss
+    std::string template_name = "chatml";     // "chatml" | "nanochat"
+    std::string tokenizer = "sentencepiece";  // "sentencepiece" (BPE trained on the task, cached),
+                                              // "byte", or the path of a .model file
+    int64_t tokenizer_vocab_size = 512;
+    std::string tokenizer_cache = "runs/tokenizers";
+    std::string system_prompt;
+    int64_t train_examples = 20000;           // generated training conversations (may repeat)
+    int64_t val_examples = 200;               // distinct held-out problems for val loss + exact match
+    int64_t test_examples = 500;              // distinct test problems scored once at the end
+    bool bos_aligned = true;                  // see data/packing.h
+};
+
+struct TrainConfig {
+    int64_t batch_size = 32;                  // rows per micro-batch
+    int64_t seq_len = 64;                     // T
+    int64_t grad_accum = 1;                   // micro-batches per optimizer step
+    int64_t max_steps = 1000;                 // optimizer steps
+    double grad_clip = 1.0;                   // global-norm clip; <= 0 disables (the norm is still logged)
+    // "tokens": each micro-batch's mean loss is weighted by its share of the step's supervised
+    // tokens, so k micro-batches give exactly the gradient of one big batch. "micro_batches": each is
+    // divided by k, which equals the big batch only when every micro-batch supervises as many tokens.
+    std::string loss_normalization = "tokens";
+    AdamWConfig adamw;                        // lr comes from the schedule
+};
+
+struct EvalConfig {
+    int64_t every = 200;                      // optimizer steps between evals (0 = only at the end)
+    int64_t exact_match_examples = 200;       // val problems answered greedily and verified
+    int64_t samples = 3;                      // printed examples per eval
+    int64_t max_new_tokens = 32;
+    bool final_test = true;                   // score the test split once at the end
+};
+
+struct RunConfig {
+    std::string run_dir = "runs/run";
+    uint64_t seed = 1;
+    int64_t threads = 0;                      // OpenMP threads; 0 = leave the default
+    nlohmann::json model;                     // HF config fields; vocab_size 0 = the tokenizer's
+    DataConfig data;
+    TrainConfig train;
+    ScheduleConfig schedule;                  // total_steps 0 = train.max_steps
+    EvalConfig eval;
+    int64_t log_every = 10;
+    int64_t checkpoint_every = 0;             // 0 = only at the end
+    std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""
+
+    nlohmann::json resolved;                  // the full JSON this was parsed from (printed, saved)
+};
+
+nlohmann::json default_run_config();
+
+// Strictly merges `overrides` into `base`; `source` names the file in errors.
+void merge_config(nlohmann::json& base, const nlohmann::json& overrides, const std::string& source);
+// Applies one "dotted.key=value" override; value is parsed as JSON when it is valid JSON, else taken
+// as a string ("data.task=reversal" and "train.lr=3e-4" both work).
+void apply_set(nlohmann::json& config, const std::string& assignment);
+
+// Reads `path` (empty = defaults only), applies the overrides, validates, returns the typed config.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets);
+RunConfig parse_run_config(const nlohmann::json& resolved, const std::string& source);
+
+}  // namespace reftrain

@@ -1,0 +1,428 @@
+// train/trainer.cpp — data preparation, the optimizer step, evaluation, checkpoints and the run loop.
+#include "train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/error.h"
+#include "kernels/safetensors.h"
+#include "model/generate.h"
+#include "train/checkpoint.h"
+#include "train/grad_clip.h"
+#include "train/schedule.h"
+
+namespace reftrain {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---- data -------------------------------------------------------------------------------------------
+
+std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::string* model_path) {
+    const DataConfig& d = config.data;
+    const std::vector<std::string> specials = ChatTemplate::special_tokens(d.template_name);
+    model_path->clear();
+    if (d.tokenizer == "byte") return make_byte_tokenizer(specials);
+    if (d.tokenizer != "sentencepiece") {
+        *model_path = d.tokenizer;
+        return load_sentencepiece(d.tokenizer);
+    }
+    // Train a BPE model on text of the kind it will see: the task's training prompts and answers (or
+    // the user's conversations), the role names, the system prompt. Cached by content digest.
+    std::vector<std::string> corpus = {"system", "user", "assistant", "tool"};
+    if (!d.system_prompt.empty()) corpus.push_back(d.system_prompt);
+    if (!d.jsonl.empty()) {
+        for (const Conversation& c : load_conversations_jsonl(d.jsonl)) {
+            for (const Message& m : c.messages) corpus.push_back(m.content);
+        }
+    } else {
+        auto task = make_task(d.task, d.task_options);
+        for (const TaskExample& e : generate_split(*task, Split::train, std::min<int64_t>(d.train_examples, 5000),
+                                                   config.seed)) {
+            corpus.push_back(e.prompt);
+            corpus.push_back(e.answer);
+        }
+    }
+    SentencePieceTrainOptions options;
+    options.vocab_size = d.tokenizer_vocab_size;
+    options.specials = specials;
+    *model_path = cached_sentencepiece(corpus, options, d.tokenizer_cache);
+    return load_sentencepiece(*model_path);
+}
+
+RunData prepare_run_data(const RunConfig& config, std::ostream& log) {
+    const DataConfig& d = config.data;
+    RunData data;
+    data.tokenizer = make_run_tokenizer(config, &data.tokenizer_model_path);
+    data.chat = std::make_unique<ChatTemplate>(d.template_name, *data.tokenizer);
+
+    std::vector<Conversation> train, val;
+    if (!d.jsonl.empty()) {
+        train = load_conversations_jsonl(d.jsonl);
+        if (!d.val_jsonl.empty()) val = load_conversations_jsonl(d.val_jsonl);
+    } else {
+        data.task = make_task(d.task, d.task_options);
+        for (const TaskExample& e : generate_split(*data.task, Split::train, d.train_examples, config.seed)) {
+            train.push_back(to_conversation(e, d.system_prompt));
+        }
+        data.val_examples = generate_split(*data.task, Split::val, d.val_examples, config.seed, /*unique=*/true);
+        data.test_examples = generate_split(*data.task, Split::test, d.test_examples, config.seed, /*unique=*/true);
+        // Disjoint by construction; checked anyway, because a leak here makes every eval number a lie.
+        std::vector<TaskExample> train_examples;
+        for (const Conversation& c : train) train_examples.push_back({c.messages[c.messages.size() - 2].content, ""});
+        check_disjoint(train_examples, data.val_examples);
+        check_disjoint(train_examples, data.test_examples);
+        check_disjoint(data.val_examples, data.test_examples);
+        for (const TaskExample& e : data.val_examples) val.push_back(to_conversation(e, d.system_prompt));
+    }
+
+    // Render. A conversation that cannot be learned from is skipped and COUNTED, never cut: truncating
+    // it would silently drop its supervised tail (or all of it).
+    const int64_t max_tokens = config.train.seq_len + 1;
+    auto render_all = [&](const std::vector<Conversation>& in, std::vector<RenderedConversation>& out, bool count) {
+        for (const Conversation& c : in) {
+            RenderedConversation r = data.chat->render(c);
+            if (r.num_supervised() == 0) {
+                if (count) ++data.skipped_unsupervised;
+                continue;
+            }
+            if (d.bos_aligned && static_cast<int64_t>(r.ids.size()) > max_tokens) {
+                if (count) ++data.skipped_too_long;
+                continue;
+            }
+            out.push_back(std::move(r));
+        }
+    };
+    render_all(train, data.train_docs, true);
+    render_all(val, data.val_docs, false);
+    const int64_t kept = static_cast<int64_t>(data.train_docs.size());
+    if (data.skipped_too_long || data.skipped_unsupervised) {
+        log << "data: skipped " << data.skipped_too_long << " conversations longer than seq_len + 1 = " << max_tokens
+            << " tokens and " << data.skipped_unsupervised << " with no assistant tokens to learn (of "
+            << train.size() << ")\n";
+    }
+    check(kept > 0, "data: no training conversation is usable (", train.size(), " read, ", data.skipped_too_long,
+          " longer than seq_len + 1 = ", max_tokens, " tokens, ", data.skipped_unsupervised,
+          " without assistant tokens): raise train.seq_len or check the data");
+    int64_t tokens = 0, supervised = 0;
+    for (const RenderedConversation& r : data.train_docs) {
+        tokens += static_cast<int64_t>(r.ids.size());
+        supervised += r.num_supervised();
+    }
+    log << "data: " << kept << " training conversations, " << tokens << " tokens (" << std::fixed
+        << std::setprecision(1) << 100.0 * supervised / std::max<int64_t>(1, tokens) << "% supervised), "
+        << data.val_docs.size() << " validation conversations; tokenizer " << data.tokenizer->kind() << " (V="
+        << data.tokenizer->vocab_size() << (data.tokenizer_model_path.empty() ? "" : ", " + data.tokenizer_model_path)
+        << "), template " << data.chat->name() << "\n";
+    log.unsetf(std::ios::floatfield);
+    return data;
+}
+
+// ---- evaluation -------------------------------------------------------------------------------------
+
+namespace {
+
+std::string response_text(const Tokenizer& tokenizer, const Generation& g, int64_t end_of_turn) {
+    std::vector<int64_t> ids = g.ids;
+    if (g.stopped && !ids.empty() && ids.back() == end_of_turn) ids.pop_back();
+    return tokenizer.decode(ids);
+}
+
+}  // namespace
+
+double exact_match(const Transformer& model, const ChatTemplate& chat, const Task& task,
+                   const std::vector<TaskExample>& examples, const std::string& system_prompt,
+                   int64_t max_new_tokens, int64_t show, std::ostream& out) {
+    if (examples.empty()) return -1.0;
+    InferenceSession session(model, model.config().max_position_embeddings);
+    SamplingConfig sampling;
+    sampling.temperature = 0.0;
+    sampling.max_new_tokens = max_new_tokens;
+    sampling.stop_ids = {chat.end_of_turn_id()};
+    Rng unused(0);  // greedy decoding draws nothing
+    int64_t correct = 0, shown = 0;
+    for (const TaskExample& e : examples) {
+        const std::vector<int64_t> prompt = chat.render_prompt(to_conversation(e, system_prompt, false));
+        const int64_t room = model.config().max_position_embeddings - static_cast<int64_t>(prompt.size());
+        sampling.max_new_tokens = std::min(max_new_tokens, room);
+        const Generation g = generate(session, prompt, sampling, unused);
+        const std::string response = response_text(chat.tokenizer(), g, chat.end_of_turn_id());
+        const bool ok = task.verify(e.prompt, response);
+        correct += ok;
+        if (shown < show) {
+            out << "  sample: " << e.prompt << " -> " << response << (ok ? "   [correct]" : "   [wrong, want " + e.answer + "]")
+                << "\n";
+            ++shown;
+        }
+    }
+    return static_cast<double>(correct) / static_cast<double>(examples.size());
+}
+
+// ---- the trainer --------------------------------------------------------------------------------------
+
+Trainer::Trainer(const RunConfig& config, std::ostream& out)
+    : config_(config), out_(out), sample_rng_(Rng::for_name(config.seed, "eval.samples")) {
+    if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
+    data_ = prepare_run_data(config_, out_);
+
+    json model_json = config_.model;
+    const int64_t V = data_.tokenizer->vocab_size();
+    if (model_json.at("vocab_size").get<int64_t>() == 0) {
+        model_json["vocab_size"] = V;
+    } else {
+        check(model_json.at("vocab_size").get<int64_t>() >= V, "model.vocab_size = ", model_json.at("vocab_size"),
+              " is smaller than the tokenizer's ", V, " ids (set it to 0 to use the tokenizer's)");
+    }
+    ModelConfig model_config = ModelConfig::from_json(model_json, "run config 'model'");
+    check(config_.train.seq_len <= model_config.max_position_embeddings, "train.seq_len = ", config_.train.seq_len,
+          " exceeds model.max_position_embeddings = ", model_config.max_position_embeddings);
+    config_.resolved["model"]["vocab_size"] = model_config.vocab_size;
+
+    model_ = std::make_unique<Transformer>(model_config, config_.train.batch_size, config_.train.seq_len);
+    model_->init_weights(config_.seed);
+    optimizer_ = std::make_unique<AdamW>(model_->params(), model_->grads(), config_.train.adamw);
+    packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
+                                       config_.seed, data_.chat->bos_id());
+    micro_ids_.resize(config_.train.grad_accum);
+    micro_targets_.resize(config_.train.grad_accum);
+}
+
+Trainer::~Trainer() = default;
+
+StepMetrics Trainer::train_step() {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t k = config_.train.grad_accum, B = config_.train.batch_size, T = config_.train.seq_len;
+    // Draw all micro-batches first: the "tokens" weighting needs the step's total of supervised tokens.
+    std::vector<int64_t> counts(k, 0);
+    int64_t total = 0;
+    for (int64_t i = 0; i < k; ++i) {
+        packer_->next_batch(B, micro_ids_[i], micro_targets_[i]);
+        for (int64_t t : micro_targets_[i]) counts[i] += t != cpu::kIgnoreIndex;
+        total += counts[i];
+    }
+
+    StepMetrics m;
+    model_->zero_grad();  // once per optimizer step, not per micro-batch: backward() accumulates
+    for (int64_t i = 0; i < k; ++i) {
+        const Tensor ids(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
+        const Tensor targets(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
+        const ForwardResult r = model_->forward(ids, targets);
+        const double weight = config_.train.loss_normalization == "tokens"
+                                  ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
+                                  : 1.0 / static_cast<double>(k);
+        if (r.supervised_tokens > 0) model_->backward(weight);
+        m.loss += weight * r.loss;
+    }
+    m.grad_norm = clip_grad_norm(model_->grads(), config_.train.grad_clip);
+    // A non-finite gradient would poison every weight through AdamW's moments: stop before the update.
+    check(std::isfinite(m.grad_norm), "step ", step_ + 1, ": the gradient norm is ", m.grad_norm,
+          " (not finite) with loss ", m.loss, "; the update was not applied. Lower schedule.lr or check the data");
+    m.lr = lr_at(config_.schedule, step_);   // indexed by the optimizer step
+    optimizer_->step(m.lr);
+    ++step_;
+    m.step = step_;
+    m.tokens = k * B * T;
+    m.supervised_tokens = total;
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return m;
+}
+
+EvalMetrics Trainer::evaluate(int64_t show_samples) {
+    EvalMetrics e;
+    if (!data_.val_docs.empty()) {
+        // One pass over the validation conversations in a fixed order (seed 0, epoch 0).
+        Packer val(data_.val_docs, config_.train.seq_len, /*bos_aligned=*/true, 0, data_.chat->bos_id());
+        std::vector<int64_t> ids, targets;
+        double weighted = 0.0;
+        while (val.position().epoch == 0) {
+            val.next_batch(config_.train.batch_size, ids, targets);
+            const Tensor ids_t(ids.data(), DType::I64, {config_.train.batch_size, config_.train.seq_len}, "input_ids");
+            const Tensor targets_t(targets.data(), DType::I64, {config_.train.batch_size, config_.train.seq_len},
+                                   "targets");
+            const ForwardResult r = model_->forward(ids_t, targets_t);
+            weighted += r.loss * static_cast<double>(r.supervised_tokens);
+            e.val_tokens += r.supervised_tokens;
+        }
+        e.val_loss = e.val_tokens > 0 ? weighted / static_cast<double>(e.val_tokens) : 0.0;
+    }
+    if (data_.task && config_.eval.exact_match_examples > 0 && !data_.val_examples.empty()) {
+        std::vector<TaskExample> examples = data_.val_examples;
+        if (static_cast<int64_t>(examples.size()) > config_.eval.exact_match_examples) {
+            examples.resize(config_.eval.exact_match_examples);
+        }
+        // Show a different few each time (drawn from the checkpointed sample RNG) by rotating the list.
+        const size_t shift = examples.empty() ? 0 : sample_rng_.below(examples.size());
+        std::rotate(examples.begin(), examples.begin() + static_cast<std::ptrdiff_t>(shift), examples.end());
+        e.exact_match = exact_match(*model_, *data_.chat, *data_.task, examples, config_.data.system_prompt,
+                                    config_.eval.max_new_tokens, show_samples, out_);
+        e.exact_match_examples = static_cast<int64_t>(examples.size());
+    }
+    return e;
+}
+
+std::string Trainer::save_checkpoint() {
+    const fs::path root = fs::path(config_.run_dir) / "checkpoints";
+    fs::create_directories(root);
+    std::ostringstream name;
+    name << "step_" << std::setw(7) << std::setfill('0') << step_;
+    const fs::path dir = root / name.str();
+    TrainState state;
+    state.step = step_;
+    state.rng_states = {sample_rng_.state()};
+    state.data = packer_->position();
+    state.template_fingerprint = data_.chat->fingerprint();
+    state.tokenizer_fingerprint = data_.tokenizer->fingerprint();
+    reftrain::save_checkpoint(dir.string(), *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path,
+                              /*overwrite=*/true);
+    const std::string latest = name.str() + "\n";
+    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
+    return dir.string();
+}
+
+void Trainer::resume(const std::string& checkpoint_dir) {
+    std::string dir = checkpoint_dir;
+    if (dir == "latest") {
+        const fs::path latest = fs::path(config_.run_dir) / "checkpoints" / "latest";
+        std::ifstream in(latest);
+        check(static_cast<bool>(in), "resume=latest: ", latest.string(), " does not exist (no checkpoint saved yet)");
+        std::string name;
+        std::getline(in, name);
+        dir = (latest.parent_path() / name).string();
+    }
+    // The template check comes first: another template usually means another vocabulary too, and
+    // "wrong template" is the message that tells the user what to fix.
+    const TrainState saved = read_checkpoint_state(dir);
+    check(saved.template_fingerprint == data_.chat->fingerprint(), dir,
+          ": the checkpoint was trained with another chat template or tokenizer (fingerprint ",
+          saved.template_fingerprint, ", this run has ", data_.chat->fingerprint(), ")");
+    TrainState state;
+    load_checkpoint(dir, *model_, optimizer_.get(), state);
+    check(state.rng_states.size() == 1, dir, ": expected 1 RNG state, found ", state.rng_states.size());
+    step_ = state.step;
+    sample_rng_.set_state(state.rng_states[0]);
+    packer_->set_position(state.data);
+    out_ << "resumed from " << dir << " at step " << step_ << "\n";
+}
+
+namespace {
+
+std::string format_duration(double seconds) {
+    const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
+    char buf[32];
+    if (s >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+    else std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+    return buf;
+}
+
+}  // namespace
+
+void Trainer::run() {
+    const fs::path run_dir(config_.run_dir);
+    fs::create_directories(run_dir);
+    if (!config_.resume.empty()) resume(config_.resume);
+    // A fresh run starts a fresh metrics file; a resumed one appends after the steps it already has.
+    std::ofstream metrics(run_dir / "metrics.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
+    check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+
+    const bool tty = isatty(fileno(stdout)) && &out_ == &std::cout;
+    const int64_t max_steps = config_.train.max_steps;
+    out_ << "model: " << model_->num_parameters() << " parameters; training " << max_steps - step_
+         << " optimizer steps of " << config_.train.grad_accum << " x " << config_.train.batch_size << " x "
+         << config_.train.seq_len << " tokens on " << omp_get_max_threads() << " threads\n";
+
+    auto log_eval = [&](int64_t show) {
+        const EvalMetrics e = evaluate(show);
+        out_ << "eval step " << step_ << ": val loss " << std::fixed << std::setprecision(4) << e.val_loss;
+        if (e.exact_match >= 0) out_ << ", exact match " << std::setprecision(1) << 100.0 * e.exact_match << "% of "
+                                     << e.exact_match_examples;
+        out_ << "\n";
+        out_.unsetf(std::ios::floatfield);
+        json line = {{"kind", "eval"}, {"step", step_}, {"val_loss", e.val_loss}, {"val_tokens", e.val_tokens}};
+        if (e.exact_match >= 0) line["exact_match"] = e.exact_match;
+        metrics << line.dump() << "\n" << std::flush;
+    };
+
+    double train_seconds = 0.0;
+    int64_t steps_timed = 0;
+    while (step_ < max_steps) {
+        const StepMetrics m = train_step();
+        train_seconds += m.seconds;
+        ++steps_timed;
+        const double tok_per_s = static_cast<double>(m.tokens) * steps_timed / std::max(1e-9, train_seconds);
+        const double eta = train_seconds / steps_timed * static_cast<double>(max_steps - step_);
+        metrics << json{{"kind", "train"}, {"step", m.step}, {"loss", m.loss}, {"lr", m.lr},
+                        {"grad_norm", m.grad_norm}, {"tokens", m.tokens}, {"supervised_tokens", m.supervised_tokens},
+                        {"seconds", m.seconds}}
+                       .dump()
+                << "\n";
+        if (!std::isfinite(m.loss)) {
+            metrics.flush();
+            fail("step ", m.step, ": the loss is ", m.loss, " (not finite); stopping. The tracer (a later issue) "
+                 "names the first bad tensor; lower schedule.lr or check the data");
+        }
+        const bool log_now = m.step % config_.log_every == 0 || m.step == max_steps;
+        if (tty) {
+            // A live bar, redrawn in place.
+            const int width = 30;
+            const int filled = static_cast<int>(width * m.step / max_steps);
+            char line[256];
+            std::snprintf(line, sizeof line, "\r[%s%s] step %lld/%lld loss %.4f lr %.2e gnorm %.3f %.0f tok/s ETA %s ",
+                          std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                          (long long)m.step, (long long)max_steps, m.loss, m.lr, m.grad_norm, tok_per_s,
+                          format_duration(eta).c_str());
+            out_ << line << std::flush;
+            if (log_now && m.step == max_steps) out_ << "\n";
+        } else if (log_now) {
+            char line[256];
+            std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f lr %.2e grad_norm %.3f %.0f tok/s ETA %s\n",
+                          (long long)m.step, (long long)max_steps, m.loss, m.lr, m.grad_norm, tok_per_s,
+                          format_duration(eta).c_str());
+            out_ << line << std::flush;
+        }
+        if (config_.eval.every > 0 && m.step % config_.eval.every == 0 && m.step < max_steps) {
+            if (tty) out_ << "\n";
+            log_eval(config_.eval.samples);
+        }
+        if (config_.checkpoint_every > 0 && m.step % config_.checkpoint_every == 0 && m.step < max_steps) {
+            const std::string dir = save_checkpoint();
+            if (!tty) out_ << "checkpoint: " << dir << "\n";
+        }
+    }
+    metrics.flush();
+    log_eval(config_.eval.samples);
+    const std::string dir = save_checkpoint();
+    out_ << "checkpoint: " << dir << "\n";
+    if (data_.task && config_.eval.final_test && !data_.test_examples.empty()) {
+        const double acc = exact_match(*model_, *data_.chat, *data_.task, data_.test_examples, config_.data.system_prompt,
+                                       config_.eval.max_new_tokens, 0, out_);
+        char line[160];
+        std::snprintf(line, sizeof line, "test: exact match %.1f%% on %zu held-out problems (greedy)\n", 100.0 * acc,
+                      data_.test_examples.size());
+        out_ << line;
+        metrics << json{{"kind", "test"}, {"step", step_}, {"exact_match", acc},
+                        {"examples", data_.test_examples.size()}}
+                       .dump()
+                << "\n";
+    }
+    if (steps_timed > 0) {
+        char line[160];
+        std::snprintf(line, sizeof line, "trained %lld steps in %.1f s (%.0f tok/s)\n", (long long)steps_timed,
+                      train_seconds,
+                      static_cast<double>(config_.train.grad_accum * config_.train.batch_size * config_.train.seq_len) *
+                          steps_timed / std::max(1e-9, train_seconds));
+        out_ << line;
+    }
+}
+
+}  // namespace reftrain

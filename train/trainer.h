@@ -1,0 +1,101 @@
+// train/trainer.h — the supervised fine-tuning / pretraining loop behind `reftrain train`.
+//
+// One optimizer step (Trainer::train_step):
+//   1. draw the step's k = grad_accum micro-batches from the packer and count their supervised tokens
+//   2. zero the gradients ONCE, then forward + backward each micro-batch with weight
+//        n_i / sum_j n_j   ("tokens", default: exactly the gradient of one batch of all k), or
+//        1 / k             ("micro_batches": the textbook rule, equal to it only for equal n_i)
+//   3. clip the global gradient norm (the PRE-clip norm is what gets logged)
+//   4. AdamW with lr = schedule(optimizer step): the schedule counts optimizer steps, never micro-batches
+// Every piece of state that decides the next step (weights, moments, step, data position, the sampling
+// RNG) is in the checkpoint, so a resumed run continues bitwise (tests/test_trainer.cpp).
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/chat.h"
+#include "data/packing.h"
+#include "data/tasks.h"
+#include "data/tokenizer.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/run_config.h"
+
+namespace reftrain {
+
+// What the data section of a config builds: tokenizer, template, task, rendered conversations.
+struct RunData {
+    std::unique_ptr<Tokenizer> tokenizer;
+    std::string tokenizer_model_path;           // the .model file ("" for the byte tokenizer)
+    std::unique_ptr<ChatTemplate> chat;
+    std::unique_ptr<Task> task;                 // null for JSONL data
+    std::vector<RenderedConversation> train_docs, val_docs;
+    std::vector<TaskExample> val_examples, test_examples;  // distinct held-out problems (task data)
+    int64_t skipped_too_long = 0;               // conversations longer than seq_len + 1 (bos_aligned)
+    int64_t skipped_unsupervised = 0;           // conversations without an assistant token to learn
+};
+
+// Builds the tokenizer named by config.data.tokenizer (training and caching a SentencePiece model on
+// the task's training prompts when it is "sentencepiece").
+std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::string* model_path);
+RunData prepare_run_data(const RunConfig& config, std::ostream& log);
+
+struct StepMetrics {
+    int64_t step = 0;                 // optimizer steps done after this one
+    double loss = 0.0;                // mean CE over the step's supervised tokens
+    double lr = 0.0;
+    double grad_norm = 0.0;           // before clipping
+    int64_t tokens = 0;               // B * T * k
+    int64_t supervised_tokens = 0;
+    double seconds = 0.0;
+};
+
+struct EvalMetrics {
+    double val_loss = 0.0;
+    int64_t val_tokens = 0;
+    double exact_match = -1.0;        // fraction of verified answers; -1 when there is no task
+    int64_t exact_match_examples = 0;
+};
+
+// Greedy answers to `examples`, scored by the task's verifier. `show` examples are printed to `out`.
+double exact_match(const Transformer& model, const ChatTemplate& chat, const Task& task,
+                   const std::vector<TaskExample>& examples, const std::string& system_prompt,
+                   int64_t max_new_tokens, int64_t show, std::ostream& out);
+
+class Trainer {
+public:
+    // Builds data, model (seeded init), optimizer and packer. `out` receives the human-readable log.
+    Trainer(const RunConfig& config, std::ostream& out);
+    ~Trainer();
+
+    StepMetrics train_step();
+    EvalMetrics evaluate(int64_t show_samples);
+    // Saves run_dir/checkpoints/step_NNNNNNN and points run_dir/checkpoints/latest at it.
+    std::string save_checkpoint();
+    void resume(const std::string& checkpoint_dir);   // "latest" = the run's newest
+    // The whole run: resume if configured, the loop with progress, evals, checkpoints, final test.
+    void run();
+
+    Transformer& model() { return *model_; }
+    AdamW& optimizer() { return *optimizer_; }
+    Packer& packer() { return *packer_; }
+    const RunData& data() const { return data_; }
+    int64_t step() const { return step_; }
+
+private:
+    RunConfig config_;
+    std::ostream& out_;
+    RunData data_;
+    std::unique_ptr<Transformer> model_;
+    std::unique_ptr<AdamW> optimizer_;
+    std::unique_ptr<Packer> packer_;
+    int64_t step_ = 0;
+    Rng sample_rng_;   // eval samples; in the checkpoint
+    std::vector<std::vector<int64_t>> micro_ids_, micro_targets_;
+};
+
+}  // namespace reftrain
