@@ -1,10 +1,11 @@
 // data/tokenizer.h — text <-> token ids: SentencePiece for real runs, a byte-level one for tests.
 //
-// Special tokens (the chat templates' <|im_start|>, <|bos|>, ...) can never come out of encode():
-// plain text that happens to contain "<|im_start|>" is encoded as ordinary characters, so a user
-// message cannot forge a turn boundary. Only the templates insert special ids, by id.
-// In SentencePiece terms our specials are *control symbols* (user-defined pieces that the encoder
-// never matches in text); see docs/data.md.
+// Special tokens (the chat templates' <|im_start|>, <|bos|>, ...) never come out of encode() for the
+// tokenizers reftrain makes: plain text that happens to contain "<|im_start|>" is encoded as ordinary
+// characters, so a user message cannot forge a turn boundary. Only the templates insert special ids.
+// In SentencePiece terms our specials are *control symbols*, which the encoder never matches in text.
+// A foreign .model may define *user-defined* symbols, which SentencePiece does match in text; we
+// encode exactly as Python's sentencepiece does, so for such a model they can appear (docs/data.md).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,7 @@ public:
     virtual ~Tokenizer() = default;
     virtual std::string kind() const = 0;                     // "byte" or "sentencepiece"
     virtual int64_t vocab_size() const = 0;
-    // Plain text -> ids. Never yields a special id. Deterministic.
+    // Plain text -> ids, deterministic. Never yields a control symbol (see above).
     virtual std::vector<int64_t> encode(std::string_view text) const = 0;
     // ids -> text; special ids decode to their piece text ("<|im_end|>"). An id outside
     // [0, vocab_size) is an error naming the id.

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# scripts/run.sh — set up and build (scripts/setup.sh), then run the main job: for now `reftrain demo`
-# (a random Qwen3-style model, one batch, forward + backward and a few AdamW steps, with a summary).
-# Extra arguments go to `reftrain demo`, e.g. `scripts/run.sh --config my/config.json`.
+# scripts/run.sh — set up and build (scripts/setup.sh), then run the main job: train a small chat model
+# on 2-digit addition (configs/addition.json, about 1.5 minutes on 2 CPU cores) and answer held-out
+# problems from the final checkpoint with `reftrain sample`.
+# Extra arguments go to `reftrain train`, e.g. `scripts/run.sh --set train.max_steps=200`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
-exec "${REFTRAIN_BUILD_DIR:-$root/build}/reftrain" demo "$@"
+reftrain=${REFTRAIN_BUILD_DIR:-$root/build}/reftrain
+cd "$root"
+"$reftrain" train --config configs/addition.json "$@"
+echo
+echo "== samples from the final checkpoint (held-out test problems, greedy) =="
+"$reftrain" sample --checkpoint "runs/addition/checkpoints/$(cat runs/addition/checkpoints/latest)" --num 8

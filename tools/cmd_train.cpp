@@ -103,7 +103,8 @@ void register_train_commands(CLI::App& app) {
             if (g.stopped && !ids.empty()) ids.pop_back();  // the end-of-turn token
             const std::string response = tokenizer->decode(ids);
             std::cout << "user: " << e.prompt << "\nassistant: " << response;
-            if (!g.stopped) std::cout << "   (no end-of-turn within " << a->max_new_tokens << " tokens)";
+            // g.ids.size(), not max_new_tokens: the context limit (max_position_embeddings) may stop it first.
+            if (!g.stopped) std::cout << "   (no end-of-turn within " << g.ids.size() << " tokens)";
             if (task) {
                 const bool ok = task->verify(e.prompt, response);
                 correct += ok;

@@ -176,7 +176,10 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     json config = default_run_config();
     if (!path.empty()) merge_config(config, read_json_file(path), path);
     for (const std::string& s : sets) apply_set(config, s);
-    return parse_run_config(config, path.empty() ? "the default config" : path);
+    // A range error can come from the file or from a --set: name both when both were given.
+    const std::string source = (path.empty() ? std::string("the default config") : path) +
+                               (sets.empty() ? "" : " with its --set overrides");
+    return parse_run_config(config, source);
 }
 
 RunConfig parse_run_config(const json& j, const std::string& source) {

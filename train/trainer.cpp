@@ -306,6 +306,19 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     check(saved.template_fingerprint == data_.chat->fingerprint(), dir,
           ": the checkpoint was trained with another chat template or tokenizer (fingerprint ",
           saved.template_fingerprint, ", this run has ", data_.chat->fingerprint(), ")");
+    // Continuing with another schedule is allowed (extending a WSD run is a use), but it is not the
+    // run that was saved, so say so. The usual cause: train.max_steps changed while
+    // schedule.total_steps = 0 ties the schedule's length to it.
+    const ScheduleConfig before = parse_run_config(read_checkpoint_run_config(dir), dir + "/run.json").schedule;
+    const ScheduleConfig& now = config_.schedule;
+    if (before.kind != now.kind || before.lr != now.lr || before.warmup_steps != now.warmup_steps ||
+        before.total_steps != now.total_steps || before.final_lr_fraction != now.final_lr_fraction ||
+        before.decay_fraction != now.decay_fraction || before.decay_shape != now.decay_shape) {
+        out_ << "warning: the LR schedule differs from the checkpoint's (kind " << before.kind << " -> " << now.kind
+             << ", total_steps " << before.total_steps << " -> " << now.total_steps << ", lr " << before.lr << " -> "
+             << now.lr << "): the continuation will not match the run that was saved. Set schedule.total_steps "
+             << "explicitly to keep the schedule fixed when changing train.max_steps.\n";
+    }
     TrainState state;
     load_checkpoint(dir, *model_, optimizer_.get(), state);
     check(state.rng_states.size() == 1, dir, ": expected 1 RNG state, found ", state.rng_states.size());
