@@ -7,7 +7,7 @@
 
 namespace reftrain {
 
-// `reftrain data encode|show`: tokenizer and chat-template inspection (tools/cmd_data.cpp).
+// `reftrain data encode|show|batches`: tokenizer, chat-template and batch inspection (tools/cmd_data.cpp).
 void register_data_commands(CLI::App& app);
 // `reftrain train|sample`: the training loop and generation from a checkpoint (tools/cmd_train.cpp).
 void register_train_commands(CLI::App& app);

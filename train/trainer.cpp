@@ -90,22 +90,30 @@ RunData prepare_run_data(const RunConfig& config, std::ostream& log) {
     // Render. A conversation that cannot be learned from is skipped and COUNTED, never cut: truncating
     // it would silently drop its supervised tail (or all of it).
     const int64_t max_tokens = config.train.seq_len + 1;
-    auto render_all = [&](const std::vector<Conversation>& in, std::vector<RenderedConversation>& out, bool count) {
+    // Validation is always packed BOS-aligned (one conversation never spans two rows), so its length
+    // limit applies whatever data.bos_aligned says; its skips are counted separately.
+    int64_t val_skipped = 0;
+    auto render_all = [&](const std::vector<Conversation>& in, std::vector<RenderedConversation>& out,
+                          bool length_limit, int64_t& too_long, int64_t& unsupervised) {
         for (const Conversation& c : in) {
             RenderedConversation r = data.chat->render(c);
             if (r.num_supervised() == 0) {
-                if (count) ++data.skipped_unsupervised;
+                ++unsupervised;
                 continue;
             }
-            if (d.bos_aligned && static_cast<int64_t>(r.ids.size()) > max_tokens) {
-                if (count) ++data.skipped_too_long;
+            if (length_limit && static_cast<int64_t>(r.ids.size()) > max_tokens) {
+                ++too_long;
                 continue;
             }
             out.push_back(std::move(r));
         }
     };
-    render_all(train, data.train_docs, true);
-    render_all(val, data.val_docs, false);
+    render_all(train, data.train_docs, d.bos_aligned, data.skipped_too_long, data.skipped_unsupervised);
+    render_all(val, data.val_docs, true, val_skipped, val_skipped);
+    if (val_skipped > 0) {
+        log << "data: skipped " << val_skipped << " of " << val.size()
+            << " validation conversations (longer than seq_len + 1 or nothing supervised)\n";
+    }
     const int64_t kept = static_cast<int64_t>(data.train_docs.size());
     if (data.skipped_too_long || data.skipped_unsupervised) {
         log << "data: skipped " << data.skipped_too_long << " conversations longer than seq_len + 1 = " << max_tokens

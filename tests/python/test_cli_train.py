@@ -351,6 +351,25 @@ def check_data_show(reftrain, workdir):
           f"data show: want '11 supervised' in the counts line:\n{r.stdout}")
 
 
+def check_data_show_config(reftrain, workdir):
+    print("data show --config: training conversations as train renders them, answers supervised")
+    args = ["data", "show", "--config", ADDITION_CONFIG, "--count", "2", "--color", "never"]
+    for kv in TINY:
+        args += ["--set", kv]
+    r = run(reftrain, args, workdir)
+    if not check(r.rc == 0, f"data show --config: {r.describe()}"):
+        return
+    blocks = r.stdout.split("=== training conversation ")[1:]
+    check(len(blocks) == 2, f"data show --config --count 2: {len(blocks)} conversations shown:\n{r.stdout}")
+    for block in blocks:
+        body = block.partition("\n")[2].partition("\nlegend:")[0].replace("\\n\n", "\\n")
+        prompt = re.search(r"user\\n(\d+)\+(\d+)<\|im_end\|>", body)
+        spans = re.findall(r"\[\[(.*?)\]\]", body, re.S)
+        if check(prompt is not None and len(spans) == 1, f"data show --config: unexpected rendering:\n{body}"):
+            want = str(int(prompt.group(1)) + int(prompt.group(2))) + "<|im_end|>"
+            check(spans[0] == want, f"data show --config: supervised {spans[0]!r}, want {want!r}")
+
+
 def check_print_defaults(reftrain, workdir):
     print("train --print-defaults")
     r = run(reftrain, ["train", "--print-defaults"], workdir)
@@ -385,6 +404,7 @@ def main():
         check_sample(reftrain, workdir, final_checkpoint(first_dir))
         check_refusals(reftrain, workdir, final_checkpoint(first_dir))
     check_data_show(reftrain, workdir)
+    check_data_show_config(reftrain, workdir)
     check_print_defaults(reftrain, workdir)
 
     print(f"FAILED: {len(failures)} check(s)" if failures else "OK: train, resume, sample, refusals and data show behave")
