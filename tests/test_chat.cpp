@@ -17,28 +17,14 @@
 #include "data/tokenizer.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
 
+using namespace reftrain::testing;
+
 namespace fs = std::filesystem;
-
-std::string error_of(const std::function<void()>& body) {
-    try {
-        body();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected a reftrain::Error";
-    return "";
-}
-
-void expect_contains(const std::string& message, const std::vector<std::string>& phrases) {
-    for (const auto& phrase : phrases) {
-        EXPECT_NE(message.find(phrase), std::string::npos)
-            << "error message lacks \"" << phrase << "\":\n  " << message;
-    }
-}
 
 // A byte tokenizer with the specials of both templates, so either can render with it.
 std::unique_ptr<Tokenizer> byte_tokenizer_for_both() {

@@ -18,9 +18,12 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/random.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
+
+using namespace reftrain::testing;
 
 constexpr int64_t kPad = 0;
 constexpr int64_t kIgnore = cpu::kIgnoreIndex;
@@ -28,20 +31,6 @@ constexpr int64_t kIgnore = cpu::kIgnoreIndex;
 int64_t token_id(int64_t conversation, int64_t position) { return 1000 * (conversation + 1) + position; }
 int64_t conversation_of(int64_t id) { return id / 1000 - 1; }
 int64_t position_of(int64_t id) { return id % 1000; }
-
-void expect_error(const std::function<void()>& action, const std::vector<std::string>& phrases) {
-    try {
-        action();
-    } catch (const Error& e) {
-        const std::string message = e.what();
-        for (const std::string& phrase : phrases) {
-            EXPECT_NE(message.find(phrase), std::string::npos)
-                << "error message lacks \"" << phrase << "\":\n  " << message;
-        }
-        return;
-    }
-    ADD_FAILURE() << "expected a reftrain::Error mentioning \"" << (phrases.empty() ? "" : phrases[0]) << "\"";
-}
 
 // Conversations shaped like rendered chats: an unsupervised BOS, an unsupervised prompt part, then a
 // supervised answer part. With all_supervised every token is a target (the harshest case for stream

@@ -15,9 +15,12 @@
 #include <gtest/gtest.h>
 
 #include "kernels/safetensors.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
+
+using namespace reftrain::testing;
 
 namespace fs = std::filesystem;
 
@@ -48,22 +51,6 @@ protected:
 
     fs::path dir_;
 };
-
-// Runs fn, which must throw reftrain::Error whose message contains every phrase; returns the message.
-std::string expect_error(const std::function<void()>& fn, const std::vector<std::string>& phrases) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        std::string message = e.what();
-        for (const std::string& phrase : phrases) {
-            EXPECT_NE(message.find(phrase), std::string::npos)
-                << "error message lacks \"" << phrase << "\":\n  " << message;
-        }
-        return message;
-    }
-    ADD_FAILURE() << "expected reftrain::Error containing \"" << (phrases.empty() ? "" : phrases[0]) << "\"";
-    return "";
-}
 
 std::string open_error(const std::string& p, std::vector<std::string> phrases) {
     phrases.push_back(p);

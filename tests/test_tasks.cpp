@@ -12,26 +12,14 @@
 
 #include "data/tasks.h"
 #include "kernels/error.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
 
-using json = nlohmann::json;
+using namespace reftrain::testing;
 
-// `action` must throw reftrain::Error whose message contains every phrase.
-void expect_error(const std::function<void()>& action, const std::vector<std::string>& phrases) {
-    try {
-        action();
-    } catch (const Error& e) {
-        const std::string message = e.what();
-        for (const std::string& phrase : phrases) {
-            EXPECT_NE(message.find(phrase), std::string::npos)
-                << "error message lacks \"" << phrase << "\":\n  " << message;
-        }
-        return;
-    }
-    ADD_FAILURE() << "expected a reftrain::Error mentioning \"" << (phrases.empty() ? "" : phrases[0]) << "\"";
-}
+using json = nlohmann::json;
 
 // The answer with its last character changed to another of the same kind (digit or letter), so the
 // result still looks like an answer but is wrong.

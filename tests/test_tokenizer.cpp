@@ -17,31 +17,16 @@
 #include "data/tokenizer.h"
 #include "kernels/error.h"
 #include "kernels/safetensors.h"  // write_file_atomically
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
 
+using namespace reftrain::testing;
+
 namespace fs = std::filesystem;
 
 const std::vector<std::string> kSpecials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-
-// The message of the reftrain::Error that `body` throws; a test failure if it throws none.
-std::string error_of(const std::function<void()>& body) {
-    try {
-        body();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected a reftrain::Error";
-    return "";
-}
-
-void expect_contains(const std::string& message, const std::vector<std::string>& phrases) {
-    for (const auto& phrase : phrases) {
-        EXPECT_NE(message.find(phrase), std::string::npos)
-            << "error message lacks \"" << phrase << "\":\n  " << message;
-    }
-}
 
 // A small corpus in the style of our tasks: arithmetic, short English, some punctuation and newlines.
 std::vector<std::string> small_corpus() {

@@ -12,8 +12,10 @@
 #include "train/checkpoint.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
+#include "tests/test_util.h"
 
 using namespace reftrain;
+using namespace reftrain::testing;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
@@ -54,15 +56,6 @@ RunConfig tiny_config(const std::string& run_dir, std::vector<std::string> extra
     std::vector<std::string> sets = tiny_sets(run_dir);
     sets.insert(sets.end(), extra.begin(), extra.end());
     return load_run_config("", sets);
-}
-
-std::string error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
 }
 
 double max_relative_difference(const Arena& a, const Arena& b) {
