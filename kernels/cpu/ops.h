@@ -143,4 +143,13 @@ void cross_entropy_backward(const Tensor& dlogits,   // (N, V)
                             const Tensor& targets,   // (N) I64
                             double dloss);
 
+// ---- mixed-precision emulation ------------------------------------------------------------------------
+// Rounds every element of x (F32) in place to the nearest value of `precision` and back to F32:
+// BF16 or F16 with round-to-nearest-even, F16 overflowing to +-inf past 65504 and keeping subnormals,
+// exactly as PyTorch's x.to(torch.bfloat16 / torch.float16).float() does. F32 leaves x as it is.
+// This is how the CPU reproduces a GPU's bf16/fp16 numerics: the model calls it at the points where a
+// GPU kernel would write a bf16/fp16 tensor (docs/precision.md).
+void round_to_precision(const Tensor& x, DType precision);
+
 }  // namespace reftrain::cpu
+

@@ -1,0 +1,56 @@
+// kernels/bugs.cpp — the bug-switch registry (see bugs.h).
+#include "kernels/bugs.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "kernels/error.h"
+
+namespace reftrain {
+
+namespace {
+
+Bugs g_bugs;
+
+// Catalog id -> switch. Ids use dashes as in FAILURES.md.
+const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
+    static const std::vector<std::pair<std::string, bool Bugs::*>> entries = {
+        {"labels-all-masked", &Bugs::labels_all_masked},
+        {"mask-off-by-one", &Bugs::mask_off_by_one},
+        {"bos-twice", &Bugs::bos_twice},
+        {"causal-leak", &Bugs::causal_leak},
+        {"view-vs-permute", &Bugs::view_vs_permute},
+        {"scheduler-per-microbatch", &Bugs::scheduler_per_microbatch},
+        {"grad-accum-not-divided", &Bugs::grad_accum_not_divided},
+        {"forgot-zero-grad", &Bugs::forgot_zero_grad},
+    };
+    return entries;
+}
+
+}  // namespace
+
+Bugs& bugs() { return g_bugs; }
+
+void reset_bugs() { g_bugs = Bugs{}; }
+
+std::vector<std::string> bug_names() {
+    std::vector<std::string> names;
+    for (const auto& [name, member] : table()) names.push_back(name);
+    return names;
+}
+
+void set_bug(const std::string& name, bool on) {
+    std::string id = name;
+    std::replace(id.begin(), id.end(), '_', '-');
+    for (const auto& [candidate, member] : table()) {
+        if (candidate == id) {
+            g_bugs.*member = on;
+            return;
+        }
+    }
+    std::string known;
+    for (const std::string& n : bug_names()) known += (known.empty() ? "" : ", ") + n;
+    fail("unknown bug switch '", name, "' (known: ", known, ")");
+}
+
+}  // namespace reftrain

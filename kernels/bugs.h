@@ -1,0 +1,50 @@
+// kernels/bugs.h — the bug switches of the runnable-failure catalog (FAILURES.md, docs/failures/).
+//
+// Each switch is a named, default-off toggle that sits in the code right beside the correct line:
+//     if (bugs().causal_leak) { ...the buggy line... } else { ...the correct line... }
+// so a reader can diff the two. `reftrain failure run ID` turns one on for the "with the bug" half of
+// a scenario; a run config can set them under "bugs" for experiments. Nothing else ever reads them.
+// It lives in kernels/ because the bugs live in every layer, kernels included. The registry is
+// process-global on purpose: the bugs sit in data, model, train and the ops, and
+// threading a flag through every call would bury the one line that matters.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace reftrain {
+
+struct Bugs {
+    // data
+    bool labels_all_masked = false;       // every target is the ignore index
+    bool mask_off_by_one = false;         // targets shifted, supervision flags not
+    bool bos_twice = false;               // the template adds BOS and so does the "tokenizer"
+    // model
+    bool causal_leak = false;             // attention lets position t see t + 1
+    bool view_vs_permute = false;         // heads split with a reshape that mixes batch rows
+    // train
+    bool scheduler_per_microbatch = false;  // schedule indexed by micro-batch, not optimizer step
+    bool grad_accum_not_divided = false;    // each micro-batch's loss added at weight 1
+    bool forgot_zero_grad = false;          // gradients not cleared between optimizer steps
+};
+
+Bugs& bugs();
+// All switches off (tests call this in their set-up; scenarios call it between their two halves).
+void reset_bugs();
+// Sets one switch by its catalog id with dashes or underscores ("causal-leak"); fails listing the names.
+void set_bug(const std::string& name, bool on);
+std::vector<std::string> bug_names();
+
+// Turns one switch on for a scope and restores every switch when the scope ends.
+class ScopedBug {
+public:
+    explicit ScopedBug(const std::string& name) : saved_(bugs()) { set_bug(name, true); }
+    ~ScopedBug() { bugs() = saved_; }
+    ScopedBug(const ScopedBug&) = delete;
+    ScopedBug& operator=(const ScopedBug&) = delete;
+
+private:
+    Bugs saved_;
+};
+
+}  // namespace reftrain
