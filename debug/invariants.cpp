@@ -1,0 +1,523 @@
+// debug/invariants.cpp — the invariant registry, the text of every built-in invariant, and the checks.
+//
+// The texts below are what a user reads when a run stops or warns, so each says what is wrong in
+// terms of the run, the cause we have seen produce it (FAILURES.md), and the first place to look.
+// The checks only compute a yes/no and the numbers for `details`; everything about modes, counting,
+// printing and throwing is in Invariants::report, so all invariants behave the same way.
+#include "debug/invariants.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <sstream>
+#include <string_view>
+#include <unordered_set>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/json_strict.h"
+
+namespace reftrain {
+
+namespace {
+
+const std::vector<std::string> kModeNames = {"off", "warn", "fatal"};
+
+bool parse_mode(const std::string& text, InvariantMode* mode) {
+    for (size_t i = 0; i < kModeNames.size(); ++i) {
+        if (text == kModeNames[i]) {
+            *mode = static_cast<InvariantMode>(i);
+            return true;
+        }
+    }
+    return false;
+}
+
+std::string suggestion(const std::string& key, const std::vector<std::string>& candidates) {
+    const std::string closest = closest_name(key, candidates);
+    return closest.empty() ? std::string() : " (did you mean '" + closest + "'?)";
+}
+
+// A short, printable excerpt of a data item for messages.
+std::string excerpt(std::string_view text) {
+    constexpr size_t kMax = 60;
+    std::string out(text.substr(0, kMax));
+    if (text.size() > kMax) out += "...";
+    return "\"" + out + "\"";
+}
+
+}  // namespace
+
+const char* mode_name(InvariantMode mode) { return kModeNames[static_cast<size_t>(mode)].c_str(); }
+
+const std::vector<InvariantInfo>& builtin_invariants() {
+    using M = InvariantMode;
+    static const std::vector<InvariantInfo> invariants = {
+        {"mask.has_supervised_tokens",
+         "no target of the step is supervised (every one is the ignore index -100), so the loss is 0 or NaN "
+         "and the update learns nothing",
+         "the loss mask marks no token as supervised: a chat template whose assistant role never matches, data "
+         "without assistant turns, or rows that hold only prompt tokens",
+         "render one example with `reftrain data show` (supervised tokens are marked) and look for marked "
+         "assistant text; check data.template and the roles in the data",
+         M::fatal},
+        {"mask.aligned_with_targets",
+         "the targets and the loss mask do not line up: a supervised target is not the next token, or the "
+         "supervised positions are shifted (an end-of-turn token is not learned, or the token after it is)",
+         "the mask was not shifted together with the targets (targets = ids[1:] but mask = supervised[:-1] "
+         "instead of supervised[1:]), or the targets were shifted by the wrong amount",
+         "shifted_targets and the packer: target[t] must be ids[t + 1] exactly where supervised[t + 1]; "
+         "`reftrain data show` must show every assistant turn ending with its end-of-turn token supervised",
+         M::fatal},
+        {"template.bos_exactly_once",
+         "a rendered conversation does not start with exactly one BOS token",
+         "both the chat template and the tokenizer add BOS (BOS twice), or neither does (BOS missing); either "
+         "way training sees a prefix that generation will not give the model",
+         "the template's render and whether the tokenizer's encode adds special tokens of its own; the first "
+         "tokens of `reftrain data show`",
+         M::fatal},
+        {"schedule.counts_optimizer_steps",
+         "the learning-rate schedule was indexed by something other than the optimizer step",
+         "the schedule is stepped once per micro-batch under gradient accumulation, so warmup ends grad_accum "
+         "times too early and the decay finishes long before the run does",
+         "the call of lr_at in the training loop: it must receive the number of optimizer updates so far, not "
+         "a micro-batch counter; compare the lr column of metrics.jsonl with the schedule",
+         M::fatal},
+        {"grad.zeroed_at_cycle_start",
+         "the gradient buffers are not all zero at the start of an accumulation cycle",
+         "zero_grad was not called (or cleared other buffers) before the first backward of the step, so the "
+         "previous steps' gradients are added to this one's and the updates grow",
+         "the training loop: zero_grad once per optimizer step, before the first micro-batch's backward; "
+         "nothing else may write into the gradient arena between the two",
+         M::fatal},
+        {"loss.finite",
+         "the loss is NaN or infinite",
+         "a learning rate too high (or no warmup) made activations overflow, a mean over zero supervised "
+         "tokens (0/0), or a bad batch",
+         "the frame tracer's report names the first tensor that went non-finite; lower schedule.lr, add "
+         "warmup, check that every step has supervised tokens",
+         M::fatal},
+        {"optimizer.decay_only_matrices",
+         "weight decay does not apply exactly to the 2-D parameters (matrices and embeddings)",
+         "the parameter grouping decays 1-D tensors (RMSNorm gains, biases), which pulls the gains towards 0 "
+         "and fights the normalisation they scale, or it leaves a matrix undecayed",
+         "the optimizer's decay rule (AdamW::decays) against the parameter names and shapes in this message",
+         M::warn},
+        {"data.split_disjoint",
+         "an example occurs in two splits, so every number measured on the later split is too good",
+         "the splits were drawn independently from one generator or file, or deduplication ran after the "
+         "split; a validation file that repeats lines of the training file",
+         "how the splits are made (task splits go by a hash of the prompt, data/tasks.h) and the example "
+         "shown here in both files",
+         M::fatal},
+        {"init.loss_near_log_vocab",
+         "the loss of the first step from a random init is far from ln(V), the loss of a uniform prediction",
+         "above ln(V): the initial weights are too large (logits far from 0), e.g. an init std meant for "
+         "another width; below: the targets leak into the inputs, or the loss is averaged over ignored "
+         "positions",
+         "the model's init std and output-layer scale; the loss normalisation; a run that starts from trained "
+         "weights should turn this check off",
+         M::warn},
+    };
+    return invariants;
+}
+
+// ---- the registry -------------------------------------------------------------------------------------
+
+Invariants::Invariants() : out_(&std::cerr) {
+    for (const InvariantInfo& info : builtin_invariants()) add(info);
+}
+
+void Invariants::add(const InvariantInfo& info) {
+    check(!info.name.empty() && info.name != "default", "invariants: cannot register an invariant named '",
+          info.name, "' (the name must be non-empty and not 'default')");
+    check(!known(info.name), "invariants: '", info.name, "' is already registered");
+    entries_[info.name].info = info;
+}
+
+std::vector<std::string> Invariants::names() const {
+    std::vector<std::string> out;
+    for (const auto& [name, unused] : entries_) out.push_back(name);
+    return out;
+}
+
+Invariants::Entry& Invariants::entry(const std::string& name) {
+    auto it = entries_.find(name);
+    if (it == entries_.end()) fail("invariants: unknown invariant '", name, "'", suggestion(name, names()));
+    return it->second;
+}
+
+const Invariants::Entry& Invariants::entry(const std::string& name) const {
+    return const_cast<Invariants*>(this)->entry(name);
+}
+
+const InvariantInfo& Invariants::info(const std::string& name) const { return entry(name).info; }
+
+void Invariants::set_default_mode(InvariantMode mode) {
+    has_default_ = true;
+    default_mode_ = mode;
+}
+
+void Invariants::set_mode(const std::string& name, InvariantMode mode) {
+    Entry& e = entry(name);
+    e.has_override = true;
+    e.override_mode = mode;
+}
+
+InvariantMode Invariants::mode(const std::string& name) const {
+    const Entry& e = entry(name);
+    if (e.has_override) return e.override_mode;
+    if (has_default_) return default_mode_;
+    return e.info.default_mode;
+}
+
+void Invariants::configure(const nlohmann::json& config, const std::string& where) {
+    check(config.is_object(), where, ": must be a JSON object of invariant name -> \"off\" | \"warn\" | \"fatal\" ",
+          "(and \"default\"), got ", config.type_name());
+    // Parse everything first, so a bad entry leaves the registry as it was.
+    std::vector<std::pair<std::string, InvariantMode>> parsed;
+    for (const auto& [key, value] : config.items()) {
+        if (key != "default" && !known(key)) {
+            std::vector<std::string> candidates = names();
+            candidates.push_back("default");
+            fail(where, ": unknown invariant '", key, "'", suggestion(key, candidates));
+        }
+        check(value.is_string(), where, ".", key, ": must be one of \"off\", \"warn\", \"fatal\", got ", value.dump());
+        const std::string text = value.get<std::string>();
+        InvariantMode mode;
+        if (!parse_mode(text, &mode)) {
+            fail(where, ".", key, ": unknown mode '", text, "' (expected off, warn or fatal)",
+                 suggestion(text, kModeNames));
+        }
+        parsed.emplace_back(key, mode);
+    }
+    for (const auto& [key, mode] : parsed) {
+        if (key == "default") set_default_mode(mode);
+        else set_mode(key, mode);
+    }
+}
+
+std::string Invariants::message(const std::string& name, const std::string& details) const {
+    const InvariantInfo& i = info(name);
+    std::ostringstream out;
+    out << "invariant " << i.name << " violated: " << i.what << "\n";
+    if (!details.empty()) out << "  details: " << details << "\n";
+    out << "  likely cause: " << i.cause << "\n"
+        << "  check: " << i.check << "\n"
+        << "  see: " << i.doc();
+    return out.str();
+}
+
+bool Invariants::report(const std::string& name, bool ok, const std::string& details) {
+    const InvariantMode m = mode(name);
+    if (m == InvariantMode::off) return true;
+    Entry& e = entry(name);
+    ++e.evaluations;
+    if (ok) return true;
+    ++e.violations;
+    e.last_message = message(name, details);
+    if (m == InvariantMode::fatal) throw InvariantViolation(name, e.last_message);
+    // warn: the first few in full, then a line at every power of ten so a long run neither floods the
+    // terminal nor goes quiet about a violation that keeps happening.
+    std::ostream& out = *out_;
+    if (e.violations <= max_printed_) {
+        out << "warning: " << e.last_message << "\n";
+        if (e.violations == max_printed_) {
+            out << "  (further violations of " << name << " are counted, not printed in full; the run's summary "
+                << "lists them)\n";
+        }
+    } else {
+        int64_t power = 10;
+        while (power < e.violations) power *= 10;
+        if (power == e.violations) {
+            out << "warning: invariant " << name << ": " << e.violations << " violations so far"
+                << (details.empty() ? "" : " (latest: " + details + ")") << "; see " << e.info.doc() << "\n";
+        }
+    }
+    out.flush();
+    return false;
+}
+
+int64_t Invariants::evaluations(const std::string& name) const { return entry(name).evaluations; }
+int64_t Invariants::violations(const std::string& name) const { return entry(name).violations; }
+const std::string& Invariants::last_message(const std::string& name) const { return entry(name).last_message; }
+
+std::string Invariants::summary() const {
+    std::ostringstream out;
+    for (const auto& [name, e] : entries_) {
+        if (e.violations == 0) continue;
+        out << name << ": " << e.violations << " of " << e.evaluations << " evaluations violated (see " << e.info.doc()
+            << ")\n";
+    }
+    return out.str();
+}
+
+// ---- the checks ---------------------------------------------------------------------------------------
+
+bool check_has_supervised_tokens(Invariants& inv, int64_t supervised_count, int64_t target_count, int64_t step) {
+    const char* name = "mask.has_supervised_tokens";
+    if (!inv.enabled(name)) return true;
+    if (supervised_count > 0) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step, ": ", supervised_count, " of ", target_count,
+                                          " targets are supervised"));
+}
+
+bool check_has_supervised_tokens(Invariants& inv, std::span<const int64_t> targets, int64_t step) {
+    if (!inv.enabled("mask.has_supervised_tokens")) return true;
+    const int64_t supervised =
+        std::count_if(targets.begin(), targets.end(), [](int64_t y) { return y != cpu::kIgnoreIndex; });
+    return check_has_supervised_tokens(inv, supervised, static_cast<int64_t>(targets.size()), step);
+}
+
+bool check_mask_aligned(Invariants& inv, std::span<const int64_t> ids, std::span<const uint8_t> supervised,
+                        std::span<const int64_t> targets, const std::string& source) {
+    const char* name = "mask.aligned_with_targets";
+    if (!inv.enabled(name)) return true;
+    const size_t n = ids.size();
+    if (supervised.size() != n || targets.size() != n) {
+        return inv.report(name, false, concat(source, ": lengths differ: ", n, " ids, ", supervised.size(),
+                                              " supervision flags, ", targets.size(), " targets"));
+    }
+    int64_t wrong = 0;
+    std::string first;
+    for (size_t t = 0; t < n; ++t) {
+        // targets[t] predicts ids[t + 1]; it is supervised exactly when that next token is.
+        const bool next_supervised = t + 1 < n && supervised[t + 1] != 0;
+        const int64_t expected = next_supervised ? ids[t + 1] : cpu::kIgnoreIndex;
+        if (targets[t] == expected) continue;
+        if (wrong++ == 0) {
+            first = concat("position ", t, ": target ", targets[t], ", expected ", expected,
+                           t + 1 >= n ? " (the last position predicts nothing)"
+                           : next_supervised ? concat(" (ids[", t + 1, "], which is supervised)")
+                                             : concat(" (the ignore index: ids[", t + 1, "] = ", ids[t + 1],
+                                                      " is not supervised)"));
+        }
+    }
+    if (wrong == 0) return inv.report(name, true);
+    return inv.report(name, false, concat(source, ": ", wrong, " of ", n, " targets wrong; first at ", first));
+}
+
+bool check_mask_aligned_batch(Invariants& inv, std::span<const int64_t> input_ids, std::span<const int64_t> targets,
+                              int64_t B, int64_t T, int64_t end_of_turn_id, int64_t step) {
+    const char* name = "mask.aligned_with_targets";
+    if (!inv.enabled(name)) return true;
+    check(B > 0 && T > 0 && static_cast<int64_t>(input_ids.size()) == B * T &&
+              static_cast<int64_t>(targets.size()) == B * T,
+          "check_mask_aligned_batch: expected input_ids and targets of B * T = ", B, " * ", T, " elements, got ",
+          input_ids.size(), " and ", targets.size());
+    constexpr int64_t ignore = cpu::kIgnoreIndex;
+    int64_t not_next = 0, after_end = 0, span_end = 0;  // violations of each rule
+    std::string first_not_next, first_after_end, first_span_end;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t* x = input_ids.data() + b * T;
+        const int64_t* y = targets.data() + b * T;
+        for (int64_t t = 0; t < T; ++t) {
+            // Rule 1: a supervised target is the next input (the last position's next token is hidden).
+            if (t + 1 < T && y[t] != ignore && y[t] != x[t + 1] && not_next++ == 0) {
+                first_not_next = concat("row ", b, " position ", t, ": target ", y[t], " but the next input is ",
+                                        x[t + 1]);
+            }
+            if (end_of_turn_id < 0) continue;
+            // Rule 2a: what follows an end-of-turn is the template's, never supervised.
+            if (x[t] == end_of_turn_id && y[t] != ignore && after_end++ == 0) {
+                first_after_end = concat("row ", b, " position ", t, ": the input is the end-of-turn token ",
+                                         end_of_turn_id, " and its target ", y[t], " is supervised");
+            }
+            // Rule 2b: a supervised run ending inside the row ends by predicting the end-of-turn token.
+            if (t > 0 && y[t - 1] != ignore && y[t] == ignore && y[t - 1] != end_of_turn_id && span_end++ == 0) {
+                first_span_end = concat("row ", b, " position ", t - 1, ": a run of supervised targets ends with ",
+                                        y[t - 1], ", not the end-of-turn token ", end_of_turn_id);
+            }
+        }
+    }
+    if (not_next + after_end + span_end == 0) return inv.report(name, true);
+    std::string details = concat("step ", step, ", batch (", B, ", ", T, "):");
+    if (not_next) details += concat(" ", not_next, " supervised targets are not the next token (first: ",
+                                    first_not_next, ");");
+    if (after_end) details += concat(" ", after_end, " positions after an end-of-turn are supervised (first: ",
+                                     first_after_end, ");");
+    if (span_end) details += concat(" ", span_end, " supervised runs do not end at an end-of-turn (first: ",
+                                    first_span_end, ");");
+    details.pop_back();
+    return inv.report(name, false, details);
+}
+
+bool check_bos_exactly_once(Invariants& inv, std::span<const int64_t> ids, int64_t bos_id, const std::string& source) {
+    const char* name = "template.bos_exactly_once";
+    if (!inv.enabled(name)) return true;
+    std::vector<size_t> positions;
+    for (size_t t = 0; t < ids.size(); ++t) {
+        if (ids[t] == bos_id) positions.push_back(t);
+    }
+    if (positions.size() == 1 && positions[0] == 0) return inv.report(name, true);
+    std::string where;
+    for (size_t i = 0; i < positions.size() && i < 5; ++i) where += concat(i ? ", " : " at positions ", positions[i]);
+    if (positions.size() > 5) where += ", ...";
+    return inv.report(name, false,
+                      concat(source, ": BOS (id ", bos_id, ") occurs ", positions.size(), " times", where,
+                             ids.empty() ? std::string("; the conversation has no tokens")
+                                         : concat("; the first token is ", ids[0])));
+}
+
+bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, int64_t micro_batches_seen,
+                                           int64_t grad_accum, int64_t schedule_step_used) {
+    const char* name = "schedule.counts_optimizer_steps";
+    if (!inv.enabled(name)) return true;
+    if (schedule_step_used == optimizer_step) return inv.report(name, true);
+    return inv.report(name, false,
+                      concat("optimizer step ", optimizer_step, " (0-based, grad_accum ", grad_accum,
+                             ") asked the schedule for step ", schedule_step_used,
+                             schedule_step_used == micro_batches_seen
+                                 ? concat(", the number of micro-batches seen (", micro_batches_seen,
+                                          "): the schedule counts micro-batches")
+                                 : concat("; micro-batches seen: ", micro_batches_seen)));
+}
+
+bool check_grad_zeroed(Invariants& inv, const Arena& grads, int64_t step) {
+    const char* name = "grad.zeroed_at_cycle_start";
+    if (!inv.enabled(name)) return true;
+    check(grads.allocated(), "check_grad_zeroed: arena '", grads.label(), "' is not allocated");
+    int64_t nonzero = 0, tensors_hit = 0;
+    std::string first;
+    for (const Tensor& g : grads.tensors()) {
+        check(g.device == Device::CPU, "check_grad_zeroed: '", g.name, "' is on the GPU; copy it to the CPU first");
+        const int64_t n = g.numel();
+        int64_t here = 0, first_index = -1;
+        double first_value = 0.0;
+        auto scan = [&](auto value_of) {
+            for (int64_t i = 0; i < n; ++i) {
+                const double v = value_of(i);
+                if (v == 0.0) continue;  // -0.0 counts as zero
+                if (here++ == 0) { first_index = i; first_value = v; }
+            }
+        };
+        switch (g.dtype) {
+            case DType::F32: {
+                const float* p = g.ptr<float>();
+                scan([p](int64_t i) { return static_cast<double>(p[i]); });
+                break;
+            }
+            case DType::F64: {
+                const double* p = g.ptr<double>();
+                scan([p](int64_t i) { return p[i]; });
+                break;
+            }
+            case DType::BF16:
+            case DType::F16: {
+                const uint16_t* p = g.ptr<uint16_t>();
+                const bool bf16 = g.dtype == DType::BF16;
+                scan([p, bf16](int64_t i) {
+                    return static_cast<double>(bf16 ? bf16_to_float(p[i]) : f16_to_float(p[i]));
+                });
+                break;
+            }
+            default: fail("check_grad_zeroed: '", g.name, "' has dtype ", dtype_name(g.dtype), ", not a float type");
+        }
+        if (here == 0) continue;
+        nonzero += here;
+        if (tensors_hit++ == 0) {
+            first = concat("'", g.name, "' ", g.shape_str(), " element ", first_index, " = ", first_value);
+        }
+    }
+    if (nonzero == 0) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step, ": ", nonzero, " of ", grads.numel(),
+                                          " gradient elements in ", tensors_hit, " of ", grads.size(),
+                                          " tensors are not 0; first: ", first));
+}
+
+bool check_loss_finite(Invariants& inv, double loss, int64_t step) {
+    const char* name = "loss.finite";
+    if (!inv.enabled(name)) return true;
+    if (std::isfinite(loss)) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step, ": loss = ", loss));
+}
+
+bool check_decay_only_matrices(Invariants& inv, const Arena& params, const DecayPredicate& decays) {
+    const char* name = "optimizer.decay_only_matrices";
+    if (!inv.enabled(name)) return true;
+    std::vector<std::string> decayed_not_matrix, matrix_not_decayed;
+    for (const Tensor& p : params.tensors()) {
+        const bool is_matrix = p.ndim == 2;
+        const bool decayed = decays(p.name, p);
+        if (decayed && !is_matrix) decayed_not_matrix.push_back(p.name + " " + p.shape_str());
+        if (!decayed && is_matrix) matrix_not_decayed.push_back(p.name + " " + p.shape_str());
+    }
+    if (decayed_not_matrix.empty() && matrix_not_decayed.empty()) return inv.report(name, true);
+    auto list = [](const std::vector<std::string>& items) {
+        std::string out;
+        for (size_t i = 0; i < items.size() && i < 5; ++i) out += (i ? ", " : "") + items[i];
+        if (items.size() > 5) out += concat(", ... (", items.size() - 5, " more)");
+        return out;
+    };
+    std::string details;
+    if (!decayed_not_matrix.empty()) {
+        details += concat(decayed_not_matrix.size(), " tensors that are not 2-D are decayed: ",
+                          list(decayed_not_matrix));
+    }
+    if (!matrix_not_decayed.empty()) {
+        details += concat(details.empty() ? "" : "; ", matrix_not_decayed.size(), " 2-D tensors are not decayed: ",
+                          list(matrix_not_decayed));
+    }
+    return inv.report(name, false, details);
+}
+
+bool check_split_disjoint(Invariants& inv, std::span<const std::string> a, std::span<const std::string> b,
+                          const std::string& a_name, const std::string& b_name) {
+    const char* name = "data.split_disjoint";
+    if (!inv.enabled(name)) return true;
+    const std::unordered_set<std::string_view> in_b(b.begin(), b.end());
+    int64_t shared = 0;
+    std::string first;
+    for (const std::string& item : a) {
+        if (!in_b.count(item)) continue;
+        if (shared++ == 0) first = excerpt(item);
+    }
+    if (shared == 0) return inv.report(name, true);
+    return inv.report(name, false, concat(shared, " of ", a.size(), " ", a_name, " items also occur in ", b_name,
+                                          " (", b.size(), " items); first: ", first));
+}
+
+bool check_split_disjoint(Invariants& inv, std::span<const uint64_t> a_hashes, std::span<const uint64_t> b_hashes,
+                          const std::string& a_name, const std::string& b_name) {
+    const char* name = "data.split_disjoint";
+    if (!inv.enabled(name)) return true;
+    const std::unordered_set<uint64_t> in_b(b_hashes.begin(), b_hashes.end());
+    int64_t shared = 0, first_index = -1;
+    for (size_t i = 0; i < a_hashes.size(); ++i) {
+        if (!in_b.count(a_hashes[i])) continue;
+        if (shared++ == 0) first_index = static_cast<int64_t>(i);
+    }
+    if (shared == 0) return inv.report(name, true);
+    return inv.report(name, false, concat(shared, " of ", a_hashes.size(), " ", a_name, " items also occur in ", b_name,
+                                          " (", b_hashes.size(), " items, compared by hash); first: ", a_name,
+                                          " item ", first_index));
+}
+
+uint64_t hash_token_ids(std::span<const int64_t> ids) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a 64-bit offset basis
+    for (int64_t id : ids) {
+        uint64_t v = static_cast<uint64_t>(id);
+        for (int byte = 0; byte < 8; ++byte) {
+            h ^= v & 0xffu;
+            h *= 1099511628211ull;            // FNV-1a 64-bit prime
+            v >>= 8;
+        }
+    }
+    return h;
+}
+
+bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, double tolerance) {
+    const char* name = "init.loss_near_log_vocab";
+    if (!inv.enabled(name)) return true;
+    check(vocab_size >= 2, "check_init_loss: vocab_size must be at least 2, got ", vocab_size);
+    check(tolerance > 0.0, "check_init_loss: tolerance must be positive, got ", tolerance);
+    const double uniform = std::log(static_cast<double>(vocab_size));
+    const double gap = first_loss - uniform;
+    if (std::isfinite(first_loss) && std::abs(gap) <= tolerance) return inv.report(name, true);
+    return inv.report(name, false,
+                      concat("first loss ", first_loss, " vs ln(", vocab_size, ") = ", uniform, ": ",
+                             std::isfinite(gap) ? concat(std::abs(gap), gap > 0 ? " nats above" : " nats below")
+                                                : std::string("not finite"),
+                             ", tolerance ", tolerance));
+}
+
+}  // namespace reftrain

@@ -1,0 +1,182 @@
+// debug/invariants.h — named checks that make a silently-wrong training run loud.
+//
+// An invariant is a property that holds in every correct run ("some target of the batch is
+// supervised", "the schedule is indexed by optimizer step"). Each one has a dotted name, a default
+// mode and the text of its message: what is wrong, the likely cause, what to check, and its section
+// of docs/invariants.md. The registry (class Invariants) holds the mode of each name:
+//   off    the check is not evaluated (its check_* function returns true at once) and not counted
+//   warn   a violation is counted and printed to a stream (std::cerr unless set): the first 3 of
+//          each name in full, after that one short line at the 10th, 100th, 1000th, ... violation
+//   fatal  a violation is counted, then thrown as InvariantViolation (a reftrain::Error)
+// The mode of a name is its own override if set, else the global default if set, else the
+// invariant's built-in default (see docs/invariants.md). configure() reads them from the run config:
+//   {"default": "warn", "mask.has_supervised_tokens": "fatal"}
+// Failure scenarios set "warn" so the run goes on and shows the symptom next to the message.
+//
+// debug/ depends on kernels/ only, so every check_* function takes plain data (ids, flags, numbers,
+// arenas) that the trainer and the data pipeline feed it. Each returns true when the property holds
+// (or the check is off) and false after a warned violation. Not thread-safe: call from the loop.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/arena.h"
+#include "kernels/error.h"
+#include "kernels/tensor.h"
+
+namespace reftrain {
+
+enum class InvariantMode { off, warn, fatal };
+const char* mode_name(InvariantMode mode);  // "off" | "warn" | "fatal"
+
+struct InvariantInfo {
+    std::string name;        // dotted, e.g. "mask.has_supervised_tokens"; also its doc anchor
+    std::string what;        // what is wrong when it fails, one sentence
+    std::string cause;       // the likely cause
+    std::string check;       // what to look at first
+    InvariantMode default_mode = InvariantMode::fatal;
+    std::string doc() const { return "docs/invariants.md#" + name; }
+};
+
+// The invariants every registry starts with, in the order docs/invariants.md lists them.
+const std::vector<InvariantInfo>& builtin_invariants();
+
+// Thrown by a violation in fatal mode; `name` says which invariant.
+struct InvariantViolation : Error {
+    InvariantViolation(std::string invariant, const std::string& message)
+        : Error(message), name(std::move(invariant)) {}
+    std::string name;
+};
+
+class Invariants {
+public:
+    Invariants();  // registers builtin_invariants(); prints to std::cerr
+
+    // Registers another invariant (another layer's); fails on a name already registered.
+    void add(const InvariantInfo& info);
+    bool known(const std::string& name) const { return entries_.count(name) != 0; }
+    std::vector<std::string> names() const;  // sorted
+    const InvariantInfo& info(const std::string& name) const;
+
+    // The mode of every invariant that has no override of its own (replaces the built-in defaults).
+    void set_default_mode(InvariantMode mode);
+    // One invariant's mode; an unknown name fails with a did-you-mean suggestion.
+    void set_mode(const std::string& name, InvariantMode mode);
+    InvariantMode mode(const std::string& name) const;
+    bool enabled(const std::string& name) const { return mode(name) != InvariantMode::off; }
+    // Reads {"default": MODE, NAME: MODE, ...}; an unknown name or mode, or a value that is not a
+    // string, fails naming `where` and the key (with a suggestion when one is close).
+    void configure(const nlohmann::json& config, const std::string& where = "invariants");
+
+    void set_stream(std::ostream& out) { out_ = &out; }
+    // How many violations of one name warn mode prints in full before it only counts (default 3).
+    void set_max_printed(int64_t n) { max_printed_ = n; }
+
+    // Records one evaluation of `name`. ok: counts it and returns true. Not ok: counts a violation,
+    // keeps the message, then prints it (warn) or throws InvariantViolation (fatal); returns false.
+    // Off: returns true without counting. `details` are the numbers of this occurrence.
+    bool report(const std::string& name, bool ok, const std::string& details = "");
+    // The full text of a violation: name, what is wrong, details, likely cause, what to check, doc.
+    std::string message(const std::string& name, const std::string& details) const;
+
+    int64_t evaluations(const std::string& name) const;  // times evaluated (violations included)
+    int64_t violations(const std::string& name) const;
+    const std::string& last_message(const std::string& name) const;  // "" when none yet
+    // One line per invariant with violations ("mask.aligned_with_targets: 12 of 40 evaluations"),
+    // or "" when none failed. The trainer prints it at the end of a run.
+    std::string summary() const;
+
+private:
+    struct Entry {
+        InvariantInfo info;
+        bool has_override = false;
+        InvariantMode override_mode = InvariantMode::off;
+        int64_t evaluations = 0;
+        int64_t violations = 0;
+        std::string last_message;
+    };
+    Entry& entry(const std::string& name);
+    const Entry& entry(const std::string& name) const;
+
+    std::map<std::string, Entry> entries_;
+    bool has_default_ = false;
+    InvariantMode default_mode_ = InvariantMode::fatal;
+    std::ostream* out_;
+    int64_t max_printed_ = 3;
+};
+
+// ---- the checks ---------------------------------------------------------------------------------------
+// The trainer calls each at the point docs/invariants.md names; the arguments are what it has there.
+
+// mask.has_supervised_tokens — at least one target is not the ignore index (-100). Call once per
+// optimizer step over all of its micro-batches (a single micro-batch may legitimately be empty in
+// stream packing; a whole step may not).
+bool check_has_supervised_tokens(Invariants& inv, std::span<const int64_t> targets, int64_t step);
+bool check_has_supervised_tokens(Invariants& inv, int64_t supervised_count, int64_t target_count, int64_t step);
+
+// mask.aligned_with_targets, for one rendered conversation (ids, supervised flags, targets all of
+// length n): targets[t] == ids[t + 1] where supervised[t + 1], kIgnoreIndex elsewhere, and the last
+// target is kIgnoreIndex. `source` names the conversation in the message.
+bool check_mask_aligned(Invariants& inv, std::span<const int64_t> ids, std::span<const uint8_t> supervised,
+                        std::span<const int64_t> targets, const std::string& source);
+// mask.aligned_with_targets, for a packed (B, T) batch, where row b's target at t < T - 1 predicts
+// input_ids[b, t + 1] (the last position predicts the row's hidden (T+1)-th token, unchecked):
+//   1. every target that is not ignored equals the next input id;
+//   2. when end_of_turn_id >= 0: the position holding an end-of-turn token has an ignored target
+//      (what follows a turn is never the model's to learn), and every run of supervised targets
+//      that ends inside the row ends by predicting the end-of-turn token (the model learns to stop).
+// Rule 1 catches targets shifted by the wrong amount; rule 2 catches a loss mask that was not
+// shifted with the targets (FAILURES.md mask-off-by-one), which rule 1 cannot see.
+bool check_mask_aligned_batch(Invariants& inv, std::span<const int64_t> input_ids, std::span<const int64_t> targets,
+                              int64_t B, int64_t T, int64_t end_of_turn_id, int64_t step);
+
+// template.bos_exactly_once — one rendered conversation starts with bos_id and has no other.
+bool check_bos_exactly_once(Invariants& inv, std::span<const int64_t> ids, int64_t bos_id, const std::string& source);
+
+// schedule.counts_optimizer_steps — the step the loop passed to the LR schedule for this update
+// (schedule_step_used) equals the number of optimizer updates made before it (optimizer_step,
+// 0-based). micro_batches_seen and grad_accum only make the message precise: with grad_accum = 1 the
+// per-micro-batch bug is invisible (and harmless).
+bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, int64_t micro_batches_seen,
+                                           int64_t grad_accum, int64_t schedule_step_used);
+
+// grad.zeroed_at_cycle_start — after zero_grad and before the first backward of an accumulation
+// cycle, every element of every gradient (F32, F64, BF16 or F16, on the CPU) is exactly 0.
+bool check_grad_zeroed(Invariants& inv, const Arena& grads, int64_t step);
+
+// loss.finite — the step's loss is neither NaN nor infinite.
+bool check_loss_finite(Invariants& inv, double loss, int64_t step);
+
+// optimizer.decay_only_matrices — decays(name, param) is true exactly for the 2-D parameters
+// (matrices and embeddings) and false for every other (1-D norm gains, biases). Call once at start.
+using DecayPredicate = std::function<bool(const std::string& name, const Tensor& param)>;
+bool check_decay_only_matrices(Invariants& inv, const Arena& params, const DecayPredicate& decays);
+
+// data.split_disjoint — no item (a prompt, or a conversation's text) of split a occurs in split b.
+// The hash form compares 64-bit fingerprints (hash_token_ids, or any hash the caller uses for both).
+bool check_split_disjoint(Invariants& inv, std::span<const std::string> a, std::span<const std::string> b,
+                          const std::string& a_name, const std::string& b_name);
+bool check_split_disjoint(Invariants& inv, std::span<const uint64_t> a_hashes, std::span<const uint64_t> b_hashes,
+                          const std::string& a_name, const std::string& b_name);
+// FNV-1a over the ids' bytes: a fingerprint of a token sequence for the hash form above.
+uint64_t hash_token_ids(std::span<const int64_t> ids);
+
+// init.loss_near_log_vocab — the loss of the first step from a random init is within `tolerance`
+// nats of ln(vocab_size), the loss of a uniform prediction. vocab_size is the model's output width.
+// Why 1 nat: with logits of std s around the uniform guess the expected loss is about ln V + s^2/2,
+// so 1 nat admits any s up to 1.4 (a 0.02-std init gives s well under 1 at our widths), while an
+// init scale 10x too large (bad-init-scale) lands many nats above. A loss far BELOW ln V before any
+// update is as wrong: the targets leak into the inputs or the mean runs over ignored positions.
+// Do not call it for a run that starts from trained weights (fine-tuning starts far below ln V).
+inline constexpr double kInitLossTolerance = 1.0;
+bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, double tolerance = kInitLossTolerance);
+
+}  // namespace reftrain
