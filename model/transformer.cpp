@@ -5,8 +5,12 @@
 #include "model/transformer.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
+#include <span>
 
 #include "kernels/random.h"
 #include "kernels/safetensors.h"
@@ -25,6 +29,7 @@ struct Transformer::Layer {
     Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
     Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs, *attn_out, *o_out;
     Tensor *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
+    Tensor* attn_logits_max = nullptr;  // (B, Hq) in trace_acts_, only with a tracer
 };
 
 Transformer::~Transformer() = default;
@@ -188,6 +193,120 @@ void Transformer::init_weights(uint64_t seed) {
     }
 }
 
+// ---- precision and tracing hooks -----------------------------------------------------------------------
+//
+// Mixed-precision emulation (set_precision BF16/F16) rounds at the points where a GPU running the same
+// model in bf16/fp16 (PyTorch autocast, or a pure-bf16 kernel set) would store a bf16/fp16 tensor:
+//   weights    every forward copies the fp32 master weights to compute_params_ and rounds them; all ops
+//              (matmuls, norms, the embedding gather) read that copy, in backward too.
+//   forward    every activation an op writes is rounded: embedding out, norm outs, q/k/v, q/k normed,
+//              rotary q/k, attention out, o_proj out, residual sums, gate/up/act/down, model.norm.out,
+//              logits. Within an op the arithmetic stays fp32 (a GPU kernel accumulates in fp32 too).
+//   kept fp32  saved statistics (rmsnorm rstd, attention probs, which a fused attention kernel keeps in
+//              fp32 registers, loss.logsumexp), the cross-entropy and the loss (autocast runs
+//              cross_entropy in fp32 on the rounded logits), attn_logits_max (a diagnostic).
+//   backward   every activation gradient is rounded after each op that writes it, the accumulating
+//              ones included (a bf16 grad buffer rounds after every add), starting with the logits'
+//              gradient as it enters the lm_head matmul. Parameter gradients stay fp32 accumulators.
+// fp16 rounding overflows to inf past 65504, and the tracer sees the rounded tensor: that is how a
+// GPU's fp16 overflow shows up on the CPU.
+
+void Transformer::set_tracer(FrameTracer* tracer) {
+    tracer_ = tracer;
+    if (tracer_ == nullptr || trace_acts_.allocated()) return;
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+        trace_acts_.add("model.layers." + std::to_string(i) + ".self_attn.attn_logits_max", dtype_,
+                        {B_, config_.num_attention_heads});
+    }
+    trace_acts_.allocate();
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+        layers_[i].attn_logits_max =
+            &trace_acts_.get("model.layers." + std::to_string(i) + ".self_attn.attn_logits_max");
+    }
+}
+
+void Transformer::set_precision(DType compute) {
+    check(compute == DType::F32 || compute == DType::BF16 || compute == DType::F16,
+          "Transformer::set_precision: compute precision ", dtype_name(compute), " is not one of F32, BF16, F16");
+    check(compute == DType::F32 || dtype_ == DType::F32, "Transformer::set_precision: ", dtype_name(compute),
+          " emulation needs an F32 model (fp32 master weights); this model is ", dtype_name(dtype_));
+    precision_ = compute;
+    if (precision_ == DType::F32 || compute_params_.allocated()) return;
+    // Same names, shapes and declaration order as params_, so the two blocks have the same layout and
+    // one memcpy refreshes the copy.
+    for (const Tensor& t : params_.tensors()) {
+        compute_params_.add(t.name, DType::F32, std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.ndim));
+    }
+    compute_params_.allocate();
+    check(compute_params_.nbytes() == params_.nbytes(), "Transformer::set_precision: compute copy has ",
+          compute_params_.nbytes(), " bytes, expected ", params_.nbytes());
+}
+
+const Tensor& Transformer::weight(const Tensor* param) const {
+    return precision_ == DType::F32 ? *param : compute_params_.get(param->name);
+}
+
+void Transformer::refresh_compute_weights() {
+    std::memcpy(compute_params_.data(), params_.data(), params_.nbytes());
+    const Tensor block(compute_params_.data(), DType::F32, {static_cast<int64_t>(compute_params_.nbytes() / 4)},
+                       "compute weights");
+    round_to_precision(block, precision_);
+}
+
+void Transformer::after_op(std::string_view op, std::initializer_list<const Tensor*> rounded,
+                           std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs) {
+    if (precision_ != DType::F32) {
+        for (const Tensor* t : rounded) round_to_precision(*t, precision_);
+    }
+    if (tracer_ == nullptr) return;
+    std::array<const Tensor*, 8> outputs{};
+    size_t n = 0;
+    for (const Tensor* t : rounded) outputs[n++] = t;
+    for (const Tensor* t : exact) outputs[n++] = t;
+    tracer_->record(op, std::span<const Tensor* const>(outputs.data(), n),
+                    std::span<const Tensor* const>(inputs.begin(), inputs.size()));
+}
+
+// max over s <= t of q[b,t,h] . k[b,s,h/G] / sqrt(D) for every (b, h). The saved softmax gives the
+// argmax for free (exp is monotone, so the largest prob of a row sits at its largest logit), and one
+// dot product per row recomputes that logit: B*Hq*T*D multiply-adds plus a read of the causal half of
+// probs, instead of a second attention product. Exact up to fp32 near-ties in probs (two logits within
+// rounding of each other). A NaN anywhere in a row's probs makes the maximum NaN.
+void Transformer::compute_attn_logits_max(const Layer& l) {
+    const int64_t Hq = config_.num_attention_heads, Hkv = config_.num_key_value_heads, D = config_.head_dim;
+    const int64_t group = Hq / Hkv;
+    dispatch_float(dtype_, "attn_logits_max", [&](auto tag) {
+        using T = decltype(tag);
+        const T* q = l.q_rotary->ptr<T>();
+        const T* k = l.k_rotary->ptr<T>();
+        const T* probs = l.probs->ptr<T>();
+        T* out = l.attn_logits_max->ptr<T>();
+        const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < B_; ++b) {
+            for (int64_t h = 0; h < Hq; ++h) {
+                double m = -std::numeric_limits<double>::infinity();
+                for (int64_t t = 0; t < T_; ++t) {
+                    const T* row = probs + ((b * Hq + h) * T_ + t) * T_;
+                    int64_t best = 0;
+                    bool nan = false;
+                    for (int64_t s = 0; s <= t; ++s) {
+                        nan |= std::isnan(row[s]);
+                        best = row[s] > row[best] ? s : best;
+                    }
+                    const T* qt = q + ((b * T_ + t) * Hq + h) * D;
+                    const T* ks = k + ((b * T_ + best) * Hkv + h / group) * D;
+                    double dot = 0.0;
+                    for (int64_t e = 0; e < D; ++e) dot += static_cast<double>(qt[e]) * static_cast<double>(ks[e]);
+                    const double logit = nan ? std::numeric_limits<double>::quiet_NaN() : dot * scale;
+                    if (logit > m || std::isnan(logit)) m = logit;  // once NaN, stays NaN
+                }
+                out[b * Hq + h] = static_cast<T>(m);
+            }
+        }
+    });
+}
+
 // ---- forward ------------------------------------------------------------------------------------------
 
 ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& targets) {
@@ -203,57 +322,92 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
         expect_dtype(targets, DType::I64, "Transformer::forward", "targets");
         targets_.assign(targets.ptr<int64_t>(), targets.ptr<int64_t>() + N);
     }
+    if (precision_ != DType::F32) refresh_compute_weights();
     const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
     const Tensor& cos = rope_.get("rope.cos");
     const Tensor& sin = rope_.get("rope.sin");
 
     Tensor& embedded = acts_.get("model.embed_tokens.out");
-    embedding_forward(embedded.reshaped({N, d}), ids, params_.get("model.embed_tokens.weight"));
+    const Tensor& embed_weight = weight(&params_.get("model.embed_tokens.weight"));
+    embedding_forward(embedded.reshaped({N, d}), ids, embed_weight);
+    after_op("embedding_forward", {&embedded}, {}, {&ids, &embed_weight});
     for (Layer& l : layers_) {
+        const Tensor& ln1_weight = weight(l.input_layernorm);
         rmsnorm_forward(l.ln1_out->reshaped({N, d}), l.ln1_rstd->reshaped({N}), l.input->reshaped({N, d}),
-                        *l.input_layernorm, c.rms_norm_eps);
-        linear_forward(l.q->reshaped({N, Hq * D}), l.ln1_out->reshaped({N, d}), *l.q_proj);
-        linear_forward(l.k->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), *l.k_proj);
-        linear_forward(l.v->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), *l.v_proj);
+                        ln1_weight, c.rms_norm_eps);
+        after_op("rmsnorm_forward", {l.ln1_out}, {l.ln1_rstd}, {l.input, &ln1_weight});
+        const Tensor &wq = weight(l.q_proj), &wk = weight(l.k_proj), &wv = weight(l.v_proj);
+        linear_forward(l.q->reshaped({N, Hq * D}), l.ln1_out->reshaped({N, d}), wq);
+        after_op("linear_forward", {l.q}, {}, {l.ln1_out, &wq});
+        linear_forward(l.k->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), wk);
+        after_op("linear_forward", {l.k}, {}, {l.ln1_out, &wk});
+        linear_forward(l.v->reshaped({N, Hkv * D}), l.ln1_out->reshaped({N, d}), wv);
+        after_op("linear_forward", {l.v}, {}, {l.ln1_out, &wv});
         const Tensor* q = l.q;
         const Tensor* k = l.k;
         if (c.qk_norm) {
+            const Tensor &q_norm = weight(l.q_norm), &k_norm = weight(l.k_norm);
             rmsnorm_forward(l.q_normed->reshaped({N * Hq, D}), l.q_rstd->reshaped({N * Hq}),
-                            l.q->reshaped({N * Hq, D}), *l.q_norm, c.rms_norm_eps);
+                            l.q->reshaped({N * Hq, D}), q_norm, c.rms_norm_eps);
+            after_op("rmsnorm_forward", {l.q_normed}, {l.q_rstd}, {l.q, &q_norm});
             rmsnorm_forward(l.k_normed->reshaped({N * Hkv, D}), l.k_rstd->reshaped({N * Hkv}),
-                            l.k->reshaped({N * Hkv, D}), *l.k_norm, c.rms_norm_eps);
+                            l.k->reshaped({N * Hkv, D}), k_norm, c.rms_norm_eps);
+            after_op("rmsnorm_forward", {l.k_normed}, {l.k_rstd}, {l.k, &k_norm});
             q = l.q_normed;
             k = l.k_normed;
         }
         rope_forward(*l.q_rotary, *q, cos, sin);
+        after_op("rope_forward", {l.q_rotary}, {}, {q});
         rope_forward(*l.k_rotary, *k, cos, sin);
+        after_op("rope_forward", {l.k_rotary}, {}, {k});
         attention_forward(l.attn_out->reshaped({B_, T_, Hq, D}), *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
-        linear_forward(l.o_out->reshaped({N, d}), l.attn_out->reshaped({N, Hq * D}), *l.o_proj);
+        after_op("attention_forward", {l.attn_out}, {l.probs}, {l.q_rotary, l.k_rotary, l.v});
+        if (tracer_ != nullptr && tracer_->enabled()) {
+            compute_attn_logits_max(l);
+            after_op("attn_logits_max", {}, {l.attn_logits_max}, {l.q_rotary, l.k_rotary});
+        }
+        const Tensor& wo = weight(l.o_proj);
+        linear_forward(l.o_out->reshaped({N, d}), l.attn_out->reshaped({N, Hq * D}), wo);
+        after_op("linear_forward", {l.o_out}, {}, {l.attn_out, &wo});
         residual_forward(*l.attn_residual, *l.input, *l.o_out);
+        after_op("residual_forward", {l.attn_residual}, {}, {l.input, l.o_out});
+        const Tensor& ln2_weight = weight(l.post_attention_layernorm);
         rmsnorm_forward(l.ln2_out->reshaped({N, d}), l.ln2_rstd->reshaped({N}), l.attn_residual->reshaped({N, d}),
-                        *l.post_attention_layernorm, c.rms_norm_eps);
-        linear_forward(l.gate->reshaped({N, F}), l.ln2_out->reshaped({N, d}), *l.gate_proj);
-        linear_forward(l.up->reshaped({N, F}), l.ln2_out->reshaped({N, d}), *l.up_proj);
+                        ln2_weight, c.rms_norm_eps);
+        after_op("rmsnorm_forward", {l.ln2_out}, {l.ln2_rstd}, {l.attn_residual, &ln2_weight});
+        const Tensor &wgate = weight(l.gate_proj), &wup = weight(l.up_proj), &wdown = weight(l.down_proj);
+        linear_forward(l.gate->reshaped({N, F}), l.ln2_out->reshaped({N, d}), wgate);
+        after_op("linear_forward", {l.gate}, {}, {l.ln2_out, &wgate});
+        linear_forward(l.up->reshaped({N, F}), l.ln2_out->reshaped({N, d}), wup);
+        after_op("linear_forward", {l.up}, {}, {l.ln2_out, &wup});
         swiglu_forward(l.act->reshaped({N, F}), l.gate->reshaped({N, F}), l.up->reshaped({N, F}));
-        linear_forward(l.down->reshaped({N, d}), l.act->reshaped({N, F}), *l.down_proj);
+        after_op("swiglu_forward", {l.act}, {}, {l.gate, l.up});
+        linear_forward(l.down->reshaped({N, d}), l.act->reshaped({N, F}), wdown);
+        after_op("linear_forward", {l.down}, {}, {l.act, &wdown});
         residual_forward(*l.out, *l.attn_residual, *l.down);
+        after_op("residual_forward", {l.out}, {}, {l.attn_residual, l.down});
     }
     const Tensor& last = layers_.empty() ? embedded : *layers_.back().out;
     Tensor& normed = acts_.get("model.norm.out");
-    rmsnorm_forward(normed.reshaped({N, d}), acts_.get("model.norm.rstd").reshaped({N}), last.reshaped({N, d}),
-                    params_.get("model.norm.weight"), c.rms_norm_eps);
-    const Tensor& lm_head = params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    Tensor& norm_rstd = acts_.get("model.norm.rstd");
+    const Tensor& norm_weight = weight(&params_.get("model.norm.weight"));
+    rmsnorm_forward(normed.reshaped({N, d}), norm_rstd.reshaped({N}), last.reshaped({N, d}), norm_weight, c.rms_norm_eps);
+    after_op("rmsnorm_forward", {&normed}, {&norm_rstd}, {&last, &norm_weight});
+    const Tensor& lm_head =
+        weight(&params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
     Tensor& logits = acts_.get("logits");
     linear_forward(logits.reshaped({N, V}), normed.reshaped({N, d}), lm_head);
+    after_op("linear_forward", {&logits}, {}, {&normed, &lm_head});
 
     ForwardResult result;
     if (have_targets_) {
         const Tensor target_view(targets_.data(), DType::I64, {N}, "targets");
-        CrossEntropyResult ce = cross_entropy_forward(acts_.get("loss.logsumexp").reshaped({N}),
-                                                      logits.reshaped({N, V}), target_view);
+        Tensor& logsumexp = acts_.get("loss.logsumexp");
+        CrossEntropyResult ce = cross_entropy_forward(logsumexp.reshaped({N}), logits.reshaped({N, V}), target_view);
         result = ForwardResult{ce.loss, ce.supervised_tokens, ce.no_supervised_tokens};
         Tensor& loss = acts_.get("loss");
         dispatch_float(dtype_, "forward", [&](auto tag) { *loss.ptr<decltype(tag)>() = static_cast<decltype(tag)>(ce.loss); });
+        after_op("cross_entropy_forward", {}, {&logsumexp, &loss}, {&logits, &target_view});
     }
     return result;
 }
@@ -275,60 +429,92 @@ void Transformer::backward(double loss_weight) {
 
     act_grads_.zero();
     Tensor& logits = acts_.get("logits");
-    cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}),
-                           acts_.get("loss.logsumexp").reshaped({N}), targets, loss_weight);
+    Tensor& logsumexp = acts_.get("loss.logsumexp");
+    cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}), logsumexp.reshaped({N}), targets,
+                           loss_weight);
+    after_op("cross_entropy_backward", {&dA(&logits)}, {}, {&logits, &logsumexp, &targets});
     Tensor& normed = acts_.get("model.norm.out");
-    const Tensor& lm_head = params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-    linear_backward(dA(&normed).reshaped({N, d}), dP(&lm_head), dA(&logits).reshaped({N, V}),
+    const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    const Tensor& lm_head = weight(lm_head_param);
+    linear_backward(dA(&normed).reshaped({N, d}), dP(lm_head_param), dA(&logits).reshaped({N, V}),
                     normed.reshaped({N, d}), lm_head);
+    after_op("linear_backward", {&dA(&normed)}, {&dP(lm_head_param)}, {&dA(&logits), &normed, &lm_head});
     const Tensor* last = layers_.empty() ? &acts_.get("model.embed_tokens.out") : layers_.back().out;
-    const Tensor& norm_weight = params_.get("model.norm.weight");
-    rmsnorm_backward(dA(last).reshaped({N, d}), dP(&norm_weight), dA(&normed).reshaped({N, d}),
-                     last->reshaped({N, d}), norm_weight, acts_.get("model.norm.rstd").reshaped({N}));
+    const Tensor* norm_param = &params_.get("model.norm.weight");
+    const Tensor& norm_weight = weight(norm_param);
+    const Tensor& norm_rstd = acts_.get("model.norm.rstd");
+    rmsnorm_backward(dA(last).reshaped({N, d}), dP(norm_param), dA(&normed).reshaped({N, d}), last->reshaped({N, d}),
+                     norm_weight, norm_rstd.reshaped({N}));
+    after_op("rmsnorm_backward", {&dA(last)}, {&dP(norm_param)}, {&dA(&normed), last, &norm_weight, &norm_rstd});
 
     for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
         Layer& l = *it;
+        const Tensor &wq = weight(l.q_proj), &wk = weight(l.k_proj), &wv = weight(l.v_proj), &wo = weight(l.o_proj);
+        const Tensor &wgate = weight(l.gate_proj), &wup = weight(l.up_proj), &wdown = weight(l.down_proj);
+        const Tensor &ln1_weight = weight(l.input_layernorm), &ln2_weight = weight(l.post_attention_layernorm);
         // x = attn_residual + down
         residual_backward(dA(l.attn_residual), dA(l.down), dA(l.out));
+        after_op("residual_backward", {&dA(l.attn_residual), &dA(l.down)}, {}, {&dA(l.out)});
         linear_backward(dA(l.act).reshaped({N, F}), dP(l.down_proj), dA(l.down).reshaped({N, d}),
-                        l.act->reshaped({N, F}), *l.down_proj);
+                        l.act->reshaped({N, F}), wdown);
+        after_op("linear_backward", {&dA(l.act)}, {&dP(l.down_proj)}, {&dA(l.down), l.act, &wdown});
         swiglu_backward(dA(l.gate).reshaped({N, F}), dA(l.up).reshaped({N, F}), dA(l.act).reshaped({N, F}),
                         l.gate->reshaped({N, F}), l.up->reshaped({N, F}));
+        after_op("swiglu_backward", {&dA(l.gate), &dA(l.up)}, {}, {&dA(l.act), l.gate, l.up});
         linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.gate_proj), dA(l.gate).reshaped({N, F}),
-                        l.ln2_out->reshaped({N, d}), *l.gate_proj);
+                        l.ln2_out->reshaped({N, d}), wgate);
+        after_op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.gate_proj)}, {&dA(l.gate), l.ln2_out, &wgate});
         linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.up_proj), dA(l.up).reshaped({N, F}),
-                        l.ln2_out->reshaped({N, d}), *l.up_proj);
+                        l.ln2_out->reshaped({N, d}), wup);
+        after_op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.up_proj)}, {&dA(l.up), l.ln2_out, &wup});
         rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dP(l.post_attention_layernorm),
-                         dA(l.ln2_out).reshaped({N, d}), l.attn_residual->reshaped({N, d}),
-                         *l.post_attention_layernorm, l.ln2_rstd->reshaped({N}));
+                         dA(l.ln2_out).reshaped({N, d}), l.attn_residual->reshaped({N, d}), ln2_weight,
+                         l.ln2_rstd->reshaped({N}));
+        after_op("rmsnorm_backward", {&dA(l.attn_residual)}, {&dP(l.post_attention_layernorm)},
+                 {&dA(l.ln2_out), l.attn_residual, &ln2_weight, l.ln2_rstd});
         // attn_residual = input + o_proj.out
         residual_backward(dA(l.input), dA(l.o_out), dA(l.attn_residual));
+        after_op("residual_backward", {&dA(l.input), &dA(l.o_out)}, {}, {&dA(l.attn_residual)});
         linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dP(l.o_proj), dA(l.o_out).reshaped({N, d}),
-                        l.attn_out->reshaped({N, Hq * D}), *l.o_proj);
+                        l.attn_out->reshaped({N, Hq * D}), wo);
+        after_op("linear_backward", {&dA(l.attn_out)}, {&dP(l.o_proj)}, {&dA(l.o_out), l.attn_out, &wo});
         attention_backward(dA(l.q_rotary), dA(l.k_rotary), dA(l.v), dA(l.attn_out).reshaped({B_, T_, Hq, D}),
                            *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
+        after_op("attention_backward", {&dA(l.q_rotary), &dA(l.k_rotary), &dA(l.v)}, {},
+                 {&dA(l.attn_out), l.probs, l.q_rotary, l.k_rotary, l.v});
         const Tensor* q = c.qk_norm ? l.q_normed : l.q;
         const Tensor* k = c.qk_norm ? l.k_normed : l.k;
         rope_backward(dA(q), dA(l.q_rotary), cos, sin);
+        after_op("rope_backward", {&dA(q)}, {}, {&dA(l.q_rotary)});
         rope_backward(dA(k), dA(l.k_rotary), cos, sin);
+        after_op("rope_backward", {&dA(k)}, {}, {&dA(l.k_rotary)});
         if (c.qk_norm) {
+            const Tensor &q_norm = weight(l.q_norm), &k_norm = weight(l.k_norm);
             rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dP(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
-                             l.q->reshaped({N * Hq, D}), *l.q_norm, l.q_rstd->reshaped({N * Hq}));
+                             l.q->reshaped({N * Hq, D}), q_norm, l.q_rstd->reshaped({N * Hq}));
+            after_op("rmsnorm_backward", {&dA(l.q)}, {&dP(l.q_norm)}, {&dA(l.q_normed), l.q, &q_norm, l.q_rstd});
             rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dP(l.k_norm), dA(l.k_normed).reshaped({N * Hkv, D}),
-                             l.k->reshaped({N * Hkv, D}), *l.k_norm, l.k_rstd->reshaped({N * Hkv}));
+                             l.k->reshaped({N * Hkv, D}), k_norm, l.k_rstd->reshaped({N * Hkv}));
+            after_op("rmsnorm_backward", {&dA(l.k)}, {&dP(l.k_norm)}, {&dA(l.k_normed), l.k, &k_norm, l.k_rstd});
         }
         linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
-                        l.ln1_out->reshaped({N, d}), *l.q_proj);
+                        l.ln1_out->reshaped({N, d}), wq);
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.q_proj)}, {&dA(l.q), l.ln1_out, &wq});
         linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
-                        l.ln1_out->reshaped({N, d}), *l.k_proj);
+                        l.ln1_out->reshaped({N, d}), wk);
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.k_proj)}, {&dA(l.k), l.ln1_out, &wk});
         linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
-                        l.ln1_out->reshaped({N, d}), *l.v_proj);
+                        l.ln1_out->reshaped({N, d}), wv);
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.v_proj)}, {&dA(l.v), l.ln1_out, &wv});
         rmsnorm_backward(dA(l.input).reshaped({N, d}), dP(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
-                         l.input->reshaped({N, d}), *l.input_layernorm, l.ln1_rstd->reshaped({N}));
+                         l.input->reshaped({N, d}), ln1_weight, l.ln1_rstd->reshaped({N}));
+        after_op("rmsnorm_backward", {&dA(l.input)}, {&dP(l.input_layernorm)},
+                 {&dA(l.ln1_out), l.input, &ln1_weight, l.ln1_rstd});
     }
     Tensor& embedded = acts_.get("model.embed_tokens.out");
-    const Tensor& embed_weight = params_.get("model.embed_tokens.weight");
-    embedding_backward(dP(&embed_weight), dA(&embedded).reshaped({N, d}), ids);
+    const Tensor* embed_param = &params_.get("model.embed_tokens.weight");
+    embedding_backward(dP(embed_param), dA(&embedded).reshaped({N, d}), ids);
+    after_op("embedding_backward", {}, {&dP(embed_param)}, {&dA(&embedded), &ids});
 }
 
 // ---- weights on disk ------------------------------------------------------------------------------------

@@ -19,12 +19,21 @@
 //   x  = x + Wdown (silu(h Wgate^T) * h Wup^T)            "out"
 // then logits = rmsnorm(x, model.norm) lm_head^T (lm_head = embed_tokens when tied), and the mean
 // cross-entropy over supervised targets. backward() is the exact reverse, op by op.
+//
+// Debugging and numerics (docs/tracer.md): after every op of forward() and backward() a private hook,
+// after_op(), (1) rounds the op's outputs to the emulated compute precision (set_precision: BF16/F16
+// on an F32 model; F32 = no rounding) and (2) hands outputs and inputs to the FrameTracer when one is
+// set (set_tracer). With neither set the hook does nothing and the numbers are bit-for-bit those of a
+// model without it.
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "debug/tracer.h"
 #include "kernels/arena.h"
 #include "kernels/cpu/ops.h"
 #include "model/config.h"
@@ -83,10 +92,33 @@ public:
 
     int64_t num_parameters() const { return params_.numel(); }
 
+    // The tracer every op reports to (not owned; null = off). Setting one also turns on the per-layer
+    // diagnostic "model.layers.{i}.self_attn.attn_logits_max" (B, Hq): the largest pre-softmax logit
+    // q.k/sqrt(D) over the causal pairs of each row and head, in trace_acts(), not in acts().
+    void set_tracer(FrameTracer* tracer);
+    FrameTracer* tracer() const { return tracer_; }
+    const Arena& trace_acts() const { return trace_acts_; }
+
+    // Emulated compute precision: F32 (default, no rounding), BF16 or F16, on F32 models only (an F64
+    // model accepts F32 alone). fp32 master weights stay in params() and fp32 gradients in grads(); ops
+    // read a rounded compute copy of the weights (compute_params(), refreshed by every forward) and
+    // every activation and activation gradient is rounded when written. Rounding points: docs/tracer.md.
+    void set_precision(DType compute);
+    DType precision() const { return precision_; }
+    const Arena& compute_params() const { return compute_params_; }
+
 private:
     struct Layer;  // pointers into the arenas for one decoder layer, resolved once at construction
     void declare_tensors();
     void resolve_layers();
+    // The weight an op computes with: the parameter itself, or its rounded compute copy.
+    const Tensor& weight(const Tensor* param) const;
+    void refresh_compute_weights();
+    // Called after every op: rounds `rounded` to precision_, then traces `rounded`, `exact` (saved
+    // statistics and fp32 parameter gradients, never rounded) and `inputs` (read only on a trip).
+    void after_op(std::string_view op, std::initializer_list<const Tensor*> rounded,
+                  std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs);
+    void compute_attn_logits_max(const Layer& l);
 
     ModelConfig config_;
     int64_t B_, T_;
@@ -97,6 +129,11 @@ private:
     // The last forward's inputs, kept for backward (views of the caller's memory are not kept).
     std::vector<int64_t> input_ids_, targets_;
     bool have_targets_ = false;
+
+    FrameTracer* tracer_ = nullptr;
+    DType precision_ = DType::F32;
+    Arena compute_params_{"compute weights"};         // allocated by the first set_precision(BF16/F16)
+    Arena trace_acts_{"tracer activations"};          // attn_logits_max per layer; by the first set_tracer
 };
 
 }  // namespace reftrain
