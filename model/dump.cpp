@@ -1,6 +1,9 @@
 // model/dump.cpp — see dump.h.
 #include "model/dump.h"
 
+#include <map>
+
+#include "debug/diff.h"
 #include "kernels/safetensors.h"
 
 namespace reftrain {
@@ -40,15 +43,23 @@ void save_batch(const std::string& path, Batch& batch) {
     save_safetensors(path, {batch.input_ids_tensor(), batch.targets_tensor()});
 }
 
-ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path) {
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype) {
     model.zero_grad();
     ForwardResult result = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
     model.backward();
+    // Walk order (debug/diff.h): parameters, activations forward, then parameter gradients in the
+    // order backward produces them, which is the reverse of the declaration order (lm_head first,
+    // the embedding last; within a layer the MLP before attention).
     std::vector<Tensor> tensors;
     for (const Tensor& t : model.params().tensors()) tensors.push_back(t);
     for (const Tensor& t : model.acts().tensors()) tensors.push_back(t);
-    for (const Tensor& t : model.grads().tensors()) tensors.push_back(t);
-    save_safetensors(path, tensors, {{"format", "pt"}, {"producer", "reftrain"}});
+    const std::vector<Tensor>& grads = model.grads().tensors();
+    for (auto it = grads.rbegin(); it != grads.rend(); ++it) tensors.push_back(*it);
+    std::vector<std::string> order;
+    for (const Tensor& t : tensors) order.push_back(t.name);
+    std::map<std::string, std::string> metadata{{"format", "pt"}, {"producer", "reftrain"}, {kDumpOrderKey, encode_dump_order(order)}};
+    if (!compute_dtype.empty()) metadata["reftrain.compute_dtype"] = compute_dtype;
+    save_safetensors(path, tensors, metadata);
     return result;
 }
 

@@ -1,7 +1,7 @@
 // model/dump.h — one training step's every named tensor, written to a single safetensors file.
 //
 // The file holds the parameters (HF names), every activation in execution order ("logits", "loss"
-// included), and the parameter gradients ("grad:<name>"). tools/python/reftrain_mirror.py writes the
+// included), and the parameter gradients ("grad:<name>"), with that walk order stored in the header. tools/python/reftrain_mirror.py writes the
 // same names from PyTorch, which is what makes a tensor-by-tensor diff of two implementations possible.
 #pragma once
 
@@ -28,8 +28,11 @@ void save_batch(const std::string& path, Batch& batch);
 // [0, vocab_size) or a target is neither such an id nor the ignore index (-100).
 void validate_batch(const Batch& batch, int64_t vocab_size, const std::string& source);
 
-// Runs forward + backward on `batch` (after zeroing the gradients) and writes parameters,
-// activations and parameter gradients to `path`. Returns the forward result.
-ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path);
+// Runs forward + backward on `batch` (after zeroing the gradients) and writes to `path` the
+// parameters, the activations in execution order, and the parameter gradients in the order backward
+// produces them (reverse of the parameters'), recording that order in __metadata__ "reftrain.order"
+// (debug/diff.h) for `reftrain diff`; `compute_dtype` ("f32", "f64"), when given, goes to
+// "reftrain.compute_dtype". Returns the forward result.
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype = "");
 
 }  // namespace reftrain

@@ -28,6 +28,8 @@ import dataclasses
 import inspect
 import json
 import math
+import os
+import sys
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -35,6 +37,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # targets with this value are not supervised
+
+
+@dataclasses.dataclass
+class MirrorBugs:
+    """Bug switches of the mirror, default off, each used beside the correct line (`bugs.NAME`).
+
+    They exist so that tests can give the mirror a known bug and check that `reftrain diff` names the
+    first tensor carrying it (tests/python/test_diff.py). Set one with `bugs.rope_wrong_half = True`
+    (and reset it after), or `--bug rope_wrong_half` on the command line.
+    """
+
+    # rotate_half puts the minus sign on the wrong half: (x2, -x1) instead of (-x2, x1), i.e. every
+    # position is rotated by minus its angle. First visible in model.layers.0.self_attn.q_rotary.
+    rope_wrong_half: bool = False
+
+
+bugs = MirrorBugs()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,6 +186,8 @@ def rope_tables(seq_len: int, head_dim: int, theta: float,
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1), halves taken over the last dim."""
     half = x.shape[-1] // 2
+    if bugs.rope_wrong_half:
+        return torch.cat([x[..., half:], -x[..., :half]], dim=-1)  # BUG: minus on the wrong half
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
@@ -318,9 +339,10 @@ class Transformer(nn.Module):
         """input_ids, targets: (B, T) int64. Returns logits (B, T, V) and the loss (or None).
 
         When `capture` is a dict, every named activation is stored into it (detached), in execution
-        order, under the names `reftrain dump` uses; besides the outputs of each step these include
-        each RMSNorm's reciprocal RMS (`<norm>.rstd`, the input's shape without the last dim) and
-        the per-position `loss.logsumexp` (B, T) when targets are given.
+        order, under the names `reftrain dump` uses and in the order it declares them (each norm's
+        output before its statistic); besides the outputs of each step these include each RMSNorm's
+        reciprocal RMS (`<norm>.rstd`, the input's shape without the last dim) and the per-position
+        `loss.logsumexp` (B, T) when targets are given. (The loss itself is the return value.)
         """
         cfg = self.config
         batch, seq_len = input_ids.shape
@@ -336,11 +358,14 @@ class Transformer(nn.Module):
             if capture is not None:
                 capture[name] = value.detach()
 
-        def norm(name: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-            """rmsnorm, also capturing its per-row reciprocal RMS as `name.rstd`."""
+        def norm(name: str, out_name: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            """rmsnorm, capturing its output as `out_name`, then its per-row reciprocal RMS as
+            `name.rstd` (the order reftrain declares them in)."""
             rstd = rms_reciprocal(x, eps)
+            y = x * rstd * weight
+            keep(out_name, y)
             keep(name + ".rstd", rstd.squeeze(-1))  # x.shape without the last dim
-            return x * rstd * weight
+            return y
 
         cos, sin = rope_tables(seq_len, hd, cfg.rope_theta, self.dtype, input_ids.device)  # (T, hd)
 
@@ -350,8 +375,8 @@ class Transformer(nn.Module):
             p = f"model.layers.{i}."
             attn = layer.self_attn
             # --- attention block ---
-            h = norm(p + "input_layernorm", x, layer.input_layernorm.weight)  # (B, T, d)
-            keep(p + "input_layernorm.out", h)
+            h = norm(p + "input_layernorm", p + "input_layernorm.out", x,
+                     layer.input_layernorm.weight)  # (B, T, d)
             q = attn.q_proj(h).view(batch, seq_len, hq, hd)
             k = attn.k_proj(h).view(batch, seq_len, hkv, hd)
             v = attn.v_proj(h).view(batch, seq_len, hkv, hd)
@@ -359,10 +384,9 @@ class Transformer(nn.Module):
             keep(p + "self_attn.k_proj.out", k)
             keep(p + "self_attn.v_proj.out", v)
             if cfg.qk_norm:
-                q = norm(p + "self_attn.q_norm", q, attn.q_norm.weight)  # per head, over hd
-                k = norm(p + "self_attn.k_norm", k, attn.k_norm.weight)
-                keep(p + "self_attn.q_normed", q)
-                keep(p + "self_attn.k_normed", k)
+                # per head, over hd
+                q = norm(p + "self_attn.q_norm", p + "self_attn.q_normed", q, attn.q_norm.weight)
+                k = norm(p + "self_attn.k_norm", p + "self_attn.k_normed", k, attn.k_norm.weight)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
             keep(p + "self_attn.q_rotary", q)
@@ -376,8 +400,8 @@ class Transformer(nn.Module):
             x = x + o
             keep(p + "attn_residual", x)
             # --- MLP block (SwiGLU) ---
-            h2 = norm(p + "post_attention_layernorm", x, layer.post_attention_layernorm.weight)
-            keep(p + "post_attention_layernorm.out", h2)
+            h2 = norm(p + "post_attention_layernorm", p + "post_attention_layernorm.out", x,
+                      layer.post_attention_layernorm.weight)
             gate = layer.mlp.gate_proj(h2)  # (B, T, F)
             up = layer.mlp.up_proj(h2)  # (B, T, F)
             keep(p + "mlp.gate_proj.out", gate)
@@ -388,8 +412,7 @@ class Transformer(nn.Module):
             keep(p + "mlp.down_proj.out", down)
             x = x + down
             keep(p + "out", x)
-        xn = norm("model.norm", x, self.model.norm.weight)
-        keep("model.norm.out", xn)
+        xn = norm("model.norm", "model.norm.out", x, self.model.norm.weight)
         logits = xn @ self.output_matrix().t()  # (B, T, V)
         keep("logits", logits)
 
@@ -470,6 +493,39 @@ def save_safetensors(model: Transformer, path: str, dtype: Optional[torch.dtype]
     save_file(tensors, path)
 
 
+def dump_step(model: Transformer, input_ids: torch.Tensor, targets: torch.Tensor
+              ) -> Dict[str, torch.Tensor]:
+    """One forward + backward, returning every tensor `reftrain dump` writes, in its walk order.
+
+    The order (debug/diff.h): parameters (HF names), the activations in execution order, `loss`,
+    then `grad:<param>` in the order backward produces them (the reverse of the parameters').
+    Gradients are cleared first, so the step stands alone.
+    """
+    model.zero_grad(set_to_none=True)
+    capture: Dict[str, torch.Tensor] = {}
+    _, loss = model(input_ids, targets, capture=capture)
+    loss.backward()
+    params = list(model.named_parameters())
+    out: Dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in params}
+    out.update(capture)
+    out["loss"] = loss.detach()
+    for name, p in reversed(params):
+        out["grad:" + name] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+    return out
+
+
+def save_dump(tensors: Dict[str, torch.Tensor], path: str,
+              producer: str = "reftrain_mirror.py") -> None:
+    """Writes a dump (dict order = walk order) with that order in __metadata__ "reftrain.order"; the
+    writer is tools/python/dump_hooks.py's, so every PyTorch-side dump is written the same way."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import dump_hooks  # noqa: E402 (next to this file; plain torch + safetensors)
+
+    dump_hooks.save_dump(tensors, path, producer=producer)
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0,
                    betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
                    ) -> torch.optim.AdamW:
@@ -509,13 +565,35 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", help="optional safetensors file to load")
+    parser.add_argument("--dump", metavar="OUT",
+                        help="instead of the summary, run one step on --dump-batch and write every "
+                             "named tensor to OUT, as `reftrain dump` does")
+    parser.add_argument("--dump-batch", metavar="BATCH",
+                        help="safetensors with input_ids and targets, (B, T) int64 (for --dump)")
+    parser.add_argument("--dtype", choices=["f32", "f64"], default="f32",
+                        help="compute dtype (default f32)")
+    parser.add_argument("--bug", action="append", default=[],
+                        choices=[f.name for f in dataclasses.fields(MirrorBugs)],
+                        help="turn on a mirror bug switch (repeatable)")
     args = parser.parse_args()
 
+    for name in args.bug:
+        setattr(bugs, name, True)
     config = ModelConfig.from_json(args.config)
-    model = Transformer(config)
+    model = Transformer(config, dtype={"f32": torch.float32, "f64": torch.float64}[args.dtype])
     init_weights(model, args.seed)
     if args.weights:
         load_safetensors(model, args.weights)
+    if args.dump:
+        if not (args.weights and args.dump_batch):
+            parser.error("--dump needs --weights and --dump-batch")
+        from safetensors.torch import load_file
+
+        batch = load_file(args.dump_batch)
+        tensors = dump_step(model, batch["input_ids"], batch["targets"])
+        save_dump(tensors, args.dump, producer="reftrain_mirror.py " + args.dtype)
+        print(f"loss {tensors['loss'].item():.9g}; wrote {len(tensors)} tensors to {args.dump}")
+        return
     seq_len = min(args.seq_len, config.max_position_embeddings)
     generator = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, seq_len + 1), generator=generator)
