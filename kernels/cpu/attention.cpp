@@ -14,15 +14,31 @@
 // The forward splits work over (b, h); the backward over (b, g), so the thread that owns a KV head is
 // the only one that writes its dk and dv. A GEMM inside the parallel loop runs single-threaded
 // (OpenBLAS's OpenMP build checks omp_in_parallel), so threads are never oversubscribed.
+//
+// Two bug switches (kernels/bugs.h, FAILURES.md) sit beside the correct lines, each applied to the
+// forward and the backward alike, so the backward stays the exact gradient of the buggy forward and a
+// run trains normally with the bug in (tests/test_diagnostics.cpp gradchecks both):
+//   causal_leak      row t of the mask also admits s = t + 1                 (causality diagnostic)
+//   view_vs_permute  the (B*T) token rows are regrouped as if the layout were (T, B) before attention
+//                    and put back after, so "a sequence" mixes batch rows   (batch-independence)
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <vector>
 
+#include "kernels/bugs.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 
 namespace reftrain::cpu {
 
 namespace {
+
+// The last key position query t may attend to.
+inline int64_t last_visible(int64_t t, int64_t Tn) {
+    if (bugs().causal_leak) return std::min(t + 1, Tn - 1);  // BUG causal-leak: t also sees t + 1
+    return t;                                                // correct: nothing after t
+}
 
 // Head h of batch row b is the (T, D) matrix starting at q + (b T Hq + h) D with row stride Hq D;
 // the products below run on those strided slices directly. The scores are computed for the full
@@ -45,16 +61,17 @@ void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const
             gemm(false, true, Tn, Tn, D, scale, qh, Hq * D, kg, Hkv * D, T(0), P, Tn);  // S = scale Q K^T
             for (int64_t t = 0; t < Tn; ++t) {                    // causal softmax, row by row
                 T* row = P + t * Tn;
+                const int64_t last = last_visible(t, Tn);            // t, unless the causal_leak bug is on
                 T max_score = row[0];
-                for (int64_t s = 1; s <= t; ++s) max_score = row[s] > max_score ? row[s] : max_score;
+                for (int64_t s = 1; s <= last; ++s) max_score = row[s] > max_score ? row[s] : max_score;
                 double sum = 0.0;
-                for (int64_t s = 0; s <= t; ++s) {
+                for (int64_t s = 0; s <= last; ++s) {
                     row[s] = std::exp(row[s] - max_score);
                     sum += row[s];
                 }
                 const T inv_sum = static_cast<T>(1.0 / sum);
-                for (int64_t s = 0; s <= t; ++s) row[s] *= inv_sum;
-                for (int64_t s = t + 1; s < Tn; ++s) row[s] = 0;  // the mask: no weight on the future
+                for (int64_t s = 0; s <= last; ++s) row[s] *= inv_sum;
+                for (int64_t s = last + 1; s < Tn; ++s) row[s] = 0;  // the mask: no weight on the future
             }
             gemm(false, false, Tn, D, Tn, T(1), P, Tn, vg, Hkv * D, T(0), oh, Hq * D);  // O = P V
         }
@@ -81,11 +98,12 @@ void backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
                 for (int64_t t = 0; t < Tn; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
                     const T* p = P + t * Tn;
                     T* row = dS.data() + t * Tn;
+                    const int64_t last = last_visible(t, Tn);
                     double weighted = 0.0;
-                    for (int64_t s = 0; s <= t; ++s) weighted += static_cast<double>(p[s]) * row[s];
+                    for (int64_t s = 0; s <= last; ++s) weighted += static_cast<double>(p[s]) * row[s];
                     const T w = static_cast<T>(weighted);
-                    for (int64_t s = 0; s <= t; ++s) row[s] = p[s] * (row[s] - w);
-                    for (int64_t s = t + 1; s < Tn; ++s) row[s] = 0;
+                    for (int64_t s = 0; s <= last; ++s) row[s] = p[s] * (row[s] - w);
+                    for (int64_t s = last + 1; s < Tn; ++s) row[s] = 0;
                 }
                 if (dq.data) {  // dQ += scale dS K
                     T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
@@ -118,10 +136,54 @@ void check_args(const Tensor& out, const Tensor& probs, const Tensor& q, const T
     expect_same_dtype(q, probs, op);
 }
 
+// ---- the view_vs_permute bug: token rows regrouped as if (B, T) were (T, B) ----------------------------
+// The (B*T) token rows of a (B, T, H, D) tensor, read as a (T, B) grid: regrouped row b*T + t is original
+// row t*B + b. A bijection, so the buggy attention is the correct attention of a permuted input, with
+// its exact gradient; it only mixes batch rows (and positions) into each "sequence".
+struct Regrouped {
+    std::vector<std::byte> storage;
+    Tensor tensor;
+};
+
+// dst = src with its token rows regrouped (inverse = false) or put back (inverse = true).
+void regroup_rows(std::byte* dst, const std::byte* src, int64_t B, int64_t Tn, int64_t row_bytes, bool inverse) {
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = 0; t < Tn; ++t) {
+            const int64_t grouped = b * Tn + t, original = t * B + b;
+            if (inverse) std::copy_n(src + grouped * row_bytes, row_bytes, dst + original * row_bytes);
+            else std::copy_n(src + original * row_bytes, row_bytes, dst + grouped * row_bytes);
+        }
+    }
+}
+
+Regrouped regrouped_copy(const Tensor& x) {
+    Regrouped r;
+    r.storage.resize(x.nbytes());
+    if (x.data) {
+        regroup_rows(r.storage.data(), static_cast<const std::byte*>(x.data), x.dim(0), x.dim(1),
+                     static_cast<int64_t>(x.nbytes()) / (x.dim(0) * x.dim(1)), /*inverse=*/false);
+        r.tensor = Tensor(r.storage.data(), x.dtype, {x.dim(0), x.dim(1), x.dim(2), x.dim(3)}, x.name);
+    }
+    return r;
+}
+
+void regroup_back(const Tensor& dst, const Regrouped& r) {
+    if (!dst.data) return;
+    regroup_rows(static_cast<std::byte*>(dst.data), r.storage.data(), dst.dim(0), dst.dim(1),
+                 static_cast<int64_t>(dst.nbytes()) / (dst.dim(0) * dst.dim(1)), /*inverse=*/true);
+}
+
 }  // namespace
 
 void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
     check_args(out, probs, q, k, v, "attention_forward", "out");
+    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: heads split over a (T, B) view
+        Regrouped rq = regrouped_copy(q), rk = regrouped_copy(k), rv = regrouped_copy(v), ro = regrouped_copy(out);
+        dispatch_float(q.dtype, "attention_forward",
+                       [&](auto t) { forward_impl<decltype(t)>(ro.tensor, probs, rq.tensor, rk.tensor, rv.tensor); });
+        regroup_back(out, ro);
+        return;
+    }
     dispatch_float(q.dtype, "attention_forward", [&](auto t) { forward_impl<decltype(t)>(out, probs, q, k, v); });
 }
 
@@ -131,6 +193,20 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
     if (dq.data) expect_shape(dq, {q.dim(0), q.dim(1), q.dim(2), q.dim(3)}, "attention_backward", "dq");
     if (dk.data) expect_shape(dk, {k.dim(0), k.dim(1), k.dim(2), k.dim(3)}, "attention_backward", "dk");
     if (dv.data) expect_shape(dv, {v.dim(0), v.dim(1), v.dim(2), v.dim(3)}, "attention_backward", "dv");
+    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: the same regrouping as the forward
+        // probs were stored in the regrouped layout by the forward; dq, dk, dv accumulate, so their
+        // current contents travel through the regrouping too.
+        Regrouped rq = regrouped_copy(q), rk = regrouped_copy(k), rv = regrouped_copy(v), rdo = regrouped_copy(dout);
+        Regrouped rdq = regrouped_copy(dq), rdk = regrouped_copy(dk), rdv = regrouped_copy(dv);
+        dispatch_float(q.dtype, "attention_backward", [&](auto t) {
+            backward_impl<decltype(t)>(rdq.tensor, rdk.tensor, rdv.tensor, rdo.tensor, probs, rq.tensor, rk.tensor,
+                                       rv.tensor);
+        });
+        regroup_back(dq, rdq);
+        regroup_back(dk, rdk);
+        regroup_back(dv, rdv);
+        return;
+    }
     dispatch_float(q.dtype, "attention_backward",
                    [&](auto t) { backward_impl<decltype(t)>(dq, dk, dv, dout, probs, q, k, v); });
 }
