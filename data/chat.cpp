@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
@@ -76,6 +77,7 @@ struct Builder {
 // template's, not the model's.
 void render_chatml(const Conversation& conversation, bool add_prompt, Builder& b) {
     b.special(kChatmlBos, false);
+    if (bugs().bos_twice) b.special(kChatmlBos, false);  // BUG bos-twice: the "tokenizer" adds one too
     for (const Message& m : conversation.messages) {
         const bool supervised = m.role == "assistant";
         b.special(kImStart, false);
@@ -104,6 +106,7 @@ void render_nanochat(const Conversation& conversation, bool add_prompt, Builder&
         system_prefix = messages[0].content + "\n\n";
     }
     b.special(kNanochatBos, false);
+    if (bugs().bos_twice) b.special(kNanochatBos, false);  // BUG bos-twice: the "tokenizer" adds one too
     for (const Message& m : messages) {
         if (m.role == "system") continue;
         if (m.role == "user") {
@@ -203,7 +206,9 @@ std::vector<int64_t> shifted_targets(const RenderedConversation& rendered) {
     std::vector<int64_t> targets(n, cpu::kIgnoreIndex);
     // The flag of the token being PREDICTED decides: position t predicts token t + 1.
     for (size_t t = 0; t + 1 < n; ++t) {
-        if (rendered.supervised[t + 1]) targets[t] = rendered.ids[t + 1];
+        // BUG mask-off-by-one: the ids are shifted but the flags are not (position t reads its own flag).
+        const bool supervised = bugs().mask_off_by_one ? rendered.supervised[t] : rendered.supervised[t + 1];
+        if (supervised) targets[t] = rendered.ids[t + 1];
     }
     return targets;
 }

@@ -17,6 +17,7 @@
 #include <numeric>
 #include <string>
 
+#include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/random.h"
@@ -132,7 +133,12 @@ void Packer::next_batch(int64_t batch_size, std::vector<int64_t>& input_ids, std
         int64_t* targets_out = targets.data() + b * T_;
         for (int64_t t = 0; t < T_; ++t) {
             inputs_out[t] = row[t];
-            targets_out[t] = supervised[t + 1] ? row[t + 1] : cpu::kIgnoreIndex;
+            // BUG mask-off-by-one: the ids are shifted but the flags are not (position t reads its own flag).
+            const bool target_supervised = bugs().mask_off_by_one ? supervised[t] : supervised[t + 1];
+            targets_out[t] = target_supervised ? row[t + 1] : cpu::kIgnoreIndex;
+            // BUG labels-all-masked: the collator masks every label (e.g. its response template never
+            // matched the tokenized text), so nothing is supervised.
+            if (bugs().labels_all_masked) targets_out[t] = cpu::kIgnoreIndex;
         }
     }
 }

@@ -16,7 +16,7 @@ namespace reftrain {
 
 struct Bugs {
     // data
-    bool labels_all_masked = false;       // every target is the ignore index
+    bool labels_all_masked = false;       // the collator sets every target to the ignore index
     bool mask_off_by_one = false;         // targets shifted, supervision flags not
     bool bos_twice = false;               // the template adds BOS and so does the "tokenizer"
     // model

@@ -4,6 +4,7 @@
 //   reftrain init    write randomly initialised weights (HF names) for a config.json
 //   reftrain dump    run one forward+backward on a batch and write every named tensor to safetensors
 //   reftrain train / sample   (tools/cmd_train.cpp);  reftrain data encode / show   (tools/cmd_data.cpp)
+//   reftrain diff A B         compare two dumps in execution order (tools/cmd_debug.cpp)
 #include <omp.h>
 
 #include <chrono>
@@ -138,6 +139,9 @@ int main(int argc, char** argv) {
     // parsing sits inside the same try as the commands above: every reftrain::Error becomes one line.
     register_data_commands(app);
     register_train_commands(app);
+    register_diagnose_commands(app);
+    register_debug_commands(app);
+    register_failure_commands(app);
 
     try {
         try {
@@ -161,7 +165,7 @@ int main(int argc, char** argv) {
             validate_batch(batch, config.vocab_size, batch_path);
             Transformer model(config, batch.batch_size, batch.seq_len, parse_compute_dtype(dtype));
             model.load_weights(weights_path);
-            ForwardResult r = dump_step(model, batch, out_path);
+            ForwardResult r = dump_step(model, batch, out_path, dtype_name(parse_compute_dtype(dtype)));
             std::printf("loss %.9g over %lld supervised tokens%s; wrote %s\n", r.loss,
                         static_cast<long long>(r.supervised_tokens),
                         r.no_supervised_tokens ? " (NO supervised tokens: loss defined as 0)" : "", out_path.c_str());

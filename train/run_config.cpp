@@ -4,6 +4,9 @@
 #include <fstream>
 #include <sstream>
 
+#include <algorithm>
+
+#include "kernels/bugs.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
 
@@ -48,6 +51,7 @@ json default_run_config() {
           {"max_steps", t.max_steps},
           {"grad_clip", t.grad_clip},
           {"loss_normalization", t.loss_normalization},
+          {"precision", t.precision},
           {"beta1", t.adamw.beta1},
           {"beta2", t.adamw.beta2},
           {"eps", t.adamw.eps},
@@ -66,9 +70,17 @@ json default_run_config() {
           {"samples", e.samples},
           {"max_new_tokens", e.max_new_tokens},
           {"final_test", e.final_test}}},
+        {"tracer", {{"enabled", r.tracer.enabled}, {"frames", r.tracer.frames}, {"policy", r.tracer.policy}}},
+        {"loss_scaler",
+         {{"init_scale", r.loss_scaler.init_scale},
+          {"growth_factor", r.loss_scaler.growth_factor},
+          {"backoff_factor", r.loss_scaler.backoff_factor},
+          {"growth_interval", r.loss_scaler.growth_interval}}},
         {"log_every", r.log_every},
         {"checkpoint_every", r.checkpoint_every},
         {"resume", r.resume},
+        {"invariants", r.invariants},
+        {"bugs", r.bugs},
     };
 }
 
@@ -99,7 +111,7 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
         }
         json& slot = base[key];
         // Free-form objects (a task's own options) are replaced whole; the task checks them.
-        if (dotted == "data.task_options") {
+        if (dotted == "data.task_options" || dotted == "invariants" || dotted == "bugs") {
             check(value.is_object(), source, ": '", dotted, "' must be an object, got ", value.type_name());
             slot = value;
             continue;
@@ -193,6 +205,19 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
     r.log_every = get<int64_t>(j, "log_every");
     r.checkpoint_every = get<int64_t>(j, "checkpoint_every");
     r.resume = get<std::string>(j, "resume");
+    r.invariants = j.at("invariants");
+    r.bugs = j.at("bugs");
+    for (const auto& [name, on] : r.bugs.items()) {
+        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
+        const std::vector<std::string> known = bug_names();
+        std::string id = name;
+        std::replace(id.begin(), id.end(), '_', '-');
+        if (std::find(known.begin(), known.end(), id) == known.end()) {
+            const std::string closest = closest_name(id, known);
+            fail(source, ": unknown bug switch 'bugs.", name, "'",
+                 closest.empty() ? std::string() : concat(" (did you mean '", closest, "'?)"));
+        }
+    }
 
     const json& d = j.at("data");
     r.data.task = get<std::string>(d, "task");
@@ -216,6 +241,16 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
     r.train.max_steps = get<int64_t>(t, "max_steps");
     r.train.grad_clip = get<double>(t, "grad_clip");
     r.train.loss_normalization = get<std::string>(t, "loss_normalization");
+    r.train.precision = get<std::string>(t, "precision");
+    const json& tr = j.at("tracer");
+    r.tracer.enabled = get<bool>(tr, "enabled");
+    r.tracer.frames = get<int64_t>(tr, "frames");
+    r.tracer.policy = get<std::string>(tr, "policy");
+    const json& ls = j.at("loss_scaler");
+    r.loss_scaler.init_scale = get<double>(ls, "init_scale");
+    r.loss_scaler.growth_factor = get<double>(ls, "growth_factor");
+    r.loss_scaler.backoff_factor = get<double>(ls, "backoff_factor");
+    r.loss_scaler.growth_interval = get<int64_t>(ls, "growth_interval");
     r.train.adamw.beta1 = get<double>(t, "beta1");
     r.train.adamw.beta2 = get<double>(t, "beta2");
     r.train.adamw.eps = get<double>(t, "eps");
@@ -261,6 +296,11 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
     check(r.train.loss_normalization == "tokens" || r.train.loss_normalization == "micro_batches", source,
           ": 'train.loss_normalization' must be \"tokens\" or \"micro_batches\", got \"", r.train.loss_normalization,
           "\"");
+    check(r.train.precision == "fp32" || r.train.precision == "bf16" || r.train.precision == "fp16", source,
+          ": 'train.precision' must be \"fp32\", \"bf16\" or \"fp16\", got \"", r.train.precision, "\"");
+    check(r.tracer.policy == "stop" || r.tracer.policy == "skip", source,
+          ": 'tracer.policy' must be \"stop\" or \"skip\", got \"", r.tracer.policy, "\"");
+    positive(r.tracer.frames, "tracer.frames");
     check(r.data.task.empty() != r.data.jsonl.empty(), source,
           ": set exactly one of 'data.task' (a toy task) and 'data.jsonl' (your conversations); got task=\"",
           r.data.task, "\", jsonl=\"", r.data.jsonl, "\"");

@@ -50,7 +50,23 @@ struct TrainConfig {
     // tokens, so k micro-batches give exactly the gradient of one big batch. "micro_batches": each is
     // divided by k, which equals the big batch only when every micro-batch supervises as many tokens.
     std::string loss_normalization = "tokens";
+    // Compute precision: "fp32", or "bf16" / "fp16" emulated on the CPU by rounding where a GPU would
+    // (fp32 master weights and optimizer; docs/precision.md). fp16 turns on the dynamic loss scaler.
+    std::string precision = "fp32";
     AdamWConfig adamw;                        // lr comes from the schedule
+};
+
+struct TracerConfig {
+    bool enabled = true;          // the frame-buffered NaN tracer (debug/tracer.h), on by default
+    int64_t frames = 21;          // K frames of run-up kept
+    std::string policy = "stop";  // on the first non-finite value: "stop" the run or "skip" the step
+};
+
+struct LossScalerSettings {       // used when train.precision = "fp16" (train/loss_scaler.h)
+    double init_scale = 65536.0;
+    double growth_factor = 2.0;
+    double backoff_factor = 0.5;
+    int64_t growth_interval = 2000;
 };
 
 struct EvalConfig {
@@ -70,9 +86,17 @@ struct RunConfig {
     TrainConfig train;
     ScheduleConfig schedule;                  // total_steps 0 = train.max_steps
     EvalConfig eval;
+    TracerConfig tracer;
+    LossScalerSettings loss_scaler;
     int64_t log_every = 10;
     int64_t checkpoint_every = 0;             // 0 = only at the end
     std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""
+    // Invariant modes, {"default": "warn", "mask.has_supervised_tokens": "fatal", ...}
+    // (debug/invariants.h; an unknown name is refused when the trainer configures its registry).
+    nlohmann::json invariants = nlohmann::json::object();
+    // Bug switches of the failure catalog, {"forgot-zero-grad": true} (kernels/bugs.h). For
+    // experiments: a run with any switch on says so at start.
+    nlohmann::json bugs = nlohmann::json::object();
 
     nlohmann::json resolved;                  // the full JSON this was parsed from (printed, saved)
 };

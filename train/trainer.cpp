@@ -12,8 +12,10 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
+#include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/safetensors.h"
@@ -61,7 +63,7 @@ std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::stri
     return load_sentencepiece(*model_path);
 }
 
-RunData prepare_run_data(const RunConfig& config, std::ostream& log) {
+RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants* invariants) {
     const DataConfig& d = config.data;
     RunData data;
     data.tokenizer = make_run_tokenizer(config, &data.tokenizer_model_path);
@@ -79,11 +81,15 @@ RunData prepare_run_data(const RunConfig& config, std::ostream& log) {
         data.val_examples = generate_split(*data.task, Split::val, d.val_examples, config.seed, /*unique=*/true);
         data.test_examples = generate_split(*data.task, Split::test, d.test_examples, config.seed, /*unique=*/true);
         // Disjoint by construction; checked anyway, because a leak here makes every eval number a lie.
-        std::vector<TaskExample> train_examples;
-        for (const Conversation& c : train) train_examples.push_back({c.messages[c.messages.size() - 2].content, ""});
-        check_disjoint(train_examples, data.val_examples);
-        check_disjoint(train_examples, data.test_examples);
-        check_disjoint(data.val_examples, data.test_examples);
+        std::vector<std::string> train_prompts, val_prompts, test_prompts;
+        for (const Conversation& c : train) train_prompts.push_back(c.messages[c.messages.size() - 2].content);
+        for (const TaskExample& e : data.val_examples) val_prompts.push_back(e.prompt);
+        for (const TaskExample& e : data.test_examples) test_prompts.push_back(e.prompt);
+        if (invariants) {
+            check_split_disjoint(*invariants, train_prompts, val_prompts, "train", "val");
+            check_split_disjoint(*invariants, train_prompts, test_prompts, "train", "test");
+            check_split_disjoint(*invariants, val_prompts, test_prompts, "val", "test");
+        }
         for (const TaskExample& e : data.val_examples) val.push_back(to_conversation(e, d.system_prompt));
     }
 
@@ -109,6 +115,15 @@ RunData prepare_run_data(const RunConfig& config, std::ostream& log) {
         }
     };
     render_all(train, data.train_docs, d.bos_aligned, data.skipped_too_long, data.skipped_unsupervised);
+    if (invariants) {
+        for (size_t i = 0; i < data.train_docs.size(); ++i) {
+            const RenderedConversation& r = data.train_docs[i];
+            const std::string source = concat("training conversation ", i);
+            check_bos_exactly_once(*invariants, r.ids, data.chat->bos_id(), source);
+            const std::vector<int64_t> targets = shifted_targets(r);
+            check_mask_aligned(*invariants, r.ids, r.supervised, targets, source);
+        }
+    }
     render_all(val, data.val_docs, true, val_skipped, val_skipped);
     if (val_skipped > 0) {
         log << "data: skipped " << val_skipped << " of " << val.size()
@@ -182,7 +197,13 @@ double exact_match(const Transformer& model, const ChatTemplate& chat, const Tas
 Trainer::Trainer(const RunConfig& config, std::ostream& out)
     : config_(config), out_(out), sample_rng_(Rng::for_name(config.seed, "eval.samples")) {
     if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
-    data_ = prepare_run_data(config_, out_);
+    invariants_.set_stream(out_);
+    invariants_.configure(config_.invariants, "run config 'invariants'");
+    for (const auto& [name, on] : config_.bugs.items()) {
+        set_bug(name, on.get<bool>());
+        if (on.get<bool>()) out_ << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
+    }
+    data_ = prepare_run_data(config_, out_, &invariants_);
 
     json model_json = config_.model;
     const int64_t V = data_.tokenizer->vocab_size();
@@ -199,7 +220,29 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
 
     model_ = std::make_unique<Transformer>(model_config, config_.train.batch_size, config_.train.seq_len);
     model_->init_weights(config_.seed);
+    const DType precision = config_.train.precision == "bf16"   ? DType::BF16
+                            : config_.train.precision == "fp16" ? DType::F16
+                                                                : DType::F32;
+    model_->set_precision(precision);
+    LossScalerConfig scaler;
+    scaler.enabled = precision == DType::F16;  // bf16 has fp32's exponent range: no scaling needed
+    scaler.init_scale = config_.loss_scaler.init_scale;
+    scaler.growth_factor = config_.loss_scaler.growth_factor;
+    scaler.backoff_factor = config_.loss_scaler.backoff_factor;
+    scaler.growth_interval = config_.loss_scaler.growth_interval;
+    loss_scaler_ = LossScaler(scaler);
+    if (config_.tracer.enabled) {
+        FrameTracer::Options options;
+        options.frames = static_cast<int>(config_.tracer.frames);
+        options.run_dir = config_.run_dir;
+        options.policy = config_.tracer.policy == "skip" ? FrameTracer::Policy::skip : FrameTracer::Policy::stop;
+        options.log = &out_;
+        tracer_ = std::make_unique<FrameTracer>(options);
+        model_->set_tracer(tracer_.get());
+    }
     optimizer_ = std::make_unique<AdamW>(model_->params(), model_->grads(), config_.train.adamw);
+    check_decay_only_matrices(invariants_, model_->params(),
+                              [](const std::string&, const Tensor& p) { return AdamW::decays(p); });
     packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
                                        config_.seed, data_.chat->bos_id());
     micro_ids_.resize(config_.train.grad_accum);
@@ -220,24 +263,59 @@ StepMetrics Trainer::train_step() {
         total += counts[i];
     }
 
+    check_has_supervised_tokens(invariants_, total, k * B * T, step_);
+    for (int64_t i = 0; i < k; ++i) {
+        check_mask_aligned_batch(invariants_, micro_ids_[i], micro_targets_[i], B, T, data_.chat->end_of_turn_id(), step_);
+    }
+
     StepMetrics m;
-    model_->zero_grad();  // once per optimizer step, not per micro-batch: backward() accumulates
+    if (tracer_) tracer_->begin_step(step_);
+    // fp16: the loss gradient is multiplied by the loss scale so small gradients survive fp16, and the
+    // gradients are divided by it again before clipping and the update.
+    const double scale = loss_scaler_.enabled() ? loss_scaler_.scale() : 1.0;
+    m.loss_scale = scale;
+    // Once per optimizer step, not per micro-batch: backward() accumulates.
+    if (!bugs().forgot_zero_grad) model_->zero_grad();  // BUG forgot-zero-grad: last step's grads stay
+    check_grad_zeroed(invariants_, model_->grads(), step_);
     for (int64_t i = 0; i < k; ++i) {
         const Tensor ids(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
         const Tensor targets(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
         const ForwardResult r = model_->forward(ids, targets);
-        const double weight = config_.train.loss_normalization == "tokens"
-                                  ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
-                                  : 1.0 / static_cast<double>(k);
-        if (r.supervised_tokens > 0) model_->backward(weight);
+        double weight = config_.train.loss_normalization == "tokens"
+                            ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
+                            : 1.0 / static_cast<double>(k);
+        if (bugs().grad_accum_not_divided) weight = 1.0;  // BUG grad-accum-not-divided: k micro-batches summed
+        if (r.supervised_tokens > 0) model_->backward(weight * scale);
         m.loss += weight * r.loss;
     }
-    m.grad_norm = clip_grad_norm(model_->grads(), config_.train.grad_clip);
+    if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, model_->config().vocab_size);
+    const bool nonfinite_grads = loss_scaler_.enabled() && unscale_and_check(model_->grads(), scale);
+    m.skipped = loss_scaler_.update(nonfinite_grads);  // fp16: skip the step and back off the scale
+    if (tracer_ && tracer_->tripped()) {
+        const FrameTracer::Incident& incident = *tracer_->incident();
+        if (!m.skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
+            tracer_->end_step();
+            fail("step ", step_ + 1, ": the first non-finite value is in '", incident.tensor, "' (written by ", incident.op,
+                 "); the run-up is printed above", incident.report_path.empty() ? "" : ", the report is in " + incident.report_path,
+                 ". Stopping (tracer.policy = stop; \"skip\" drops such steps instead)");
+        }
+        m.skipped = true;  // tracer.policy = skip, or the loss scaler already skips it
+    }
+    if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
+    m.grad_norm = m.skipped ? std::numeric_limits<double>::quiet_NaN()
+                            : clip_grad_norm(model_->grads(), config_.train.grad_clip);
     // A non-finite gradient would poison every weight through AdamW's moments: stop before the update.
-    check(std::isfinite(m.grad_norm), "step ", step_ + 1, ": the gradient norm is ", m.grad_norm,
+    check(m.skipped || std::isfinite(m.grad_norm), "step ", step_ + 1, ": the gradient norm is ", m.grad_norm,
           " (not finite) with loss ", m.loss, "; the update was not applied. Lower schedule.lr or check the data");
-    m.lr = lr_at(config_.schedule, step_);   // indexed by the optimizer step
-    optimizer_->step(m.lr);
+    // Indexed by the optimizer step. BUG scheduler-per-microbatch: indexed by micro-batches seen.
+    const int64_t schedule_step = bugs().scheduler_per_microbatch ? step_ * k : step_;
+    check_schedule_counts_optimizer_steps(invariants_, step_, step_ * k, k, schedule_step);
+    m.lr = lr_at(config_.schedule, schedule_step);
+    if (!m.skipped) {
+        optimizer_->step(m.lr);
+        if (tracer_) tracer_->record("adamw.update", model_->params().tensors());
+    }
+    if (tracer_) tracer_->end_step();
     ++step_;
     m.step = step_;
     m.tokens = k * B * T;
@@ -290,6 +368,7 @@ std::string Trainer::save_checkpoint() {
     state.rng_states = {sample_rng_.state()};
     state.data = packer_->position();
     state.template_fingerprint = data_.chat->fingerprint();
+    if (loss_scaler_.enabled()) state.extra["loss_scaler"] = loss_scaler_.to_json();
     state.tokenizer_fingerprint = data_.tokenizer->fingerprint();
     reftrain::save_checkpoint(dir.string(), *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path,
                               /*overwrite=*/true);
@@ -332,6 +411,7 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     check(state.rng_states.size() == 1, dir, ": expected 1 RNG state, found ", state.rng_states.size());
     step_ = state.step;
     sample_rng_.set_state(state.rng_states[0]);
+    if (state.extra.contains("loss_scaler")) loss_scaler_.from_json(state.extra["loss_scaler"]);
     packer_->set_position(state.data);
     out_ << "resumed from " << dir << " at step " << step_ << "\n";
 }
@@ -382,16 +462,16 @@ void Trainer::run() {
         ++steps_timed;
         const double tok_per_s = static_cast<double>(m.tokens) * steps_timed / std::max(1e-9, train_seconds);
         const double eta = train_seconds / steps_timed * static_cast<double>(max_steps - step_);
-        metrics << json{{"kind", "train"}, {"step", m.step}, {"loss", m.loss}, {"lr", m.lr},
-                        {"grad_norm", m.grad_norm}, {"tokens", m.tokens}, {"supervised_tokens", m.supervised_tokens},
-                        {"seconds", m.seconds}}
-                       .dump()
-                << "\n";
-        if (!std::isfinite(m.loss)) {
-            metrics.flush();
-            fail("step ", m.step, ": the loss is ", m.loss, " (not finite); stopping. The tracer (a later issue) "
-                 "names the first bad tensor; lower schedule.lr or check the data");
-        }
+        json line = {{"kind", "train"}, {"step", m.step}, {"loss", m.loss}, {"lr", m.lr},
+                     {"tokens", m.tokens}, {"supervised_tokens", m.supervised_tokens}, {"seconds", m.seconds}};
+        // JSON has no NaN: a skipped step's grad norm is null, and the skip is said explicitly.
+        line["grad_norm"] = std::isfinite(m.grad_norm) ? json(m.grad_norm) : json(nullptr);
+        if (loss_scaler_.enabled()) line["loss_scale"] = m.loss_scale;
+        if (m.skipped) line["skipped"] = true;
+        metrics << line.dump() << "\n";
+        if (m.skipped) out_ << "step " << m.step << " skipped: non-finite gradients"
+                            << (loss_scaler_.enabled() ? concat(" (loss scale now ", loss_scaler_.scale(), ")") : "") << "\n";
+
         const bool log_now = m.step % config_.log_every == 0 || m.step == max_steps;
         if (tty) {
             // A live bar, redrawn in place.
@@ -436,6 +516,8 @@ void Trainer::run() {
                        .dump()
                 << "\n";
     }
+    const std::string violated = invariants_.summary();
+    if (!violated.empty()) out_ << "invariants violated during this run (warn mode):\n" << violated;
     if (steps_timed > 0) {
         char line[160];
         std::snprintf(line, sizeof line, "trained %lld steps in %.1f s (%.0f tok/s)\n", (long long)steps_timed,

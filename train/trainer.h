@@ -9,6 +9,9 @@
 //   4. AdamW with lr = schedule(optimizer step): the schedule counts optimizer steps, never micro-batches
 // Every piece of state that decides the next step (weights, moments, step, data position, the sampling
 // RNG) is in the checkpoint, so a resumed run continues bitwise (tests/test_trainer.cpp).
+// The invariants of debug/invariants.h are checked where docs/invariants.md says: the data when it is
+// rendered, the optimizer grouping at start, and in every step the mask, the zeroed gradients, the
+// schedule's step, the loss (and on the first step of a fresh run, the loss against ln V).
 #pragma once
 
 #include <cstdint>
@@ -21,8 +24,11 @@
 #include "data/packing.h"
 #include "data/tasks.h"
 #include "data/tokenizer.h"
+#include "debug/invariants.h"
+#include "debug/tracer.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "train/loss_scaler.h"
 #include "train/run_config.h"
 
 namespace reftrain {
@@ -42,13 +48,17 @@ struct RunData {
 // Builds the tokenizer named by config.data.tokenizer (training and caching a SentencePiece model on
 // the task's training prompts when it is "sentencepiece").
 std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::string* model_path);
-RunData prepare_run_data(const RunConfig& config, std::ostream& log);
+// With `invariants`, every rendered training conversation is checked (template.bos_exactly_once,
+// mask.aligned_with_targets) and the splits are checked disjoint (data.split_disjoint).
+RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants* invariants = nullptr);
 
 struct StepMetrics {
     int64_t step = 0;                 // optimizer steps done after this one
     double loss = 0.0;                // mean CE over the step's supervised tokens
     double lr = 0.0;
     double grad_norm = 0.0;           // before clipping
+    double loss_scale = 1.0;          // fp16's dynamic loss scale used in this step (1 otherwise)
+    bool skipped = false;             // no update: non-finite gradients (loss scaler / tracer policy skip)
     int64_t tokens = 0;               // B * T * k
     int64_t supervised_tokens = 0;
     double seconds = 0.0;
@@ -83,12 +93,18 @@ public:
     Transformer& model() { return *model_; }
     AdamW& optimizer() { return *optimizer_; }
     Packer& packer() { return *packer_; }
+    Invariants& invariants() { return invariants_; }
+    FrameTracer* tracer() { return tracer_.get(); }   // null when tracer.enabled = false
+    LossScaler& loss_scaler() { return loss_scaler_; }
     const RunData& data() const { return data_; }
     int64_t step() const { return step_; }
 
 private:
     RunConfig config_;
     std::ostream& out_;
+    Invariants invariants_;   // configured from config.invariants; checked in every step
+    std::unique_ptr<FrameTracer> tracer_;   // records every named tensor of every step (debug/tracer.h)
+    LossScaler loss_scaler_;                // enabled for fp16 only
     RunData data_;
     std::unique_ptr<Transformer> model_;
     std::unique_ptr<AdamW> optimizer_;

@@ -1,0 +1,304 @@
+// probes/failures.cpp — the runnable failures: each scenario's two halves and the report.
+//
+// Every scenario trains the same tiny chat model on the addition task (byte tokenizer, seconds on a
+// CPU) through the real Trainer, so the bug runs through the same code a user's run does. The
+// detectors are the project's own: invariants checked inside the training loop (debug/invariants.h)
+// and the diagnostics (train/diagnostics.h). Invariants run in warn mode here, so the buggy half keeps
+// going and shows its symptom instead of stopping at the first violation.
+#include "probes/failures.h"
+
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "kernels/bugs.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/error.h"
+#include "probes/plot.h"
+#include "train/diagnostics.h"
+#include "train/trainer.h"
+
+namespace reftrain {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The tiny run every scenario starts from; `extra` adds or overrides keys.
+RunConfig scenario_config(const FailureContext& ctx, const std::vector<std::string>& extra) {
+    std::vector<std::string> sets = {"run_dir=" + ctx.run_dir,
+                                     "threads=1",
+                                     "model.hidden_size=48",
+                                     "model.intermediate_size=96",
+                                     "model.num_hidden_layers=2",
+                                     "model.num_attention_heads=4",
+                                     "model.num_key_value_heads=2",
+                                     "model.head_dim=12",
+                                     "model.max_position_embeddings=64",
+                                     "data.tokenizer=byte",
+                                     "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
+                                     "data.train_examples=2000",
+                                     "data.val_examples=0",
+                                     "data.test_examples=0",
+                                     "train.batch_size=8",
+                                     "train.seq_len=48",
+                                     "train.max_steps=40",
+                                     "schedule.lr=0.003",
+                                     "eval.every=0",
+                                     "eval.exact_match_examples=0",
+                                     "eval.final_test=false",
+                                     "invariants={\"default\": \"warn\"}"};
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return load_run_config("", sets);
+}
+
+std::ostream& log_of(const FailureContext& ctx) { return ctx.log ? *ctx.log : std::cerr; }
+
+// Trains `steps` optimizer steps and returns the curve of one StepMetrics field.
+std::vector<double> train_curve(Trainer& trainer, int64_t steps, double StepMetrics::*field) {
+    std::vector<double> curve;
+    for (int64_t i = 0; i < steps; ++i) curve.push_back(trainer.train_step().*field);
+    return curve;
+}
+
+// Reads an invariant's verdict into the half.
+void read_invariant(FailureHalf& half, Trainer& trainer, const std::string& name) {
+    const int64_t violations = trainer.invariants().violations(name);
+    half.detector_fired = violations > 0;
+    half.detector_message = trainer.invariants().last_message(name);
+    half.numbers.push_back({"invariant " + name, concat(violations, " violations in ",
+                                                        trainer.invariants().evaluations(name), " evaluations")});
+}
+
+std::string fmt(double v, int precision = 4) {
+    std::ostringstream s;
+    s << std::setprecision(precision) << v;
+    return s.str();
+}
+
+// ---- the scenarios ------------------------------------------------------------------------------------
+
+FailureHalf labels_all_masked(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    half.numbers.push_back({"loss at the last step", fmt(half.curve.back())});
+    read_invariant(half, trainer, "mask.has_supervised_tokens");
+    return half;
+}
+
+FailureHalf mask_off_by_one(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    // The symptom in numbers: with the flags read one position early, the supervised span slides by
+    // one token: the answer's first token is no longer a target, and the template token AFTER the
+    // end-of-turn becomes one (the model is taught to keep going past its own end of turn).
+    std::vector<int64_t> ids, targets;
+    Packer probe(trainer.data().train_docs, 48, true, 7, trainer.data().chat->bos_id());
+    probe.next_batch(8, ids, targets);
+    int64_t after_end = 0, supervised = 0;
+    for (size_t t = 0; t < ids.size(); ++t) {
+        supervised += targets[t] != cpu::kIgnoreIndex;
+        after_end += ids[t] == trainer.data().chat->end_of_turn_id() && targets[t] != cpu::kIgnoreIndex;
+    }
+    half.numbers.push_back({"targets right after an end-of-turn (8 rows)", std::to_string(after_end)});
+    half.numbers.push_back({"supervised targets (8 rows)", std::to_string(supervised)});
+    read_invariant(half, trainer, "mask.aligned_with_targets");
+    return half;
+}
+
+FailureHalf bos_twice(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    const RenderedConversation& first = trainer.data().train_docs.front();
+    std::string start;
+    for (size_t i = 0; i < 3 && i < first.ids.size(); ++i) start += trainer.data().tokenizer->piece(first.ids[i]);
+    half.numbers.push_back({"first three tokens of a training conversation", start});
+    read_invariant(half, trainer, "template.bos_exactly_once");
+    return half;
+}
+
+FailureHalf scheduler_per_microbatch(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.grad_accum=4", "train.batch_size=2", "schedule.kind=cosine",
+                                          "schedule.warmup_steps=8", "train.max_steps=32"}),
+                    log_of(ctx));
+    FailureHalf half{"lr", train_curve(trainer, 32, &StepMetrics::lr), {}, false, ""};
+    int64_t peak = 0;
+    for (size_t i = 1; i < half.curve.size(); ++i) {
+        if (half.curve[i] > half.curve[static_cast<size_t>(peak)]) peak = static_cast<int64_t>(i);
+    }
+    half.numbers.push_back({"warmup peaks at optimizer step", std::to_string(peak + 1) + " (configured: 8)"});
+    half.numbers.push_back({"lr at step 16 of 32 (cosine midpoint)", fmt(half.curve[15])});
+    read_invariant(half, trainer, "schedule.counts_optimizer_steps");
+    return half;
+}
+
+FailureHalf grad_accum_not_divided(const FailureContext& ctx) {
+    const std::vector<std::string> sets = {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=0"};
+    Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
+    FailureHalf half{"grad_norm", train_curve(trainer, 20, &StepMetrics::grad_norm), {}, false, ""};
+    // The detector: the first accumulated step (4 micro-batches of 2 rows) must give the gradient of
+    // one batch of the same 8 rows. Both runs start from the same seed, so they see the same rows.
+    Trainer accumulated(scenario_config(ctx, sets), log_of(ctx));
+    Trainer big(scenario_config(ctx, {"train.grad_accum=1", "train.batch_size=8", "train.grad_clip=0"}), log_of(ctx));
+    const double a = accumulated.train_step().grad_norm;
+    const double b = big.train_step().grad_norm;
+    const double ratio = a / b;
+    half.numbers.push_back({"accumulated / big-batch gradient norm", fmt(ratio)});
+    if (std::fabs(ratio - 1.0) > 1e-4) {
+        half.detector_fired = true;
+        half.detector_message = concat("accumulation check: 4 micro-batches give a gradient norm of ", fmt(a),
+                                       " but one batch of the same rows gives ", fmt(b), " (ratio ", fmt(ratio),
+                                       "): the micro-batch losses are not weighted to a mean");
+    }
+    return half;
+}
+
+FailureHalf forgot_zero_grad(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.grad_clip=0"}), log_of(ctx));
+    FailureHalf half{"grad_norm", train_curve(trainer, 30, &StepMetrics::grad_norm), {}, false, ""};
+    half.numbers.push_back({"grad norm at step 1 / step 30", fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
+    read_invariant(half, trainer, "grad.zeroed_at_cycle_start");
+    return half;
+}
+
+// Trains, then runs a diagnostic on the trained model with one of the run's batches.
+FailureHalf diagnostic_half(const FailureContext& ctx, const std::string& diagnostic) {
+    const RunConfig config = scenario_config(ctx, {});
+    Trainer trainer(config, log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 30, &StepMetrics::loss), {}, false, ""};
+    half.numbers.push_back({"training loss at step 30", fmt(half.curve.back())});
+    Batch batch{config.train.batch_size, config.train.seq_len, {}, {}};
+    trainer.packer().next_batch(batch.batch_size, batch.input_ids, batch.targets);
+    const DiagnosticResult result = diagnostic == "causality" ? check_causality(trainer.model(), batch)
+                                                              : check_batch_independence(trainer.model(), batch);
+    half.detector_fired = !result.pass;
+    half.detector_message = result.pass ? "" : result.verdict;
+    half.numbers.push_back({"diagnose " + diagnostic, result.pass ? "PASS" : "FAIL"});
+    return half;
+}
+
+std::vector<FailureScenario> build_catalog() {
+    std::vector<FailureScenario> c;
+    c.push_back({"labels-all-masked", "Every label masked: the loss is a perfect, meaningless 0",
+                 "Unsloth, Troubleshooting & FAQs (all labels -100 gives a training loss of 0)",
+                 "the collator sets every target to the ignore index (-100)",
+                 "loss exactly 0 from the first step, weights never move",
+                 "invariant mask.has_supervised_tokens (every step)",
+                 "make sure the loss mask marks the assistant tokens: `reftrain data show` shows them in [[brackets]]",
+                 false, labels_all_masked});
+    c.push_back({"mask-off-by-one", "The loss mask is not shifted with the targets",
+                 "HF LLM Course ch. 8.4 (Gugger et al.): walk the pipeline and check each stage",
+                 "targets are the next tokens but the supervision flags are read at the current position",
+                 "the supervised span slides by one token: the answer's first token is never a target and the "
+                 "template's token after the end-of-turn is, so the model learns to talk past its own end of turn",
+                 "invariant mask.aligned_with_targets (at data preparation and on every batch)",
+                 "shift the flags together with the ids: target[t] = ids[t+1] where supervised[t+1]", false,
+                 mask_off_by_one});
+    c.push_back({"bos-twice", "BOS added twice (template and tokenizer both add one)",
+                 "Unsloth, Troubleshooting & FAQs (check both the extra-BOS and the missing-BOS hypotheses)",
+                 "the template writes BOS and the tokenizer adds another",
+                 "train/deploy mismatch: the model learns a prefix that inference never sends",
+                 "invariant template.bos_exactly_once (every rendered conversation)",
+                 "let exactly one party add BOS: reftrain's templates add it, its tokenizers never do", false, bos_twice});
+    c.push_back({"scheduler-per-microbatch", "The LR schedule stepped per micro-batch",
+                 "HF transformers practice (scheduler units under gradient accumulation)",
+                 "the schedule is indexed by micro-batches seen instead of optimizer steps (grad_accum = 4)",
+                 "warmup ends 4x too early and the decay finishes a quarter of the way into the run",
+                 "invariant schedule.counts_optimizer_steps (every step)",
+                 "step the schedule once per optimizer step", false, scheduler_per_microbatch});
+    c.push_back({"grad-accum-not-divided", "Accumulated micro-batch losses not divided",
+                 "nanochat (Karpathy): the loss is divided by the number of accumulation steps",
+                 "each of the 4 micro-batch losses is backpropagated at weight 1 instead of its share",
+                 "gradients 4x too large: the effective learning rate is multiplied by grad_accum (hidden by clipping)",
+                 "check: one accumulated step equals one big batch with the same rows",
+                 "weight each micro-batch by its share of the step's supervised tokens (or 1/k)", true,
+                 grad_accum_not_divided});
+    c.push_back({"forgot-zero-grad", "Gradients never zeroed between steps",
+                 "Andrej Karpathy, 'most common neural net mistakes' (2018), #3: forgot to zero_grad before backward",
+                 "the gradient buffers are not cleared at the start of each optimizer step",
+                 "every step adds the whole history of gradients: the norm grows and the updates drift",
+                 "invariant grad.zeroed_at_cycle_start (every step)", "zero the gradients once per optimizer step",
+                 true, forgot_zero_grad});
+    c.push_back({"causal-leak", "The causal mask lets position t see t+1",
+                 "backprop-to-input dependency check (ml-debug refs/diagnostics); Neel Nanda on disbelieving good results",
+                 "attention lets every position also attend to the next one",
+                 "a too-good training loss (the answer is copied from the future) and useless generation",
+                 "diagnostic causality: the gradient of position t's loss reaches inputs after t",
+                 "mask scores with s <= t, never s <= t + 1", false,
+                 [](const FailureContext& ctx) { return diagnostic_half(ctx, "causality"); }});
+    c.push_back({"view-vs-permute", "Heads split with a reshape that mixes batch rows",
+                 "Andrej Karpathy, 'most common neural net mistakes' (2018), #6: view() where permute() was needed",
+                 "attention runs on rows regrouped as if the (B, T) layout were (T, B)",
+                 "training still runs and the loss still falls, but each sequence reads other sequences",
+                 "diagnostic batch-independence: the loss of one row has a gradient in the other rows",
+                 "permute to (B, H, T, D) before the split; never view a (B, T) tensor as (T, B)", false,
+                 [](const FailureContext& ctx) { return diagnostic_half(ctx, "batch-independence"); }});
+    return c;
+}
+
+}  // namespace
+
+const std::vector<FailureScenario>& failure_catalog() {
+    static const std::vector<FailureScenario> catalog = build_catalog();
+    return catalog;
+}
+
+const FailureScenario& find_failure(const std::string& id) {
+    std::string known;
+    for (const FailureScenario& s : failure_catalog()) {
+        if (s.id == id) return s;
+        known += (known.empty() ? "" : ", ") + s.id;
+    }
+    fail("unknown failure '", id, "' (known: ", known, ")");
+}
+
+FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out) {
+    const FailureScenario& s = find_failure(id);
+    fs::create_directories(run_dir);
+    FailureReport report;
+    std::ostringstream log_bug, log_fixed;
+    {
+        reset_bugs();
+        ScopedBug bug(s.id);
+        report.with_bug = s.run({true, (fs::path(run_dir) / "with_bug").string(), &log_bug});
+    }
+    reset_bugs();
+    report.without_bug = s.run({false, (fs::path(run_dir) / "without_bug").string(), &log_fixed});
+
+    out << "failure " << s.id << ": " << s.title << "\n"
+        << "  source:   " << s.source << "\n"
+        << "  bug:      " << s.bug << "\n"
+        << "  symptom:  " << s.symptom << "\n\n";
+    out << "symptom, same seed, bug on vs off:\n";
+    for (size_t i = 0; i < report.with_bug.numbers.size(); ++i) {
+        const auto& [name, with_value] = report.with_bug.numbers[i];
+        const std::string without_value =
+            i < report.without_bug.numbers.size() ? report.without_bug.numbers[i].second : "";
+        out << "  " << std::left << std::setw(46) << name << " with bug: " << std::setw(22) << with_value
+            << " without: " << without_value << "\n";
+    }
+    const std::vector<Series> series = {{"with bug", report.with_bug.curve, '*', "#d62728"},
+                                        {"without bug", report.without_bug.curve, 'o', "#1f77b4"}};
+    out << "\n" << ascii_chart(series, report.with_bug.curve_name + " per optimizer step", 60, 10, s.log_scale);
+    const std::string svg = (fs::path(run_dir) / (s.id + ".svg")).string();
+    write_svg_chart(svg, series, s.id + ": " + report.with_bug.curve_name, "optimizer step",
+                    report.with_bug.curve_name, s.log_scale);
+    out << "plot: " << svg << "\n\n";
+    out << "detector: " << s.detector << "\n"
+        << "  with the bug:    " << (report.with_bug.detector_fired ? "FIRED" : "silent (the detector missed it!)")
+        << "\n";
+    if (report.with_bug.detector_fired) out << "    " << report.with_bug.detector_message << "\n";
+    out << "  without the bug: "
+        << (report.without_bug.detector_fired ? "FIRED (a false alarm!): " + report.without_bug.detector_message
+                                              : "silent")
+        << "\n\n";
+    out << "fix: " << s.fix << "\n";
+    out << "verdict: " << (report.detector_works() ? "the detector catches this bug and stays quiet without it"
+                                                   : "THE DETECTOR DOES NOT SEPARATE THE TWO RUNS")
+        << "\n";
+    return report;
+}
+
+}  // namespace reftrain

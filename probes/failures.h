@@ -1,0 +1,57 @@
+// probes/failures.h — the catalog of runnable failures (FAILURES.md): folklore you can run.
+//
+// A scenario trains a toy task twice from the same seed: once with its bug switch on (kernels/bugs.h)
+// and once without. Each half reports a symptom curve (loss, LR, grad norm, ...) and whether the
+// detector for this bug fired, with its message. `reftrain failure run ID` prints both curves as an
+// ASCII chart, writes an SVG plot into the run directory, says which detector fired and prints the
+// fix. A scenario is correct when the detector fires with the bug and stays silent without it; the
+// tests (tests/test_failures.cpp) assert exactly that for every entry.
+#pragma once
+
+#include <functional>
+#include <iosfwd>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace reftrain {
+
+struct FailureHalf {
+    std::string curve_name;                              // what the curve measures ("loss", "lr", ...)
+    std::vector<double> curve;                           // one value per optimizer step
+    std::vector<std::pair<std::string, std::string>> numbers;  // the symptom in numbers
+    bool detector_fired = false;
+    std::string detector_message;                        // what the detector said (empty when silent)
+};
+
+struct FailureContext {
+    bool bug = false;            // the half with the bug switched on
+    std::string run_dir;         // this half's directory (checkpoints, tracer dumps)
+    std::ostream* log = nullptr; // the training log of this half
+};
+
+struct FailureScenario {
+    std::string id;        // FAILURES.md id, e.g. "forgot-zero-grad"
+    std::string title;
+    std::string source;    // who told the world about it (cited; our own words in the doc page)
+    std::string bug;       // what the switch does
+    std::string symptom;   // what a user sees
+    std::string detector;  // what catches it
+    std::string fix;
+    bool log_scale = false;  // draw the curve on a log axis
+    std::function<FailureHalf(const FailureContext&)> run;
+};
+
+const std::vector<FailureScenario>& failure_catalog();
+const FailureScenario& find_failure(const std::string& id);   // fails listing the ids
+
+struct FailureReport {
+    FailureHalf with_bug, without_bug;
+    bool detector_works() const { return with_bug.detector_fired && !without_bug.detector_fired; }
+};
+
+// Runs both halves (bug on, then off, same seed), prints the report to `out`, writes
+// <run_dir>/<id>.svg, and returns the two halves.
+FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out);
+
+}  // namespace reftrain
