@@ -7,7 +7,9 @@
 // going and shows its symptom instead of stopping at the first violation.
 #include "probes/failures.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -179,6 +181,66 @@ FailureHalf diagnostic_half(const FailureContext& ctx, const std::string& diagno
     return half;
 }
 
+// The largest pre-softmax attention logit of the step just trained, over all layers, read from the
+// tracer's last frame ("model.layers.{i}.self_attn.attn_logits_max").
+double max_attention_logit(Trainer& trainer) {
+    FrameTracer* tracer = trainer.tracer();
+    check(tracer != nullptr && tracer->frame_count() > 0, "attn-logit-growth: the tracer recorded no frame");
+    const FrameTracer::Frame& frame = tracer->frame(tracer->frame_count() - 1);
+    double worst = 0.0;
+    for (int64_t i = 0; i < trainer.model().config().num_hidden_layers; ++i) {
+        const auto stats = tracer->find(frame, concat("model.layers.", i, ".self_attn.attn_logits_max"));
+        if (stats) worst = std::max(worst, stats->abs_max);
+    }
+    return worst;
+}
+
+// Softmax saturation: at a logit gap of 30, e^-30 ~ 1e-13 — the attention is one-hot and its
+// gradient vanishes for every other key. Healthy runs here stay below 10.
+constexpr double kAttentionLogitLimit = 30.0;
+
+FailureHalf attn_logit_growth(const FailureContext& ctx) {
+    // The "bug" is a configuration: no QK-norm at a learning rate that QK-norm tolerates.
+    Trainer trainer(scenario_config(ctx, {ctx.bug ? "model.qk_norm=false" : "model.qk_norm=true", "schedule.lr=0.03",
+                                          "train.grad_clip=0", "tracer.policy=\"skip\""}),
+                    log_of(ctx));
+    FailureHalf half{"max attention logit", {}, {}, false, ""};
+    for (int i = 0; i < 40; ++i) {
+        trainer.train_step();
+        half.curve.push_back(max_attention_logit(trainer));
+    }
+    double peak = 0.0;
+    for (double v : half.curve) peak = std::isfinite(v) ? std::max(peak, v) : peak;
+    half.numbers.push_back({"max attention logit at step 1 / peak", fmt(half.curve.front()) + " / " + fmt(peak)});
+    if (peak > kAttentionLogitLimit) {
+        half.detector_fired = true;
+        half.detector_message = concat("tracer: model.layers.*.self_attn.attn_logits_max reached ", fmt(peak),
+                                       " (limit ", kAttentionLogitLimit, "): softmax saturates, attention gradients vanish");
+    }
+    return half;
+}
+
+FailureHalf fp16_overflow(const FailureContext& ctx) {
+    // A model whose MLP products pass 65504, fp16's largest value: fp16 (the bug) vs bf16 (the fix).
+    Trainer trainer(scenario_config(ctx, {ctx.bug ? "train.precision=fp16" : "train.precision=bf16",
+                                          "model.initializer_range=30.0", "tracer.policy=\"skip\"",
+                                          "loss_scaler.init_scale=1.0"}),
+                    log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    FrameTracer* tracer = trainer.tracer();
+    half.numbers.push_back({"steps with a non-finite value (of 10)", std::to_string(tracer->trips())});
+    if (tracer->trips() > 0 && tracer->incident()) {
+        const FrameTracer::Incident& incident = *tracer->incident();
+        half.detector_fired = true;
+        half.detector_message = concat("tracer: first non-finite tensor '", incident.tensor, "' (op ", incident.op,
+                                       ", step ", incident.step, "); run-up and dump in ", ctx.run_dir, "/tracer/");
+        half.numbers.push_back({"first non-finite tensor", incident.tensor});
+    } else {
+        half.numbers.push_back({"first non-finite tensor", "none"});
+    }
+    return half;
+}
+
 std::vector<FailureScenario> build_catalog() {
     std::vector<FailureScenario> c;
     c.push_back({"labels-all-masked", "Every label masked: the loss is a perfect, meaningless 0",
@@ -235,6 +297,20 @@ std::vector<FailureScenario> build_catalog() {
                  "diagnostic batch-independence: the loss of one row has a gradient in the other rows",
                  "permute to (B, H, T, D) before the split; never view a (B, T) tensor as (T, B)", false,
                  [](const FailureContext& ctx) { return diagnostic_half(ctx, "batch-independence"); }});
+    c.push_back({"attn-logit-growth", "Attention logits grow without QK-norm at a high learning rate",
+                 "Phil Wang (lucidrains), x-transformers README: QK RMSNorm removes a source of instability",
+                 "QK-norm off (model.qk_norm = false, Llama-style) at lr 0.03 with no clipping; the fix keeps QK-norm on",
+                 "q and k grow, attention logits run into softmax saturation, then the loss spikes",
+                 "frame tracer: model.layers.*.self_attn.attn_logits_max over the limit of 30",
+                 "normalise q and k per head before RoPE (QK-norm), or lower the learning rate / clip", true,
+                 attn_logit_growth});
+    c.push_back({"fp16-overflow", "fp16 activations past 65504 become inf, then NaN",
+                 "Stas Bekman, DebugUnderflowOverflow in HF transformers: keep a buffer of frames before the first inf",
+                 "compute in fp16 (emulated) with a model whose MLP products exceed 65504; the fix computes in bf16",
+                 "inf in an activation, NaN in the loss, skipped or destroyed steps",
+                 "frame tracer: names the first tensor that went non-finite, with the frames before it",
+                 "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or fix the scale that "
+                 "made the activations that large", false, fp16_overflow});
     return c;
 }
 
@@ -261,7 +337,11 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
     std::ostringstream log_bug, log_fixed;
     {
         reset_bugs();
-        ScopedBug bug(s.id);
+        // Most bugs are a switch in the code; a few (attn-logit-growth, fp16-overflow) are a
+        // configuration, which the scenario sets itself from ctx.bug.
+        const std::vector<std::string> switches = bug_names();
+        std::optional<ScopedBug> bug;
+        if (std::find(switches.begin(), switches.end(), s.id) != switches.end()) bug.emplace(s.id);
         report.with_bug = s.run({true, (fs::path(run_dir) / "with_bug").string(), &log_bug});
     }
     reset_bugs();
