@@ -254,7 +254,9 @@ void FrameTracer::trip(std::string_view op, const Tensor& bad, const TensorStats
     for (const Tensor* t : inputs) {
         if (t == nullptr || t->data == nullptr) continue;
         incident.inputs.push_back(t->name);
-        if (add(t)) table.push_back(t);
+        // Integer inputs (token ids, targets) go into the dump but have no float statistics to show.
+        const bool floating = t->dtype == DType::F32 || t->dtype == DType::F64;
+        if (add(t) && floating) table.push_back(t);
     }
     incident.runup = format_runup(incident, table);
 

@@ -279,3 +279,51 @@ TEST(Trainer, TooLongConversationsAreSkippedAndCountedNeverCut) {
     EXPECT_NE(error_of([&] { prepare_run_data(tiny_context, log); }).find("no training conversation is usable"),
               std::string::npos);
 }
+
+// ---- mixed precision through the loop ----------------------------------------------------------------
+
+TEST(Trainer, EmulatedPrecisionTrainsCloseToFp32AndFp16ScalesTheLoss) {
+    const std::string dir = temp_dir("precision");
+    std::ostringstream log;
+    Trainer fp32(tiny_config(dir), log);
+    Trainer bf16(tiny_config(dir, {"train.precision=bf16"}), log);
+    Trainer fp16(tiny_config(dir, {"train.precision=fp16"}), log);
+    EXPECT_FALSE(fp32.loss_scaler().enabled());
+    EXPECT_FALSE(bf16.loss_scaler().enabled()) << "bf16 has fp32's exponent range: no loss scaling";
+    ASSERT_TRUE(fp16.loss_scaler().enabled());
+    const StepMetrics a = fp32.train_step(), b = bf16.train_step(), c = fp16.train_step();
+    EXPECT_NEAR(b.loss, a.loss, 2e-2) << "bf16 keeps 8 mantissa bits: the loss moves by about 1e-2 at most here";
+    EXPECT_NEAR(c.loss, a.loss, 5e-3) << "fp16 keeps 11 mantissa bits";
+    EXPECT_EQ(c.loss_scale, 65536.0);
+    EXPECT_EQ(a.loss_scale, 1.0);
+    // After a few steps the fp16 run is still finite, and the scale only ever halves on a skipped step.
+    double scale = c.loss_scale;
+    for (int i = 0; i < 5; ++i) {
+        const StepMetrics m = fp16.train_step();
+        EXPECT_TRUE(std::isfinite(m.loss));
+        if (m.skipped) {
+            EXPECT_EQ(fp16.loss_scaler().scale(), m.loss_scale / 2);
+        } else {
+            EXPECT_EQ(m.loss_scale, scale);
+        }
+        scale = fp16.loss_scaler().scale();
+    }
+}
+
+TEST(Trainer, Fp16SkipsAStepWithInfiniteGradientsAndBacksOff) {
+    const std::string dir = temp_dir("fp16_skip");
+    std::ostringstream log;
+    // A scale of 2^40 makes the scaled loss gradient overflow fp16 at once: the step must be skipped,
+    // the weights left alone and the scale halved.
+    Trainer trainer(tiny_config(dir, {"train.precision=fp16", "loss_scaler.init_scale=1099511627776.0",
+                                      "tracer.policy=\"skip\""}),
+                    log);
+    std::vector<float> before(trainer.model().params().numel());
+    std::memcpy(before.data(), trainer.model().params().data(), before.size() * sizeof(float));
+    const StepMetrics m = trainer.train_step();
+    EXPECT_TRUE(m.skipped);
+    EXPECT_EQ(trainer.loss_scaler().scale(), 549755813888.0f);
+    EXPECT_EQ(std::memcmp(before.data(), trainer.model().params().data(), before.size() * sizeof(float)), 0)
+        << "a skipped step changed the weights";
+    EXPECT_EQ(trainer.optimizer().step_count(), 0);
+}
