@@ -4,6 +4,7 @@
 #include <map>
 
 #include "debug/diff.h"
+#include "kernels/random.h"
 #include "kernels/safetensors.h"
 
 namespace reftrain {
@@ -61,6 +62,18 @@ ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& pat
     if (!compute_dtype.empty()) metadata["reftrain.compute_dtype"] = compute_dtype;
     save_safetensors(path, tensors, metadata);
     return result;
+}
+
+Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+    Rng rng(seed);
+    Batch batch{B, T, std::vector<int64_t>(B * T), std::vector<int64_t>(B * T)};
+    for (auto& id : batch.input_ids) id = static_cast<int64_t>(rng.below(V));
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = 0; t < T; ++t) {
+            batch.targets[b * T + t] = t + 1 < T ? batch.input_ids[b * T + t + 1] : cpu::kIgnoreIndex;
+        }
+    }
+    return batch;
 }
 
 }  // namespace reftrain

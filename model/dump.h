@@ -21,6 +21,10 @@ struct Batch {
     Tensor targets_tensor() { return Tensor(targets.data(), DType::I64, {batch_size, seq_len}, "targets"); }
 };
 
+// A random batch for demos and tests: ids uniform over [0, V) from Rng(seed), every position's target
+// the next id (the last position of a row unsupervised).
+Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed);
+
 // Reads a batch file; fails naming the file when a tensor is missing, not 2-D, or the shapes differ.
 Batch load_batch(const std::string& path);
 void save_batch(const std::string& path, Batch& batch);

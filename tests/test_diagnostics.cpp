@@ -38,19 +38,6 @@ ModelConfig tiny_config() {
     return c;
 }
 
-// Random ids; every position predicts the next id (the last one is unsupervised).
-Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
-    Rng rng(seed);
-    Batch batch{B, T, std::vector<int64_t>(B * T), std::vector<int64_t>(B * T)};
-    for (auto& id : batch.input_ids) id = static_cast<int64_t>(rng.below(V));
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t t = 0; t < T; ++t) {
-            batch.targets[b * T + t] = t + 1 < T ? batch.input_ids[b * T + t + 1] : cpu::kIgnoreIndex;
-        }
-    }
-    return batch;
-}
-
 struct Fixture {
     ModelConfig config;
     Transformer model;

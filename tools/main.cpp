@@ -47,19 +47,6 @@ double rms(const Tensor& t) {
     return std::sqrt(sum / std::max<int64_t>(1, t.numel()));
 }
 
-// A random batch: ids uniform over the vocabulary, targets = next ids (the last one unsupervised).
-Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
-    Rng rng(seed);
-    Batch batch{B, T, std::vector<int64_t>(B * T), std::vector<int64_t>(B * T)};
-    for (auto& id : batch.input_ids) id = static_cast<int64_t>(rng.below(V));
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t t = 0; t < T; ++t) {
-            batch.targets[b * T + t] = t + 1 < T ? batch.input_ids[b * T + t + 1] : cpu::kIgnoreIndex;
-        }
-    }
-    return batch;
-}
-
 int run_demo(const std::string& config_path, int64_t B, int64_t T, uint64_t seed, int steps) {
     ModelConfig config = config_path.empty() ? ModelConfig{} : ModelConfig::load(config_path);
     if (T > config.max_position_embeddings) T = config.max_position_embeddings;
