@@ -736,18 +736,6 @@ DiagnosticResult audit_masks(const ChatTemplate& chat, const std::vector<Convers
 
 // ---- from a run config ------------------------------------------------------------------------------------
 
-ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_vocab_size) {
-    nlohmann::json model_json = config.model;
-    const int64_t vocab = model_json.at("vocab_size").get<int64_t>();
-    if (vocab == 0) model_json["vocab_size"] = tokenizer_vocab_size;
-    else check(vocab >= tokenizer_vocab_size, "model.vocab_size = ", vocab, " is smaller than the tokenizer's ",
-               tokenizer_vocab_size, " ids (set it to 0 to use the tokenizer's)");
-    ModelConfig model_config = ModelConfig::from_json(model_json, "run config 'model'");
-    check(config.train.seq_len <= model_config.max_position_embeddings, "train.seq_len = ", config.train.seq_len,
-          " exceeds model.max_position_embeddings = ", model_config.max_position_embeddings);
-    return model_config;
-}
-
 Batch first_training_batch(const RunConfig& config, const RunData& data, int64_t rows) {
     Packer packer(data.train_docs, config.train.seq_len, config.data.bos_aligned, config.seed, data.chat->bos_id());
     Batch batch{rows, config.train.seq_len, {}, {}};

@@ -129,8 +129,8 @@ DiagnosticResult audit_masks(const ChatTemplate& chat, const std::vector<Convers
 int64_t misaligned_batch_targets(const Batch& batch, int64_t* supervised = nullptr);
 
 // ---- from a run config: what `reftrain diagnose NAME --config FILE` runs -------------------------------------
-// The model config a run builds (vocab_size 0 = the tokenizer's; the same rule as the Trainer).
-ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_vocab_size);
+// (The model config comes from model_config_for_run in train/trainer.h, the Trainer's own rule.)
+
 // The first `rows` x train.seq_len batch the run's packer yields.
 Batch first_training_batch(const RunConfig& config, const RunData& data, int64_t rows);
 // The run's training conversations before rendering (a task's generated split, or the JSONL file), so

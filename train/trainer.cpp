@@ -152,6 +152,21 @@ RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants*
     return data;
 }
 
+ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_vocab_size) {
+    nlohmann::json model_json = config.model;
+    const int64_t vocab = model_json.at("vocab_size").get<int64_t>();
+    if (vocab == 0) {
+        model_json["vocab_size"] = tokenizer_vocab_size;
+    } else {
+        check(vocab >= tokenizer_vocab_size, "model.vocab_size = ", vocab, " is smaller than the tokenizer's ",
+              tokenizer_vocab_size, " ids (set it to 0 to use the tokenizer's)");
+    }
+    ModelConfig model_config = ModelConfig::from_json(model_json, "run config 'model'");
+    check(config.train.seq_len <= model_config.max_position_embeddings, "train.seq_len = ", config.train.seq_len,
+          " exceeds model.max_position_embeddings = ", model_config.max_position_embeddings);
+    return model_config;
+}
+
 // ---- evaluation -------------------------------------------------------------------------------------
 
 namespace {
@@ -205,17 +220,7 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
     }
     data_ = prepare_run_data(config_, out_, &invariants_);
 
-    json model_json = config_.model;
-    const int64_t V = data_.tokenizer->vocab_size();
-    if (model_json.at("vocab_size").get<int64_t>() == 0) {
-        model_json["vocab_size"] = V;
-    } else {
-        check(model_json.at("vocab_size").get<int64_t>() >= V, "model.vocab_size = ", model_json.at("vocab_size"),
-              " is smaller than the tokenizer's ", V, " ids (set it to 0 to use the tokenizer's)");
-    }
-    ModelConfig model_config = ModelConfig::from_json(model_json, "run config 'model'");
-    check(config_.train.seq_len <= model_config.max_position_embeddings, "train.seq_len = ", config_.train.seq_len,
-          " exceeds model.max_position_embeddings = ", model_config.max_position_embeddings);
+    const ModelConfig model_config = model_config_for_run(config_, data_.tokenizer->vocab_size());
     config_.resolved["model"]["vocab_size"] = model_config.vocab_size;
 
     model_ = std::make_unique<Transformer>(model_config, config_.train.batch_size, config_.train.seq_len);

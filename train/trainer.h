@@ -52,6 +52,10 @@ std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::stri
 // mask.aligned_with_targets) and the splits are checked disjoint (data.split_disjoint).
 RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants* invariants = nullptr);
 
+// The run's model config: config.model with vocab_size 0 replaced by the tokenizer's size; fails when
+// an explicit vocab_size is too small or train.seq_len exceeds max_position_embeddings.
+ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_vocab_size);
+
 struct StepMetrics {
     int64_t step = 0;                 // optimizer steps done after this one
     double loss = 0.0;                // mean CE over the step's supervised tokens
