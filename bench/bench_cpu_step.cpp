@@ -14,17 +14,12 @@
 
 #include "kernels/random.h"
 #include "model/transformer.h"
+#include "bench/tiny_step.h"
 #include "train/adamw.h"
 
 using namespace reftrain;
 
 namespace {
-
-ModelConfig tiny_config() {
-    ModelConfig c;  // the defaults are the tiny config: V=512, d=128, L=4, Hq=4, Hkv=2, D=32, F=384
-    c.max_position_embeddings = 128;
-    return c;
-}
 
 double step_flops(const ModelConfig& c, int64_t B, int64_t T) {
     const double N = static_cast<double>(B * T), d = c.hidden_size, F = c.intermediate_size;
@@ -38,25 +33,11 @@ void BM_TinyTrainingStep(benchmark::State& state) {
     const int threads = static_cast<int>(state.range(0));
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
-    const int64_t B = 16, T = 128;
-    ModelConfig c = tiny_config();
-    Transformer model(c, B, T);
-    model.init_weights(1);
-    AdamW optimizer(model.params(), model.grads(), AdamWConfig{.lr = 1e-4});
-    std::vector<int64_t> ids(B * T), targets(B * T);
-    Rng rng(2);
-    for (auto& x : ids) x = static_cast<int64_t>(rng.below(c.vocab_size));
-    for (auto& x : targets) x = static_cast<int64_t>(rng.below(c.vocab_size));
-    Tensor ids_t(ids.data(), DType::I64, {B, T}, "input_ids"), targets_t(targets.data(), DType::I64, {B, T}, "targets");
-    for (auto _ : state) {
-        model.zero_grad();
-        ForwardResult r = model.forward(ids_t, targets_t);
-        model.backward();
-        optimizer.step();
-        benchmark::DoNotOptimize(r.loss);
-    }
+    TinyStep tiny;
+    const int64_t B = TinyStep::B, T = TinyStep::T;
+    for (auto _ : state) benchmark::DoNotOptimize(tiny.step());
     state.counters["tokens_per_s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["flops"] = benchmark::Counter(step_flops(c, B, T), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["flops"] = benchmark::Counter(step_flops(tiny.config, B, T), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_TinyTrainingStep)->Arg(2)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 

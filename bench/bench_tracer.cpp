@@ -18,17 +18,12 @@
 #include "debug/tracer.h"
 #include "kernels/random.h"
 #include "model/transformer.h"
+#include "bench/tiny_step.h"
 #include "train/adamw.h"
 
 using namespace reftrain;
 
 namespace {
-
-ModelConfig tiny_config() {
-    ModelConfig c;  // the defaults are the tiny config: V=512, d=128, L=4, Hq=4, Hkv=2, D=32, F=384
-    c.max_position_embeddings = 128;
-    return c;
-}
 
 std::map<std::pair<int, int>, double> g_seconds_per_step;  // (threads, tracer on) -> ms/step, by the reporter
 
@@ -38,34 +33,22 @@ void BM_TinyStepTracer(benchmark::State& state) {
     const bool traced = state.range(1) != 0;
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
-    const int64_t B = 16, T = 128;
-    ModelConfig c = tiny_config();
-    Transformer model(c, B, T);
-    model.init_weights(1);
-    AdamW optimizer(model.params(), model.grads(), AdamWConfig{.lr = 1e-4});
+    const int64_t B = TinyStep::B, T = TinyStep::T;
+    TinyStep tiny;
     std::ostringstream log;
     FrameTracer::Options options;
     options.log = &log;
     FrameTracer tracer(options);
-    if (traced) model.set_tracer(&tracer);
-    std::vector<int64_t> ids(B * T), targets(B * T);
-    Rng rng(2);
-    for (auto& x : ids) x = static_cast<int64_t>(rng.below(c.vocab_size));
-    for (auto& x : targets) x = static_cast<int64_t>(rng.below(c.vocab_size));
-    Tensor ids_t(ids.data(), DType::I64, {B, T}, "input_ids"), targets_t(targets.data(), DType::I64, {B, T}, "targets");
+    if (traced) tiny.model.set_tracer(&tracer);
     int64_t step = 0;
     for (auto _ : state) {
         if (traced) tracer.begin_step(step);
-        model.zero_grad();
-        ForwardResult r = model.forward(ids_t, targets_t);
-        model.backward();
-        optimizer.step();
+        benchmark::DoNotOptimize(tiny.step());
         if (traced) {
-            tracer.record("adamw.update", model.params().tensors());
+            tracer.record("adamw.update", tiny.model.params().tensors());
             tracer.end_step();
         }
         ++step;
-        benchmark::DoNotOptimize(r.loss);
     }
     if (tracer.trips() != 0) state.SkipWithError("the tracer tripped on a healthy model");
     state.counters["tokens_per_s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
