@@ -23,6 +23,15 @@ const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
         {"scheduler-per-microbatch", &Bugs::scheduler_per_microbatch},
         {"grad-accum-not-divided", &Bugs::grad_accum_not_divided},
         {"forgot-zero-grad", &Bugs::forgot_zero_grad},
+        {"probe-value-loss", &Bugs::probe_value_loss},
+        {"probe-backprop", &Bugs::probe_backprop},
+        {"discount-across-reset", &Bugs::discount_across_reset},
+        {"advantage-sign", &Bugs::advantage_sign},
+        {"stale-experience", &Bugs::stale_experience},
+        {"reward-mean-shift", &Bugs::reward_mean_shift},
+        {"truncation-as-termination", &Bugs::truncation_as_termination},
+        {"negative-kl", &Bugs::negative_kl},
+        {"grpo-zero-signal", &Bugs::grpo_zero_signal},
     };
     return entries;
 }

@@ -26,6 +26,17 @@ struct Bugs {
     bool scheduler_per_microbatch = false;  // schedule indexed by micro-batch, not optimizer step
     bool grad_accum_not_divided = false;    // each micro-batch's loss added at weight 1
     bool forgot_zero_grad = false;          // gradients not cleared between optimizer steps
+    // reinforcement learning: PPO (train/ppo.cpp) and its probe environments (probes/envs.h)
+    bool probe_value_loss = false;          // the value loss regresses V onto the advantages, not the returns
+    bool probe_backprop = false;            // the critic reads a cleared input buffer: V ignores the observation
+    bool discount_across_reset = false;     // GAE bootstraps through episode ends (done flags ignored)
+    bool advantage_sign = false;            // the policy-gradient loss has the advantage's sign flipped
+    bool stale_experience = false;          // the rollout stores the observation AFTER the step with the action
+    bool reward_mean_shift = false;         // reward normalisation subtracts the mean (it must only scale)
+    bool truncation_as_termination = false; // a time-limit truncation is treated as a true end (no bootstrap)
+    // reinforcement learning: GRPO on the transformer (train/grpo.cpp)
+    bool negative_kl = false;               // KL to the reference pairs the log-probs the wrong way round
+    bool grpo_zero_signal = false;          // group advantages std-normalised in fp32 with eps 1e-8
 };
 
 Bugs& bugs();

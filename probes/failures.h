@@ -43,6 +43,12 @@ struct FailureScenario {
 };
 
 const std::vector<FailureScenario>& failure_catalog();
+// The reinforcement-learning entries, appended to the catalog after the language-model ones:
+// probe-value-loss, probe-backprop, discount-across-reset, advantage-sign, stale-experience,
+// reward-mean-shift, truncation-as-termination (probes/failures_ppo.cpp) and grpo-zero-signal,
+// negative-kl (probes/failures_grpo.cpp). Their curve is one value per update, not per SFT step.
+std::vector<FailureScenario> ppo_failure_scenarios();
+std::vector<FailureScenario> grpo_failure_scenarios();
 const FailureScenario& find_failure(const std::string& id);   // fails listing the ids
 
 struct FailureReport {

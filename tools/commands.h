@@ -17,5 +17,10 @@ void register_debug_commands(CLI::App& app);
 void register_failure_commands(CLI::App& app);
 // `reftrain diagnose NAME|list`: init-loss, overfit-batch, grad-flow, causality, ... (tools/cmd_diagnose.cpp).
 void register_diagnose_commands(CLI::App& app);
+// `reftrain rl --config F` (PPO, or GRPO when the config says "algorithm": "grpo") and
+// `reftrain probe list|run ENV` (tools/cmd_rl.cpp).
+void register_rl_commands(CLI::App& app);
+// `reftrain env list|trace`: step an environment from a given state (tools/cmd_env.cpp).
+void register_env_commands(CLI::App& app);
 
 }  // namespace reftrain

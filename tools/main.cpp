@@ -129,6 +129,8 @@ int main(int argc, char** argv) {
     register_diagnose_commands(app);
     register_debug_commands(app);
     register_failure_commands(app);
+    register_rl_commands(app);
+    register_env_commands(app);
 
     try {
         try {

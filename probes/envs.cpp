@@ -1,0 +1,2 @@
+// probes/envs.cpp — placeholder until the environments land.
+#include "probes/envs.h"
