@@ -81,6 +81,7 @@ public:
 private:
     EnvSpec spec_;
     double state_[4] = {0, 0, 0, 0};
+    bool terminated_ = false;  // stepping on after termination is an error (see envs.cpp)
 };
 
 struct EpisodeRecord {
@@ -128,6 +129,7 @@ private:
     std::vector<double> episode_return_;
     std::vector<EpisodeRecord> finished_;
     int64_t total_steps_ = 0;
+    bool has_reset_ = false;  // step() before reset() is an error
 };
 
 // What a probe environment's correct agent knows, for `reftrain probe run` and the failure catalog.

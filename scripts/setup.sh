@@ -6,7 +6,7 @@
 #     nlohmann-json, CLI11, GoogleTest, Google Benchmark, sentencepiece, and Debian's PyTorch + numpy
 #     for the parity tests and benchmark peers.
 #   - A Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and adds
-#     `safetensors` from PyPI (Debian has no package for it).
+#     `safetensors` and `gymnasium` from PyPI (Debian has no package for them).
 # Environment: REFTRAIN_BUILD_DIR (default build/), REFTRAIN_CMAKE_ARGS (extra -D options).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +33,11 @@ if ! "$venv/bin/python" -c "import torch, numpy, safetensors" >/dev/null 2>&1; t
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "safetensors>=0.4"
+fi
+# Gymnasium's CartPole-v1 is the reference for ours (tests/python/test_cartpole_gymnasium.py).
+if ! "$venv/bin/python" -c "import gymnasium" >/dev/null 2>&1; then
+  echo "setup: adding gymnasium to .venv (the CartPole reference)"
+  "$venv/bin/pip" install -q --disable-pip-version-check "gymnasium>=1.0"
 fi
 
 # shellcheck disable=SC2086
