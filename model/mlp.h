@@ -2,7 +2,8 @@
 // explicit forward and backward passes like the transformer.
 //
 // The layout and init follow cleanrl's ppo.py (Huang et al., "The 37 Implementation Details of PPO",
-// details 2 and 3), with cleanrl's parameter names so a reader can line the two up:
+// core details 2, orthogonal init, and 13, separate actor and critic networks), with cleanrl's
+// parameter names so a reader can line the two up:
 //   actor:  obs -> actor.0 (obs_dim -> h1) -> tanh -> actor.2 (h1 -> h2) -> tanh -> actor.4 (h2 -> A)   logits
 //   critic: obs -> critic.0 (obs_dim -> h1) -> tanh -> critic.2 (h1 -> h2) -> tanh -> critic.4 (h2 -> 1) value
 // Each linear layer has "<layer>.weight" (out, in) and "<layer>.bias" (out). Init: every weight
@@ -13,7 +14,8 @@
 //
 // Memory, as in the transformer: params() ("actor.0.weight", ...), grads() ("grad:<param>", backward
 // ADDS into them), acts() ("actor.0.out", "actor.1.out" (tanh), ..., "logits", "value"). The batch size
-// is fixed at construction; forward(obs, n) runs the first n <= max_batch rows.
+// is fixed at construction; forward(obs, n) runs the first n <= max_batch rows (views of the arenas,
+// so a call allocates nothing but the caller's output vectors, which it resizes).
 #pragma once
 
 #include <cstdint>
@@ -61,12 +63,31 @@ public:
     void load(const std::string& path);
 
 private:
+    // One linear layer of one net with the tanh that follows it (none after the last layer). The
+    // pointers are into the arenas; the *_rows views cover the first rows_ rows of the (max_batch, C)
+    // activations and are rebuilt only when n changes, so a forward/backward allocates nothing.
+    struct Layer {
+        Tensor *weight, *bias, *dweight, *dbias;  // (out, in), (out)
+        Tensor *out, *dout;                       // (max_batch, out)  x @ W^T + b
+        Tensor *act = nullptr, *dact = nullptr;   // (max_batch, out)  tanh(out); null for the last layer
+        Tensor out_rows, dout_rows, act_rows, dact_rows;
+    };
+    void declare_net(const std::string& net, int64_t out_dim, std::vector<Layer>& layers);
+    void set_rows(int64_t n);
+    void forward_net(std::vector<Layer>& layers);
+    void backward_net(std::vector<Layer>& layers, const std::vector<double>& dhead);
+
     ActorCriticConfig config_;
     int64_t max_batch_;
     DType dtype_;
     Arena params_{"actor-critic parameters"}, grads_{"actor-critic gradients"}, acts_{"actor-critic activations"};
-    int64_t last_n_ = 0;
-    std::vector<double> last_obs_;
+    // "grad:<activation>" scratch for backward (not part of the public contract).
+    Arena act_grads_{"actor-critic activation gradients"};
+    std::vector<Layer> actor_, critic_;
+    Tensor* obs_ = nullptr;  // (max_batch, obs_dim) the observations in the model dtype
+    Tensor obs_rows_;
+    int64_t rows_ = -1;      // the row count the *_rows views currently cover
+    int64_t last_n_ = -1;    // rows of the last forward; -1 before the first
 };
 
 // Categorical policy helpers over logits rows (n, A), in fp64.
