@@ -117,6 +117,23 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "the model's init std and output-layer scale; the loss normalisation; a run that starts from trained "
          "weights should turn this check off",
          M::warn},
+        {"rl.kl_nonnegative",
+         "the k1 estimate of KL(policy || reference) on tokens sampled from the policy is negative beyond "
+         "sampling noise (mean + 3 standard errors < 0), or not finite; a KL divergence is never negative",
+         "the log-probabilities are paired the wrong way round (log p_ref - log p instead of log p - log p_ref), "
+         "or taken at the wrong positions (a target shifted against its log-prob), or the samples do not come "
+         "from the policy being scored (a temperature or top-k other than 1 / off, stale samples)",
+         "where the KL's log-ratio is formed (train/grpo.cpp, kl_log_ratio): policy first; that the policy and "
+         "the reference score the same targets; sampling.temperature and top_k",
+         M::warn},
+        {"rl.uniform_group_zero_advantage",
+         "a group whose rewards are all equal has a non-zero advantage, so the update is driven by rounding "
+         "noise instead of a reward difference",
+         "the group statistics are computed in low precision and divided by a tiny std + eps: the rounding "
+         "residue of the mean over the residue-sized std becomes an O(1) advantage",
+         "the group advantage code (train/grpo.cpp, group_advantages): statistics in fp64, a group with "
+         "max == min gets exactly 0, and the eps of the std normalisation is not tiny",
+         M::fatal},
     };
     return invariants;
 }
@@ -518,6 +535,86 @@ bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, dou
                              std::isfinite(gap) ? concat(std::abs(gap), gap > 0 ? " nats above" : " nats below")
                                                 : std::string("not finite"),
                              ", tolerance ", tolerance));
+}
+
+// ---- reinforcement learning ---------------------------------------------------------------------------
+
+bool check_kl_nonnegative(Invariants& inv, std::span<const double> token_k1, std::span<const int64_t> sequence_lengths,
+                          int64_t update) {
+    const char* name = "rl.kl_nonnegative";
+    if (!inv.enabled(name)) return true;
+    int64_t total = 0;
+    for (int64_t n : sequence_lengths) {
+        check(n >= 0, "check_kl_nonnegative: negative sequence length ", n);
+        total += n;
+    }
+    check(total == static_cast<int64_t>(token_k1.size()), "check_kl_nonnegative: sequence lengths sum to ", total,
+          " but there are ", token_k1.size(), " token values");
+    int64_t nonfinite = 0;
+    double token_sum = 0.0;
+    std::vector<double> sums;
+    size_t at = 0;
+    for (int64_t n : sequence_lengths) {
+        double s = 0.0;
+        for (int64_t i = 0; i < n; ++i, ++at) {
+            nonfinite += !std::isfinite(token_k1[at]);
+            s += token_k1[at];
+        }
+        token_sum += s;
+        sums.push_back(s);
+    }
+    if (nonfinite > 0) {
+        return inv.report(name, false, concat("update ", update, ": ", nonfinite, " of ", total,
+                                              " per-token k1 values are not finite"));
+    }
+    const int64_t m = static_cast<int64_t>(sums.size());
+    if (m < 2) return inv.report(name, true);  // no standard error from one draw
+    double mean = 0.0;
+    for (double s : sums) mean += s;
+    mean /= static_cast<double>(m);
+    double squares = 0.0;
+    for (double s : sums) squares += (s - mean) * (s - mean);
+    const double standard_error = std::sqrt(squares / static_cast<double>(m - 1) / static_cast<double>(m));
+    if (mean + 3.0 * standard_error >= 0.0) return inv.report(name, true);
+    return inv.report(name, false,
+                      concat("update ", update, ": per-sequence k1 mean ", mean, " with standard error ", standard_error,
+                             " over ", m, " sampled sequences (mean + 3 SE = ", mean + 3.0 * standard_error,
+                             " < 0); per-token k1 mean ", total > 0 ? token_sum / static_cast<double>(total) : 0.0,
+                             " over ", total, " tokens"));
+}
+
+bool check_uniform_group_zero_advantage(Invariants& inv, std::span<const double> rewards,
+                                        std::span<const double> advantages, int64_t group_size, int64_t update) {
+    const char* name = "rl.uniform_group_zero_advantage";
+    if (!inv.enabled(name)) return true;
+    check(group_size >= 1 && rewards.size() == advantages.size() &&
+              rewards.size() % static_cast<size_t>(group_size) == 0,
+          "check_uniform_group_zero_advantage: ", rewards.size(), " rewards and ", advantages.size(),
+          " advantages do not form groups of ", group_size);
+    const int64_t groups = static_cast<int64_t>(rewards.size()) / group_size;
+    int64_t uniform = 0, violating = 0, first = -1;
+    double worst = 0.0;
+    for (int64_t g = 0; g < groups; ++g) {
+        const double* r = rewards.data() + g * group_size;
+        const double* a = advantages.data() + g * group_size;
+        const auto [lo, hi] = std::minmax_element(r, r + group_size);
+        if (*lo != *hi) continue;
+        ++uniform;
+        double largest = 0.0;
+        for (int64_t i = 0; i < group_size; ++i) {
+            largest = std::isnan(largest) ? largest : std::isnan(a[i]) ? a[i] : std::max(largest, std::fabs(a[i]));
+        }
+        if (!(largest <= kUniformGroupAdvantageTolerance)) {  // NaN fails too
+            if (violating++ == 0) first = g;
+            worst = std::isnan(largest) || std::isnan(worst) ? std::nan("") : std::max(worst, largest);
+        }
+    }
+    if (violating == 0) return inv.report(name, true);
+    const double* r = rewards.data() + first * group_size;
+    return inv.report(name, false,
+                      concat("update ", update, ": ", violating, " of ", uniform, " groups with uniform rewards (of ",
+                             groups, ") have non-zero advantages, largest |A| = ", worst, "; first: group ", first,
+                             ", every reward ", r[0], ", advantage ", advantages[first * group_size]));
 }
 
 }  // namespace reftrain

@@ -179,4 +179,26 @@ uint64_t hash_token_ids(std::span<const int64_t> ids);
 inline constexpr double kInitLossTolerance = 1.0;
 bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, double tolerance = kInitLossTolerance);
 
+// ---- reinforcement learning (train/grpo.cpp) --------------------------------------------------------
+// `update` only names the update in the message (GRPO passes it 1-based, as its log lines count).
+
+// rl.kl_nonnegative — the k1 estimate of KL(policy || reference), k1_t = log p(x_t) - log p_ref(x_t) on
+// tokens x_t sampled from the policy, has a non-negative expectation. token_k1 holds every sampled
+// token's k1 of the update, sequence by sequence (sequence_lengths[i] tokens each, summing to its size).
+// The test runs on the per-sequence sums, which are independent draws (the tokens of one sequence are
+// not) and each have expectation KL(policy || reference | prompt) >= 0:
+//   fires when  mean + 3 * standard error < 0  over the sequences (needs 2 or more), or when any k1 is
+//   not finite.
+// Why k1 and not k3 = exp(-k1) - 1 + k1: k3 is >= 0 term by term, whichever way round the log-ratio is
+// taken, so it can never show the wrong pairing; k1's sign can.
+bool check_kl_nonnegative(Invariants& inv, std::span<const double> token_k1, std::span<const int64_t> sequence_lengths,
+                          int64_t update);
+
+// rl.uniform_group_zero_advantage — every group whose rewards are all equal (max == min) has every
+// advantage within kUniformGroupAdvantageTolerance of 0: such a group carries no signal, and any update
+// it causes is driven by rounding. rewards and advantages hold consecutive groups of group_size.
+inline constexpr double kUniformGroupAdvantageTolerance = 1e-12;
+bool check_uniform_group_zero_advantage(Invariants& inv, std::span<const double> rewards,
+                                        std::span<const double> advantages, int64_t group_size, int64_t update);
+
 }  // namespace reftrain

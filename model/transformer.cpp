@@ -416,16 +416,10 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
 
 void Transformer::backward(double loss_weight) {
     check(have_targets_, "Transformer::backward: the last forward() had no targets, so there is no loss");
-    const ModelConfig& c = config_;
-    const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
-    const int64_t Hkv = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
-    // Gradient of an activation / a parameter: same name with "grad:" in front.
+    const int64_t N = B_ * T_, V = config_.vocab_size;
+    // Gradient of an activation: same name with "grad:" in front.
     auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
-    auto dP = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
-    const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
     const Tensor targets(targets_.data(), DType::I64, {N}, "targets");
-    const Tensor& cos = rope_.get("rope.cos");
-    const Tensor& sin = rope_.get("rope.sin");
 
     act_grads_.zero();
     Tensor& logits = acts_.get("logits");
@@ -433,6 +427,48 @@ void Transformer::backward(double loss_weight) {
     cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}), logsumexp.reshaped({N}), targets,
                            loss_weight);
     after_op("cross_entropy_backward", {&dA(&logits)}, {}, {&logits, &logsumexp, &targets});
+    backward_from_logits();
+}
+
+std::vector<double> Transformer::target_logprobs() const {
+    check(have_targets_, "Transformer::target_logprobs: the last forward() had no targets");
+    const int64_t N = B_ * T_, V = config_.vocab_size;
+    std::vector<double> out(N);
+    const Tensor view(out.data(), DType::F64, {N}, "target_logprobs");
+    const Tensor targets(const_cast<int64_t*>(targets_.data()), DType::I64, {N}, "targets");
+    cross_entropy_target_logprobs(view, acts_.get("logits").reshaped({N, V}), acts_.get("loss.logsumexp").reshaped({N}),
+                                  targets);
+    return out;
+}
+
+void Transformer::backward_weighted(std::span<const double> weights) {
+    check(have_targets_, "Transformer::backward_weighted: the last forward() had no targets, so there is no loss");
+    const int64_t N = B_ * T_, V = config_.vocab_size;
+    check(static_cast<int64_t>(weights.size()) == N, "Transformer::backward_weighted: ", weights.size(),
+          " weights for B * T = ", N, " positions");
+    auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
+    const Tensor targets(targets_.data(), DType::I64, {N}, "targets");
+    const Tensor weight_view(const_cast<double*>(weights.data()), DType::F64, {N}, "token_weights");
+    act_grads_.zero();
+    Tensor& logits = acts_.get("logits");
+    Tensor& logsumexp = acts_.get("loss.logsumexp");
+    cross_entropy_weighted_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}), logsumexp.reshaped({N}),
+                                    targets, weight_view);
+    after_op("cross_entropy_weighted_backward", {&dA(&logits)}, {}, {&logits, &logsumexp, &targets, &weight_view});
+    backward_from_logits();
+}
+
+// Everything after the loss: lm_head, the final norm, the layers in reverse, the embedding.
+void Transformer::backward_from_logits() {
+    const ModelConfig& c = config_;
+    const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
+    const int64_t Hkv = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
+    auto dP = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
+    const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
+    const Tensor& cos = rope_.get("rope.cos");
+    const Tensor& sin = rope_.get("rope.sin");
+    Tensor& logits = acts_.get("logits");
     Tensor& normed = acts_.get("model.norm.out");
     const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const Tensor& lm_head = weight(lm_head_param);

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,6 +84,16 @@ public:
     void backward(double loss_weight = 1.0);
     void zero_grad() { grads_.zero(); }
 
+    // Reinforcement learning (train/grpo.cpp), after a forward with targets:
+    // target_logprobs()[n] = log p(targets[n] | the inputs up to n) for each of the B*T positions in
+    // row-major order, 0 at ignored positions (cpu::cross_entropy_target_logprobs, from the saved
+    // logsumexp and logits: no extra pass over the model).
+    std::vector<double> target_logprobs() const;
+    // Backpropagates  sum_n weights[n] * CE_n  (CE_n = -log p(targets[n]), weights (B*T), 0 at ignored
+    // positions) of the last forward, ADDING into grads(): a per-token weighted loss such as the
+    // policy-gradient loss -sum_t A_t log p_t. Same ops as backward() from the logits' gradient on.
+    void backward_weighted(std::span<const double> weights);
+
     // Loads HF-named weights, converting dtype. Refuses a file with missing or unexpected names for
     // this config, naming them all. With tied embeddings an "lm_head.weight" in the file is accepted
     // only when it equals "model.embed_tokens.weight".
@@ -119,6 +130,8 @@ private:
     void after_op(std::string_view op, std::initializer_list<const Tensor*> rounded,
                   std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs);
     void compute_attn_logits_max(const Layer& l);
+    // backward() and backward_weighted() after the cross-entropy's gradient is in grad:logits.
+    void backward_from_logits();
 
     ModelConfig config_;
     int64_t B_, T_;

@@ -63,6 +63,8 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"optimizer.decay_only_matrices", InvariantMode::warn},
         {"data.split_disjoint", InvariantMode::fatal},
         {"init.loss_near_log_vocab", InvariantMode::warn},
+        {"rl.kl_nonnegative", InvariantMode::warn},
+        {"rl.uniform_group_zero_advantage", InvariantMode::fatal},
     };
     Invariants inv;
     EXPECT_EQ(inv.names().size(), expected.size());
@@ -181,11 +183,11 @@ TEST(Invariants, WarnPrintsTheFirstThreeThenCountsAtPowersOfTen) {
 
 TEST(Invariants, AddRegistersAnotherLayersInvariant) {
     WarnRegistry r;
-    r.inv.add({"rl.kl_nonnegative", "the approximate KL is negative", "log-probs paired wrongly", "the pairing",
-               InvariantMode::fatal});
-    EXPECT_FALSE(r.inv.report("rl.kl_nonnegative", false, "kl = -0.3"));
-    expect_contains(r.inv.last_message("rl.kl_nonnegative"),
-                    {"kl = -0.3", "log-probs paired wrongly", "docs/invariants.md#rl.kl_nonnegative"});
+    r.inv.add({"env.reward_in_range", "a reward is outside the environment's range", "a reward scaled twice",
+               "the reward wrapper", InvariantMode::fatal});
+    EXPECT_FALSE(r.inv.report("env.reward_in_range", false, "reward = 3.5"));
+    expect_contains(r.inv.last_message("env.reward_in_range"),
+                    {"reward = 3.5", "a reward scaled twice", "docs/invariants.md#env.reward_in_range"});
     expect_error([&] { r.inv.add({"loss.finite", "", "", "", InvariantMode::warn}); }, {"already registered"});
 }
 
@@ -450,6 +452,82 @@ TEST(InvariantChecks, InitLossNearLogVocab) {
     }
     WarnRegistry r;
     expect_error([&] { check_init_loss(r.inv, 1.0, 1); }, {"vocab_size must be at least 2"});
+}
+
+TEST(InvariantChecks, KlNonnegative) {
+    const char* name = "rl.kl_nonnegative";
+    // Three sequences of 2, 1 and 3 tokens: per-sequence sums 0.3, 0.1, 0.2.
+    const std::vector<int64_t> lengths = {2, 1, 3};
+    {
+        WarnRegistry r;
+        expect_silent(r, name, check_kl_nonnegative(r.inv, std::vector<double>{0.5, -0.2, 0.1, 0.1, 0.3, -0.2},
+                                                    lengths, 4));
+    }
+    {   // a negative mean inside the noise: sums -0.3, 0.2, 0.0 (mean -0.033, SE 0.15) is not evidence
+        WarnRegistry r;
+        expect_silent(r, name, check_kl_nonnegative(r.inv, std::vector<double>{-0.1, -0.2, 0.2, 0.0, 0.1, -0.1},
+                                                    lengths, 4));
+    }
+    {   // exactly 0 everywhere (policy == reference at the first update) is fine
+        WarnRegistry r;
+        expect_silent(r, name, check_kl_nonnegative(r.inv, std::vector<double>(6, 0.0), lengths, 0));
+    }
+    {   // negative-kl: every sequence clearly below 0 (sums -0.3, -0.1, -0.2: mean -0.2, SE 0.058)
+        WarnRegistry r;
+        expect_fired(r, name,
+                     check_kl_nonnegative(r.inv, std::vector<double>{-0.5, 0.2, -0.1, -0.1, -0.3, 0.2}, lengths, 7),
+                     {"update 7", "per-sequence k1 mean -0.2", "over 3 sampled sequences", "per-token k1 mean -0.1"});
+    }
+    {
+        WarnRegistry r;
+        expect_fired(r, name,
+                     check_kl_nonnegative(r.inv, std::vector<double>{0.1, std::nan(""), 0.1, 0.1, 0.1, 0.1}, lengths, 2),
+                     {"1 of 6 per-token k1 values are not finite"});
+    }
+    {   // one sequence: no standard error, so only finiteness is checked
+        WarnRegistry r;
+        expect_silent(r, name, check_kl_nonnegative(r.inv, std::vector<double>{-1.0, -1.0}, std::vector<int64_t>{2}, 0));
+    }
+    WarnRegistry r;
+    expect_error([&] { check_kl_nonnegative(r.inv, std::vector<double>{0.1}, lengths, 0); }, {"sum to 6"});
+}
+
+TEST(InvariantChecks, UniformGroupZeroAdvantage) {
+    const char* name = "rl.uniform_group_zero_advantage";
+    // Two groups of 4: the first mixed, the second uniform at 0.1.
+    const std::vector<double> rewards = {1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1};
+    {
+        WarnRegistry r;
+        const std::vector<double> a = {0.675, -0.225, -0.225, -0.225, 0.0, 0.0, -0.0, 0.0};
+        expect_silent(r, name, check_uniform_group_zero_advantage(r.inv, rewards, a, 4, 3));
+    }
+    {   // within the tolerance
+        WarnRegistry r;
+        const std::vector<double> a = {0.675, -0.225, -0.225, -0.225, 1e-13, 0.0, 0.0, -1e-13};
+        expect_silent(r, name, check_uniform_group_zero_advantage(r.inv, rewards, a, 4, 3));
+    }
+    {   // grpo-zero-signal: the rounding residue of the mean over a residue-sized std
+        WarnRegistry r;
+        const std::vector<double> a = {0.675, -0.225, -0.225, -0.225, -0.427, -0.427, -0.427, -0.427};
+        expect_fired(r, name, check_uniform_group_zero_advantage(r.inv, rewards, a, 4, 5),
+                     {"update 5", "1 of 1 groups with uniform rewards (of 2)", "largest |A| = 0.427", "group 1",
+                      "every reward 0.1"});
+    }
+    {
+        WarnRegistry r;
+        const std::vector<double> a = {0.675, -0.225, -0.225, -0.225, std::nan(""), 0.0, 0.0, 0.0};
+        EXPECT_FALSE(check_uniform_group_zero_advantage(r.inv, rewards, a, 4, 0));
+    }
+    {   // its default is fatal
+        Invariants inv;
+        std::ostringstream sink;
+        inv.set_stream(sink);
+        const std::vector<double> a = {0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5};
+        EXPECT_THROW(check_uniform_group_zero_advantage(inv, rewards, a, 4, 0), InvariantViolation);
+    }
+    WarnRegistry r;
+    expect_error([&] { check_uniform_group_zero_advantage(r.inv, rewards, std::vector<double>(8, 0.0), 3, 0); },
+                 {"do not form groups of 3"});
 }
 
 }  // namespace

@@ -8,6 +8,13 @@
 // loss = 0 with no_supervised_tokens = true instead of 0/0 = NaN (PyTorch returns NaN there). A batch
 // where nothing is supervised is almost always a masking bug, so the flag exists for the invariant
 // mask.has_supervised_tokens to shout about; the loss value itself must never poison the run.
+//
+// The per-row form (reinforcement learning: a policy-gradient loss weights every sampled token by its
+// advantage) reads the same saved lse:
+//   logp[n]  = z[n, y] - lse[n]                            (= -CE_n; 0 at ignored rows)
+//   L        = sum_n w[n] * CE_n = -sum_n w[n] * logp[n]
+//   dz[n,v] += w[n] * (exp(z[n, v] - lse[n]) - [v == y])
+// With w[n] = dloss / M on every supervised row it is the backward above.
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
@@ -61,6 +68,39 @@ void backward_impl(const Tensor& dlogits, const Tensor& logits, const Tensor& lo
     }
 }
 
+template <class T>
+void target_logprobs_impl(const Tensor& logprobs, const Tensor& logits, const Tensor& logsumexp,
+                          const Tensor& targets) {
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    const T* z = logits.ptr<T>();
+    const T* lse = logsumexp.ptr<T>();
+    const int64_t* y = targets.ptr<int64_t>();
+    double* out = logprobs.ptr<double>();
+    for (int64_t n = 0; n < N; ++n) {
+        out[n] = y[n] == kIgnoreIndex ? 0.0 : static_cast<double>(z[n * V + y[n]]) - static_cast<double>(lse[n]);
+    }
+}
+
+template <class T>
+void weighted_backward_impl(const Tensor& dlogits, const Tensor& logits, const Tensor& logsumexp,
+                            const Tensor& targets, const Tensor& weights) {
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    const T* z = logits.ptr<T>();
+    const T* lse = logsumexp.ptr<T>();
+    const int64_t* y = targets.ptr<int64_t>();
+    const double* w = weights.ptr<double>();
+    T* dz = dlogits.ptr<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        if (y[n] == kIgnoreIndex || w[n] == 0.0) continue;
+        const T scale = static_cast<T>(w[n]);
+        const T* row = z + n * V;
+        T* drow = dz + n * V;
+        for (int64_t v = 0; v < V; ++v) drow[v] += scale * std::exp(row[v] - lse[n]);
+        drow[y[n]] -= scale;
+    }
+}
+
 void check_targets(const Tensor& targets, int64_t N, int64_t V, const char* op) {
     expect_dtype(targets, DType::I64, op, "targets");
     check(targets.numel() == N, op, ": ", targets.numel(), " targets for ", N, " rows of logits");
@@ -101,6 +141,43 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
     if (supervised == 0) return;  // nothing supervised: no gradient, and no division by zero
     dispatch_float(logits.dtype, "cross_entropy_backward", [&](auto t) {
         backward_impl<decltype(t)>(dlogits, logits, logsumexp, targets, dloss, supervised);
+    });
+}
+
+void cross_entropy_target_logprobs(const Tensor& logprobs, const Tensor& logits, const Tensor& logsumexp,
+                                   const Tensor& targets) {
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect_shape(logits, {N, V}, "cross_entropy_target_logprobs", "logits");
+    expect_shape(logsumexp, {N}, "cross_entropy_target_logprobs", "logsumexp");
+    expect_shape(logprobs, {N}, "cross_entropy_target_logprobs", "logprobs");
+    expect_same_dtype(logits, logsumexp, "cross_entropy_target_logprobs");
+    expect_dtype(logprobs, DType::F64, "cross_entropy_target_logprobs", "logprobs");
+    check_targets(targets, N, V, "cross_entropy_target_logprobs");
+    dispatch_float(logits.dtype, "cross_entropy_target_logprobs", [&](auto t) {
+        target_logprobs_impl<decltype(t)>(logprobs, logits, logsumexp, targets);
+    });
+}
+
+void cross_entropy_weighted_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& logsumexp,
+                                     const Tensor& targets, const Tensor& weights) {
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect_shape(dlogits, {N, V}, "cross_entropy_weighted_backward", "dlogits");
+    expect_shape(logsumexp, {N}, "cross_entropy_weighted_backward", "logsumexp");
+    expect_shape(weights, {N}, "cross_entropy_weighted_backward", "weights");
+    expect_same_dtype(logits, dlogits, "cross_entropy_weighted_backward");
+    expect_same_dtype(logits, logsumexp, "cross_entropy_weighted_backward");
+    expect_dtype(weights, DType::F64, "cross_entropy_weighted_backward", "weights");
+    check_targets(targets, N, V, "cross_entropy_weighted_backward");
+    const int64_t* y = targets.ptr<int64_t>();
+    const double* w = weights.ptr<double>();
+    for (int64_t n = 0; n < N; ++n) {
+        check(std::isfinite(w[n]), "cross_entropy_weighted_backward: weight ", w[n], " at row ", n, " of '",
+              weights.name, "' is not finite");
+        check(y[n] != kIgnoreIndex || w[n] == 0.0, "cross_entropy_weighted_backward: row ", n, " of '",
+              targets.name, "' is ignored but has weight ", w[n], " (ignored rows must weigh 0)");
+    }
+    dispatch_float(logits.dtype, "cross_entropy_weighted_backward", [&](auto t) {
+        weighted_backward_impl<decltype(t)>(dlogits, logits, logsumexp, targets, weights);
     });
 }
 

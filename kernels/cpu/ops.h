@@ -142,6 +142,24 @@ void cross_entropy_backward(const Tensor& dlogits,   // (N, V)
                             const Tensor& logsumexp, // (N)
                             const Tensor& targets,   // (N) I64
                             double dloss);
+// The per-row form, for reinforcement learning (train/grpo.cpp), from the logsumexp that
+// cross_entropy_forward saved:
+//   logprobs[n] = z[n, targets[n]] - lse[n] = log softmax(z[n])[targets[n]] = -CE_n   (0 at ignored rows)
+// logprobs is F64 whatever the logits' dtype (the one exception to the shared-dtype rule): the RL loop
+// sums log-probabilities and their differences (KL estimates) in fp64.
+void cross_entropy_target_logprobs(const Tensor& logprobs,  // (N) F64
+                                   const Tensor& logits,    // (N, V)
+                                   const Tensor& logsumexp, // (N)
+                                   const Tensor& targets);  // (N) I64
+// The gradient of the weighted sum  L = sum_n weights[n] * CE_n  (no mean: the caller's weights carry
+// any normalisation):  dlogits[n] += weights[n] * (softmax(z[n]) - onehot(targets[n])).
+// weights is F64 (as above); a non-zero or non-finite weight on an ignored row is an error naming the
+// row. backward(w_n = dloss / M on supervised rows) equals cross_entropy_backward to rounding.
+void cross_entropy_weighted_backward(const Tensor& dlogits,   // (N, V)
+                                     const Tensor& logits,    // (N, V)
+                                     const Tensor& logsumexp, // (N)
+                                     const Tensor& targets,   // (N) I64
+                                     const Tensor& weights);  // (N) F64
 
 // ---- mixed-precision emulation ------------------------------------------------------------------------
 // Rounds every element of x (F32) in place to the nearest value of `precision` and back to F32:
