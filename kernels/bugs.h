@@ -35,8 +35,9 @@ struct Bugs {
     bool reward_mean_shift = false;         // reward normalisation subtracts the mean (it must only scale)
     bool truncation_as_termination = false; // a time-limit truncation is treated as a true end (no bootstrap)
     // reinforcement learning: GRPO on the transformer (train/grpo.cpp)
-    bool negative_kl = false;               // KL to the reference pairs the log-probs the wrong way round
-    bool grpo_zero_signal = false;          // group advantages std-normalised in fp32 with eps 1e-8
+    bool negative_kl = false;               // KL's log-ratio is log p_ref - log p (kl_log_ratio): k1 < 0
+    bool grpo_zero_signal = false;          // group stats in fp32, eps 1e-8, no uniform-group rule
+                                            // (group_advantages): uniform groups get O(1) advantages
 };
 
 Bugs& bugs();

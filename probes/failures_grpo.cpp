@@ -1,8 +1,140 @@
-// probes/failures_grpo.cpp — the GRPO entries of the failure catalog (filled in by the GRPO work).
+// probes/failures_grpo.cpp — the GRPO entries of the failure catalog: grpo-zero-signal and negative-kl.
+//
+// Each half trains the tiny addition model of the other scenarios (byte tokenizer, d = 48, 2 layers) for
+// a few dozen SFT steps, saves it, and runs a few GRPO updates from it through the real GrpoTrainer
+// (train/grpo.h), with invariants in warn mode so the buggy half keeps going. The curve has one value per
+// GRPO update. The detectors are the invariants the trainer checks in every update.
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "kernels/error.h"
 #include "probes/failures.h"
+#include "train/grpo.h"
+#include "train/trainer.h"
 
 namespace reftrain {
 
-std::vector<FailureScenario> grpo_failure_scenarios() { return {}; }
+namespace fs = std::filesystem;
+
+namespace {
+
+std::ostream& log_of(const FailureContext& ctx) { return ctx.log ? *ctx.log : std::cerr; }
+
+std::string fmt(double v, int precision = 3) {
+    std::ostringstream s;
+    s << std::setprecision(precision) << v;
+    return s.str();
+}
+
+// A weak SFT model: 40 steps of the catalog's tiny addition run (it answers in the right format, and
+// mostly wrongly). Returns its checkpoint directory.
+std::string weak_sft_checkpoint(const FailureContext& ctx) {
+    const RunConfig config = load_run_config(
+        "", {"run_dir=" + (fs::path(ctx.run_dir) / "sft").string(), "threads=1", "model.hidden_size=48",
+             "model.intermediate_size=96", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+             "model.num_key_value_heads=2", "model.head_dim=12", "model.max_position_embeddings=64",
+             "data.tokenizer=byte", "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
+             "data.train_examples=2000", "data.val_examples=0", "data.test_examples=0", "train.batch_size=8",
+             "train.seq_len=48", "train.max_steps=40", "schedule.lr=0.003", "eval.every=0",
+             "eval.exact_match_examples=0", "eval.final_test=false", "tracer.enabled=false"});
+    Trainer trainer(config, log_of(ctx));
+    for (int64_t i = 0; i < config.train.max_steps; ++i) trainer.train_step();
+    return trainer.save_checkpoint();
+}
+
+GrpoConfig scenario_grpo_config(const FailureContext& ctx, const std::string& init, const std::vector<std::string>& extra) {
+    std::vector<std::string> sets = {"init=" + init, "run_dir=" + (fs::path(ctx.run_dir) / "grpo").string(),
+                                     "threads=1", "sampling.prompts_per_update=8", "sampling.group_size=8",
+                                     "sampling.max_new_tokens=4", "seq_len=32", "micro_batch_size=32",
+                                     "eval.examples=0", "log_every=0", "invariants={\"default\": \"warn\"}"};
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return load_grpo_config("", sets);
+}
+
+void read_invariant(FailureHalf& half, GrpoTrainer& trainer, const std::string& name) {
+    const int64_t violations = trainer.invariants().violations(name);
+    half.detector_fired = violations > 0;
+    half.detector_message = trainer.invariants().last_message(name);
+    half.numbers.push_back({"invariant " + name, concat(violations, " violations in ",
+                                                        trainer.invariants().evaluations(name), " updates")});
+}
+
+// A format reward of 0.1 (a wrong answer that ends its turn properly) makes most groups of the weak model
+// uniform at 0.1, a value fp32 cannot average exactly.
+FailureHalf grpo_zero_signal(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"reward.format=0.1", "advantage.std_normalize=true", "updates=8",
+                                              "optimizer.lr=0.001"}),
+                        log_of(ctx));
+    FailureHalf half{"zero-advantage group fraction", {}, {}, false, ""};
+    double uniform = 0.0, worst = 0.0, grad_norm = 0.0;
+    const int64_t updates = trainer.config().updates;
+    for (int64_t i = 0; i < updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(m.zero_advantage_fraction);
+        uniform += m.zero_signal_fraction / static_cast<double>(updates);
+        worst = std::max(worst, m.max_abs_uniform_advantage);
+        grad_norm += m.grad_norm / static_cast<double>(updates);
+    }
+    double zero_advantage = 0.0;
+    for (double v : half.curve) zero_advantage += v / static_cast<double>(updates);
+    half.numbers.push_back({"groups with uniform rewards (mean)", fmt(uniform)});
+    half.numbers.push_back({"groups with all advantages 0 (mean)", fmt(zero_advantage)});
+    half.numbers.push_back({"largest |advantage| in a uniform group", fmt(worst)});
+    half.numbers.push_back({"pre-clip gradient norm (mean)", fmt(grad_norm)});
+    read_invariant(half, trainer, "rl.uniform_group_zero_advantage");
+    return half;
+}
+
+// A KL penalty strong enough to matter; the policy moves fast at this learning rate.
+FailureHalf negative_kl(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"kl_coef=0.5", "updates=8", "optimizer.lr=0.002"}),
+                        log_of(ctx));
+    FailureHalf half{"logged KL k1 (per token)", {}, {}, false, ""};
+    double last_k3 = 0.0;
+    for (int64_t i = 0; i < trainer.config().updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(m.kl_k1);
+        last_k3 = m.kl_k3;
+    }
+    half.numbers.push_back({"logged KL k1 at the last update", fmt(half.curve.back())});
+    half.numbers.push_back({"logged KL k3 at the last update", fmt(last_k3)});
+    // With the pair swapped, the logged k1 is exactly minus the correct one (same tokens, same numbers).
+    half.numbers.push_back({"correct k1 (the real KL) at the last update", fmt(ctx.bug ? -half.curve.back()
+                                                                                            : half.curve.back())});
+    read_invariant(half, trainer, "rl.kl_nonnegative");
+    return half;
+}
+
+}  // namespace
+
+std::vector<FailureScenario> grpo_failure_scenarios() {
+    std::vector<FailureScenario> c;
+    c.push_back({"grpo-zero-signal", "GRPO groups with identical rewards get advantages from rounding noise",
+                 "nanochat RL (Karpathy): groups whose rewards are all equal carry no signal; Liu et al. 2025, "
+                 "'Understanding R1-Zero-Like Training' (Dr. GRPO), on dividing by the group std",
+                 "group statistics in fp32 with (r - mean) / (std + 1e-8) and no rule for uniform groups; the reward "
+                 "gives 0.1 to a wrong answer that ends its turn",
+                 "groups whose samples all earned 0.1 get advantages of -0.41 instead of 0: every such sample "
+                 "is pushed down although nothing distinguished it",
+                 "invariant rl.uniform_group_zero_advantage (every update); the zero-advantage group fraction "
+                 "falls below the uniform-reward fraction",
+                 "group statistics in fp64, a group with max == min gets advantage exactly 0, and a std eps that is "
+                 "not tiny (1e-4)",
+                 false, grpo_zero_signal});
+    c.push_back({"negative-kl", "The KL to the reference computed with the log-probs paired the wrong way round",
+                 "John Schulman, 'Approximating KL Divergence' (2020): k1 = log p - log q on samples from p",
+                 "the log-ratio is log p_ref - log p instead of log p - log p_ref (kl_coef 0.5)",
+                 "the logged KL goes negative as the policy moves, and the KL penalty's gradient pushes the policy "
+                 "away from the reference instead of back to it",
+                 "invariant rl.kl_nonnegative (every update): k1's mean over sampled sequences + 3 standard errors "
+                 "< 0",
+                 "form the log-ratio in one place, policy first: log p(x) - log p_ref(x) on tokens sampled from p",
+                 false, negative_kl});
+    return c;
+}
 
 }  // namespace reftrain

@@ -1,0 +1,591 @@
+// train/grpo.cpp — GRPO on the chat transformer: config, group advantages, KL estimators, the update
+// and the run (see grpo.h for the algorithm, docs/grpo.md for the measured runs).
+//
+// What is not obvious:
+// - The group statistics run in fp64 and a group whose rewards are all equal gets advantage 0 by rule,
+//   not by arithmetic: eight rewards of 0.1 have an fp64 mean of 0.09999999999999999, and (r - mean)
+//   divided by a std of the same size is O(1). The catalog entry grpo-zero-signal is that bug in fp32.
+// - A micro-batch whose token weights are all 0 (only zero-signal groups, no KL term) is not
+//   backpropagated at all: its gradient is exactly 0, so skipping it changes no number.
+// - The reference model is a frozen copy of the initial weights, scored on the same rows as the policy,
+//   so at the first update every log-ratio is exactly 0 (the same ops on the same numbers).
+#include "train/grpo.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "kernels/bugs.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/error.h"
+#include "kernels/json_strict.h"
+#include "kernels/safetensors.h"
+#include "model/generate.h"
+#include "train/checkpoint.h"
+#include "train/grad_clip.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+
+namespace reftrain {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---- configuration ----------------------------------------------------------------------------------
+
+json default_grpo_config() {
+    const GrpoConfig c;
+    return json{
+        {"algorithm", "grpo"},
+        {"run_dir", c.run_dir},
+        {"init", c.init},
+        {"seed", c.seed},
+        {"threads", c.threads},
+        {"data", {{"task", c.task}, {"task_options", c.task_options}}},
+        {"reward", {{"correct", c.reward_correct}, {"format", c.reward_format}}},
+        {"sampling",
+         {{"prompts_per_update", c.prompts_per_update},
+          {"group_size", c.group_size},
+          {"temperature", c.temperature},
+          {"top_k", c.top_k},
+          {"max_new_tokens", c.max_new_tokens}}},
+        {"advantage", {{"std_normalize", c.std_normalize}, {"std_eps", c.std_eps}}},
+        {"kl_coef", c.kl_coef},
+        {"optimizer",
+         {{"lr", c.adamw.lr},
+          {"beta1", c.adamw.beta1},
+          {"beta2", c.adamw.beta2},
+          {"eps", c.adamw.eps},
+          {"weight_decay", c.adamw.weight_decay},
+          {"max_grad_norm", c.max_grad_norm}}},
+        {"updates", c.updates},
+        {"seq_len", c.seq_len},
+        {"micro_batch_size", c.micro_batch_size},
+        {"eval",
+         {{"examples", c.eval_examples},
+          {"every", c.eval_every},
+          {"max_new_tokens", c.eval_max_new_tokens},
+          {"samples", c.eval_samples}}},
+        {"log_every", c.log_every},
+        {"invariants", c.invariants},
+        {"bugs", c.bugs},
+    };
+}
+
+GrpoConfig load_grpo_config(const std::string& path, const std::vector<std::string>& sets) {
+    json config = default_grpo_config();
+    if (!path.empty()) {
+        std::ifstream in(path, std::ios::binary);
+        check(static_cast<bool>(in), path, ": cannot open the GRPO config");
+        std::stringstream text;
+        text << in.rdbuf();
+        DuplicateKey duplicate;
+        json file;
+        try {
+            file = parse_json_noting_duplicates(text.str(), &duplicate);
+        } catch (const json::parse_error& e) {
+            fail(path, ": not valid JSON: ", e.what());
+        }
+        check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice (which one did you mean?)");
+        merge_config(config, file, path);
+    }
+    for (const std::string& s : sets) apply_set(config, s);
+    const std::string source = (path.empty() ? std::string("the default GRPO config") : path) +
+                               (sets.empty() ? "" : " with its --set overrides");
+    return parse_grpo_config(config, source);
+}
+
+GrpoConfig parse_grpo_config(const json& j, const std::string& source) {
+    GrpoConfig c;
+    c.resolved = j;
+    const std::string algorithm = j.at("algorithm").get<std::string>();
+    check(algorithm == "grpo", source, ": 'algorithm' is \"", algorithm, "\"; this loader reads \"grpo\" configs");
+    c.run_dir = j.at("run_dir").get<std::string>();
+    c.init = j.at("init").get<std::string>();
+    c.seed = j.at("seed").get<uint64_t>();
+    c.threads = j.at("threads").get<int64_t>();
+    const json& d = j.at("data");
+    c.task = d.at("task").get<std::string>();
+    c.task_options = d.at("task_options");
+    const json& r = j.at("reward");
+    c.reward_correct = r.at("correct").get<double>();
+    c.reward_format = r.at("format").get<double>();
+    const json& s = j.at("sampling");
+    c.prompts_per_update = s.at("prompts_per_update").get<int64_t>();
+    c.group_size = s.at("group_size").get<int64_t>();
+    c.temperature = s.at("temperature").get<double>();
+    c.top_k = s.at("top_k").get<int64_t>();
+    c.max_new_tokens = s.at("max_new_tokens").get<int64_t>();
+    const json& a = j.at("advantage");
+    c.std_normalize = a.at("std_normalize").get<bool>();
+    c.std_eps = a.at("std_eps").get<double>();
+    c.kl_coef = j.at("kl_coef").get<double>();
+    const json& o = j.at("optimizer");
+    c.adamw.lr = o.at("lr").get<double>();
+    c.adamw.beta1 = o.at("beta1").get<double>();
+    c.adamw.beta2 = o.at("beta2").get<double>();
+    c.adamw.eps = o.at("eps").get<double>();
+    c.adamw.weight_decay = o.at("weight_decay").get<double>();
+    c.max_grad_norm = o.at("max_grad_norm").get<double>();
+    c.updates = j.at("updates").get<int64_t>();
+    c.seq_len = j.at("seq_len").get<int64_t>();
+    c.micro_batch_size = j.at("micro_batch_size").get<int64_t>();
+    const json& e = j.at("eval");
+    c.eval_examples = e.at("examples").get<int64_t>();
+    c.eval_every = e.at("every").get<int64_t>();
+    c.eval_max_new_tokens = e.at("max_new_tokens").get<int64_t>();
+    c.eval_samples = e.at("samples").get<int64_t>();
+    c.log_every = j.at("log_every").get<int64_t>();
+    c.invariants = j.at("invariants");
+    c.bugs = j.at("bugs");
+    for (const auto& [name, on] : c.bugs.items()) {
+        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
+    }
+
+    auto positive = [&](int64_t v, const char* key) { check(v > 0, source, ": '", key, "' must be > 0, got ", v); };
+    auto non_negative = [&](int64_t v, const char* key) {
+        check(v >= 0, source, ": '", key, "' must be >= 0, got ", v);
+    };
+    check(!c.run_dir.empty(), source, ": 'run_dir' must not be empty");
+    check(!c.init.empty(), source, ": 'init' must name an SFT checkpoint (a run directory of `reftrain train` or ",
+          "one of its checkpoints/step_NNNNNNN)");
+    non_negative(c.threads, "threads");
+    positive(c.prompts_per_update, "sampling.prompts_per_update");
+    check(c.group_size >= 2, source, ": 'sampling.group_size' must be >= 2 (a group of one has no baseline), got ",
+          c.group_size);
+    check(std::isfinite(c.temperature) && c.temperature > 0.0, source,
+          ": 'sampling.temperature' must be > 0 (greedy samples are all alike: every group would carry no signal), got ",
+          c.temperature);
+    non_negative(c.top_k, "sampling.top_k");
+    positive(c.max_new_tokens, "sampling.max_new_tokens");
+    check(std::isfinite(c.std_eps) && c.std_eps > 0.0, source, ": 'advantage.std_eps' must be > 0, got ", c.std_eps);
+    check(std::isfinite(c.kl_coef) && c.kl_coef >= 0.0, source, ": 'kl_coef' must be >= 0, got ", c.kl_coef);
+    check(std::isfinite(c.adamw.lr) && c.adamw.lr > 0.0, source, ": 'optimizer.lr' must be > 0, got ", c.adamw.lr);
+    check(std::isfinite(c.reward_correct) && std::isfinite(c.reward_format), source,
+          ": 'reward.correct' and 'reward.format' must be finite");
+    non_negative(c.updates, "updates");
+    positive(c.seq_len, "seq_len");
+    positive(c.micro_batch_size, "micro_batch_size");
+    non_negative(c.eval_examples, "eval.examples");
+    non_negative(c.eval_every, "eval.every");
+    positive(c.eval_max_new_tokens, "eval.max_new_tokens");
+    non_negative(c.eval_samples, "eval.samples");
+    non_negative(c.log_every, "log_every");
+    return c;
+}
+
+// ---- the pieces ---------------------------------------------------------------------------------------
+
+GroupAdvantages group_advantages(std::span<const double> rewards, int64_t group_size, bool std_normalize,
+                                 double std_eps) {
+    check(group_size >= 1 && rewards.size() % static_cast<size_t>(group_size) == 0, "group_advantages: ",
+          rewards.size(), " rewards do not form groups of ", group_size);
+    GroupAdvantages out;
+    out.groups = static_cast<int64_t>(rewards.size()) / group_size;
+    out.advantages.assign(rewards.size(), 0.0);
+    const int64_t G = group_size;
+    for (int64_t g = 0; g < out.groups; ++g) {
+        const double* r = rewards.data() + g * G;
+        double* a = out.advantages.data() + g * G;
+        const auto [lo, hi] = std::minmax_element(r, r + G);
+        const bool uniform = *lo == *hi;
+        if (bugs().grpo_zero_signal) {
+            // BUG grpo-zero-signal: fp32 statistics, eps 1e-8 and no uniform-group rule. Eight rewards of
+            // 0.1f have an fp32 mean 7.45e-9 above 0.1f; the std is that residue, and (r - mean) / (std +
+            // 1e-8) = -0.41 for every member of a group that carries no signal at all.
+            float sum = 0.0f;
+            for (int64_t i = 0; i < G; ++i) sum += static_cast<float>(r[i]);
+            const float mean = sum / static_cast<float>(G);
+            float squares = 0.0f;
+            for (int64_t i = 0; i < G; ++i) {
+                const float d = static_cast<float>(r[i]) - mean;
+                squares += d * d;
+            }
+            const float std = G > 1 ? std::sqrt(squares / static_cast<float>(G - 1)) : 0.0f;
+            for (int64_t i = 0; i < G; ++i) {
+                const float centred = static_cast<float>(r[i]) - mean;
+                a[i] = std_normalize ? static_cast<double>(centred / (std + 1e-8f)) : static_cast<double>(centred);
+            }
+        } else if (!uniform) {
+            double mean = 0.0;
+            for (int64_t i = 0; i < G; ++i) mean += r[i];
+            mean /= static_cast<double>(G);
+            double squares = 0.0;
+            for (int64_t i = 0; i < G; ++i) squares += (r[i] - mean) * (r[i] - mean);
+            const double std = G > 1 ? std::sqrt(squares / static_cast<double>(G - 1)) : 0.0;
+            for (int64_t i = 0; i < G; ++i) a[i] = std_normalize ? (r[i] - mean) / (std + std_eps) : r[i] - mean;
+        }
+        // else: a group with max == min carries no signal; its advantages stay exactly 0.
+        bool all_zero = true;
+        for (int64_t i = 0; i < G; ++i) all_zero = all_zero && a[i] == 0.0;
+        out.zero_advantage_groups += all_zero;
+        if (uniform) {
+            ++out.uniform_groups;
+            for (int64_t i = 0; i < G; ++i) {
+                out.max_abs_uniform_advantage = std::max(out.max_abs_uniform_advantage, std::fabs(a[i]));
+            }
+        }
+    }
+    return out;
+}
+
+double grpo_reward(bool correct, bool ended_turn_with_answer, double reward_correct, double reward_format) {
+    return correct ? reward_correct : ended_turn_with_answer ? reward_format : 0.0;
+}
+
+double kl_log_ratio(double logp_policy, double logp_reference) {
+    // BUG negative-kl: the pair the wrong way round, log p_ref - log p (k1 then estimates -KL, and the
+    // k3 penalty's gradient pushes the policy AWAY from the reference).
+    if (bugs().negative_kl) return logp_reference - logp_policy;
+    return logp_policy - logp_reference;
+}
+double kl_k1(double log_ratio) { return log_ratio; }
+double kl_k3(double log_ratio) { return std::expm1(-log_ratio) + log_ratio; }
+double kl_k3_grad(double log_ratio) { return -std::expm1(-log_ratio); }
+
+void build_policy_batch(std::span<const PolicyRow> rows, int64_t B, int64_t T, int64_t pad_id,
+                        std::vector<int64_t>& inputs, std::vector<int64_t>& targets) {
+    check(static_cast<int64_t>(rows.size()) <= B, "build_policy_batch: ", rows.size(), " rows for a batch of ", B);
+    inputs.assign(static_cast<size_t>(B * T), pad_id);
+    targets.assign(static_cast<size_t>(B * T), cpu::kIgnoreIndex);
+    for (size_t b = 0; b < rows.size(); ++b) {
+        const PolicyRow& row = rows[b];
+        const int64_t n = static_cast<int64_t>(row.ids.size());
+        check(n <= T + 1, "build_policy_batch: row ", b, " has ", n, " tokens (prompt ", row.prompt_tokens,
+              "), more than seq_len + 1 = ", T + 1);
+        check(row.prompt_tokens >= 1 && row.prompt_tokens <= n, "build_policy_batch: row ", b, " has a prompt of ",
+              row.prompt_tokens, " tokens out of ", n);
+        int64_t* x = inputs.data() + b * T;
+        int64_t* y = targets.data() + b * T;
+        for (int64_t t = 0; t + 1 < n; ++t) {
+            x[t] = row.ids[t];
+            if (t + 1 >= row.prompt_tokens) y[t] = row.ids[t + 1];  // a sampled token, predicted at t
+        }
+    }
+}
+
+std::string resolve_checkpoint_dir(const std::string& path) {
+    const fs::path p(path);
+    if (fs::exists(p / "state.bin")) return p.string();
+    const fs::path latest = p / "checkpoints" / "latest";
+    std::ifstream in(latest);
+    check(static_cast<bool>(in), path, ": neither a checkpoint (no state.bin) nor a run directory with ",
+          "checkpoints/latest; train one with `reftrain train` first");
+    std::string name;
+    std::getline(in, name);
+    return (latest.parent_path() / name).string();
+}
+
+// ---- the trainer ------------------------------------------------------------------------------------
+
+namespace {
+
+std::string trimmed(const std::string& text) {
+    const size_t begin = text.find_first_not_of(" \t\n\r");
+    if (begin == std::string::npos) return "";
+    return text.substr(begin, text.find_last_not_of(" \t\n\r") - begin + 1);
+}
+
+}  // namespace
+
+GrpoTrainer::GrpoTrainer(const GrpoConfig& config, std::ostream& out)
+    : config_(config),
+      out_(out),
+      prompt_rng_(Rng::for_name(config.seed, "grpo.prompts")),
+      sample_rng_(Rng::for_name(config.seed, "grpo.sampling")) {
+    if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
+    invariants_.set_stream(out_);
+    invariants_.configure(config_.invariants, "GRPO config 'invariants'");
+    for (const auto& [name, on] : config_.bugs.items()) {
+        set_bug(name, on.get<bool>());
+        if (on.get<bool>()) out_ << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
+    }
+
+    // Everything about the model, its tokenizer and template comes from the SFT checkpoint.
+    init_dir_ = resolve_checkpoint_dir(config_.init);
+    init_run_config_ = read_checkpoint_run_config(init_dir_);
+    const RunConfig sft = parse_run_config(init_run_config_, (fs::path(init_dir_) / "run.json").string());
+    const TrainState saved = read_checkpoint_state(init_dir_);
+    system_prompt_ = sft.data.system_prompt;
+    const fs::path sp = fs::path(init_dir_) / "tokenizer.model";
+    if (fs::exists(sp)) {
+        tokenizer_model_path_ = sp.string();
+        tokenizer_ = load_sentencepiece(tokenizer_model_path_);
+    } else {
+        tokenizer_ = make_byte_tokenizer(ChatTemplate::special_tokens(sft.data.template_name));
+    }
+    chat_ = std::make_unique<ChatTemplate>(sft.data.template_name, *tokenizer_);
+    check(chat_->fingerprint() == saved.template_fingerprint, init_dir_,
+          ": the chat template rebuilt from run.json does not match the checkpoint's fingerprint");
+    if (config_.task.empty()) {
+        check(!sft.data.task.empty(), init_dir_, ": the checkpoint was trained on JSONL data; set data.task to the ",
+              "verifiable task to optimise");
+        task_ = make_task(sft.data.task, sft.data.task_options);
+    } else {
+        task_ = make_task(config_.task, config_.task_options);
+    }
+    eval_examples_ = generate_split(*task_, Split::test, config_.eval_examples, sft.seed, /*unique=*/true);
+
+    const ModelConfig model_config = ModelConfig::load((fs::path(init_dir_) / "config.json").string());
+    check(config_.seq_len <= model_config.max_position_embeddings, "GRPO config: seq_len ", config_.seq_len,
+          " exceeds the model's max_position_embeddings ", model_config.max_position_embeddings);
+    policy_ = std::make_unique<Transformer>(model_config, config_.micro_batch_size, config_.seq_len);
+    reference_ = std::make_unique<Transformer>(model_config, config_.micro_batch_size, config_.seq_len);
+    TrainState loaded;
+    load_checkpoint(init_dir_, *policy_, nullptr, loaded);
+    load_checkpoint(init_dir_, *reference_, nullptr, loaded);
+    optimizer_ = std::make_unique<AdamW>(policy_->params(), policy_->grads(), config_.adamw);
+    if (config_.temperature != 1.0 || config_.top_k != 0) {
+        out_ << "note: sampling at temperature " << config_.temperature << ", top_k " << config_.top_k
+             << ": the loss scores the model at temperature 1 without top-k, so the samples are slightly off-policy "
+                "and k1 need not be >= 0 in expectation (docs/grpo.md)\n";
+    }
+}
+
+GrpoTrainer::~GrpoTrainer() = default;
+
+GrpoUpdateMetrics GrpoTrainer::update() {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t P = config_.prompts_per_update, G = config_.group_size, T = config_.seq_len;
+    const int64_t end_of_turn = chat_->end_of_turn_id();
+
+    // 1-3. Prompts from the train split, G samples each with the KV cache, verifier rewards.
+    InferenceSession session(*policy_, std::min<int64_t>(T + 1, policy_->config().max_position_embeddings));
+    SamplingConfig sampling;
+    sampling.temperature = config_.temperature;
+    sampling.top_k = config_.top_k;
+    sampling.max_new_tokens = config_.max_new_tokens;
+    sampling.stop_ids = {end_of_turn};
+    std::vector<PolicyRow> rows;
+    std::vector<double> rewards;
+    int64_t correct = 0, ended = 0;
+    for (int64_t p = 0; p < P; ++p) {
+        TaskExample example;
+        for (int64_t draws = 0;; ++draws) {
+            check(draws < 1'000'000, "GRPO: no training-split problem in a million draws of task ", task_->name());
+            example = task_->generate(prompt_rng_);
+            if (split_of(example.prompt) == Split::train) break;
+        }
+        const std::vector<int64_t> prompt = chat_->render_prompt(to_conversation(example, system_prompt_, false));
+        const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
+        check(prompt_tokens + config_.max_new_tokens <= T + 1, "GRPO: the prompt '", example.prompt, "' renders to ",
+              prompt_tokens, " tokens; with sampling.max_new_tokens = ", config_.max_new_tokens,
+              " the row needs seq_len >= ", prompt_tokens + config_.max_new_tokens - 1, " (seq_len is ", T, ")");
+        for (int64_t g = 0; g < G; ++g) {
+            const Generation gen = generate(session, prompt, sampling, sample_rng_);
+            std::vector<int64_t> answer = gen.ids;
+            if (gen.stopped) answer.pop_back();  // the end-of-turn token
+            const std::string response = tokenizer_->decode(answer);
+            const bool ok = task_->verify(example.prompt, response);
+            const bool ended_with_answer = gen.stopped && !trimmed(response).empty();
+            correct += ok;
+            ended += gen.stopped;
+            rewards.push_back(grpo_reward(ok, ended_with_answer, config_.reward_correct, config_.reward_format));
+            PolicyRow row{prompt, prompt_tokens};
+            row.ids.insert(row.ids.end(), gen.ids.begin(), gen.ids.end());
+            rows.push_back(std::move(row));
+        }
+    }
+    const auto sampled = std::chrono::steady_clock::now();
+
+    // 4. Group advantages. The checks name the update 1-based, as the log lines do.
+    const GroupAdvantages adv = group_advantages(rewards, G, config_.std_normalize, config_.std_eps);
+    check_uniform_group_zero_advantage(invariants_, rewards, adv.advantages, G, update_ + 1);
+
+    // 5. The loss over every sampled token, micro-batch by micro-batch; gradients accumulate.
+    int64_t N = 0;
+    std::vector<int64_t> lengths;
+    for (const PolicyRow& row : rows) {
+        lengths.push_back(static_cast<int64_t>(row.ids.size()) - row.prompt_tokens);
+        N += lengths.back();
+    }
+    const double inv_n = 1.0 / static_cast<double>(N);
+    const int64_t Bm = config_.micro_batch_size;
+    std::vector<double> token_k1;
+    token_k1.reserve(static_cast<size_t>(N));
+    double k1_sum = 0.0, k3_sum = 0.0, loss = 0.0;
+    policy_->zero_grad();
+    for (int64_t first = 0; first < P * G; first += Bm) {
+        const int64_t count = std::min(Bm, P * G - first);
+        const std::span<const PolicyRow> slice(rows.data() + first, static_cast<size_t>(count));
+        build_policy_batch(slice, Bm, T, end_of_turn, inputs_, targets_);
+        const Tensor ids(inputs_.data(), DType::I64, {Bm, T}, "input_ids");
+        const Tensor targets(targets_.data(), DType::I64, {Bm, T}, "targets");
+        reference_->forward(ids, targets);
+        const std::vector<double> logp_ref = reference_->target_logprobs();
+        policy_->forward(ids, targets);
+        const std::vector<double> logp = policy_->target_logprobs();
+        std::vector<double> weights(static_cast<size_t>(Bm * T), 0.0);
+        bool any_weight = false;
+        for (int64_t b = 0; b < count; ++b) {
+            const double A = adv.advantages[static_cast<size_t>(first + b)];
+            for (int64_t t = 0; t < T; ++t) {
+                const size_t n = static_cast<size_t>(b * T + t);
+                if (targets_[n] == cpu::kIgnoreIndex) continue;
+                const double rho = kl_log_ratio(logp[n], logp_ref[n]);
+                const double k3 = kl_k3(rho);
+                token_k1.push_back(kl_k1(rho));
+                k1_sum += kl_k1(rho);
+                k3_sum += k3;
+                loss += (-A * logp[n] + config_.kl_coef * k3) * inv_n;
+                weights[n] = (A - config_.kl_coef * kl_k3_grad(rho)) * inv_n;
+                any_weight = any_weight || weights[n] != 0.0;
+            }
+        }
+        if (any_weight) policy_->backward_weighted(weights);
+    }
+    check_kl_nonnegative(invariants_, token_k1, lengths, update_ + 1);
+    check_loss_finite(invariants_, loss, update_ + 1);
+
+    // 6. Clip and step.
+    GrpoUpdateMetrics m;
+    m.grad_norm = clip_grad_norm(policy_->grads(), config_.max_grad_norm);
+    check(std::isfinite(m.grad_norm), "GRPO update ", update_ + 1, ": the gradient norm is ", m.grad_norm,
+          " (not finite); the update was not applied. Lower optimizer.lr");
+    optimizer_->step(config_.adamw.lr);
+    ++update_;
+
+    const double completions = static_cast<double>(P * G);
+    m.update = update_;
+    double reward_sum = 0.0;
+    for (double r : rewards) reward_sum += r;
+    m.reward_mean = reward_sum / completions;
+    m.accuracy = static_cast<double>(correct) / completions;
+    m.zero_signal_fraction = static_cast<double>(adv.uniform_groups) / static_cast<double>(adv.groups);
+    m.zero_advantage_fraction = static_cast<double>(adv.zero_advantage_groups) / static_cast<double>(adv.groups);
+    m.max_abs_uniform_advantage = adv.max_abs_uniform_advantage;
+    m.kl_k1 = k1_sum * inv_n;
+    m.kl_k3 = k3_sum * inv_n;
+    m.mean_length = static_cast<double>(N) / completions;
+    m.ended_fraction = static_cast<double>(ended) / completions;
+    m.loss = loss;
+    m.sampled_tokens = N;
+    const auto done = std::chrono::steady_clock::now();
+    m.sample_seconds = std::chrono::duration<double>(sampled - start).count();
+    m.update_seconds = std::chrono::duration<double>(done - sampled).count();
+    return m;
+}
+
+GrpoEval GrpoTrainer::evaluate(int64_t show) {
+    GrpoEval e;
+    e.update = update_;
+    e.examples = static_cast<int64_t>(eval_examples_.size());
+    e.exact_match = exact_match(*policy_, *chat_, *task_, eval_examples_, system_prompt_, config_.eval_max_new_tokens,
+                                show, out_);
+    return e;
+}
+
+std::string GrpoTrainer::save_checkpoint() {
+    const fs::path root = fs::path(config_.run_dir) / "checkpoints";
+    fs::create_directories(root);
+    std::ostringstream name;
+    name << "step_" << std::setw(7) << std::setfill('0') << update_;
+    const fs::path dir = root / name.str();
+    TrainState state;
+    state.step = update_;
+    state.rng_states = {prompt_rng_.state(), sample_rng_.state()};
+    state.template_fingerprint = chat_->fingerprint();
+    state.tokenizer_fingerprint = tokenizer_->fingerprint();
+    state.extra = {{"grpo", config_.resolved}, {"init", init_dir_}};
+    // run.json stays the SFT run's: it describes the model, tokenizer and template, which is what
+    // `reftrain sample` and a later GRPO run read from it.
+    reftrain::save_checkpoint(dir.string(), *policy_, *optimizer_, state, init_run_config_, tokenizer_model_path_,
+                              /*overwrite=*/true);
+    const std::string latest = name.str() + "\n";
+    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
+    return dir.string();
+}
+
+GrpoRunResult GrpoTrainer::run() {
+    const auto start = std::chrono::steady_clock::now();
+    const fs::path run_dir(config_.run_dir);
+    fs::create_directories(run_dir);
+    std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::trunc);
+    check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+    GrpoRunResult result;
+    out_ << "GRPO from " << init_dir_ << ": " << policy_->num_parameters() << " parameters, task " << task_->name()
+         << ", " << config_.updates << " updates of " << config_.prompts_per_update << " prompts x "
+         << config_.group_size << " samples on " << omp_get_max_threads() << " threads\n";
+
+    auto log_eval = [&](int64_t show) {
+        const GrpoEval e = evaluate(show);
+        result.evals.push_back(e);
+        char line[160];
+        std::snprintf(line, sizeof line, "eval update %lld: held-out exact match %.1f%% of %lld test problems (greedy)\n",
+                      (long long)e.update, 100.0 * e.exact_match, (long long)e.examples);
+        out_ << line;
+        metrics << json{{"kind", "eval"}, {"update", e.update}, {"exact_match", e.exact_match},
+                        {"examples", e.examples}}.dump()
+                << "\n" << std::flush;
+    };
+
+    log_eval(config_.eval_samples);
+    while (update_ < config_.updates) {
+        const GrpoUpdateMetrics m = update();
+        result.updates.push_back(m);
+        metrics << json{{"kind", "update"},
+                        {"update", m.update},
+                        {"reward_mean", m.reward_mean},
+                        {"accuracy", m.accuracy},
+                        {"zero_signal_fraction", m.zero_signal_fraction},
+                        {"zero_advantage_fraction", m.zero_advantage_fraction},
+                        {"max_abs_uniform_advantage", m.max_abs_uniform_advantage},
+                        {"kl_k1", m.kl_k1},
+                        {"kl_k3", m.kl_k3},
+                        {"mean_length", m.mean_length},
+                        {"ended_fraction", m.ended_fraction},
+                        {"loss", m.loss},
+                        {"grad_norm", m.grad_norm},
+                        {"sampled_tokens", m.sampled_tokens},
+                        {"sample_seconds", m.sample_seconds},
+                        {"update_seconds", m.update_seconds}}
+                       .dump()
+                << "\n";
+        if (config_.log_every > 0 && (m.update % config_.log_every == 0 || m.update == config_.updates)) {
+            char line[256];
+            std::snprintf(line, sizeof line,
+                          "update %lld/%lld reward %.3f acc %.3f zero-signal %.2f kl k1 %.2e k3 %.2e len %.2f "
+                          "gnorm %.3f %.2fs\n",
+                          (long long)m.update, (long long)config_.updates, m.reward_mean, m.accuracy,
+                          m.zero_signal_fraction, m.kl_k1, m.kl_k3, m.mean_length, m.grad_norm,
+                          m.sample_seconds + m.update_seconds);
+            out_ << line << std::flush;
+        }
+        if (config_.eval_every > 0 && m.update % config_.eval_every == 0 && m.update < config_.updates) log_eval(0);
+    }
+    log_eval(config_.eval_samples);
+    result.checkpoint = save_checkpoint();
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const GrpoEval& before = result.evals.front();
+    const GrpoEval& after = result.evals.back();
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "GRPO: held-out exact match %.1f%% -> %.1f%% (%+.1f points) on %lld test problems; %lld updates, "
+                  "%.1f s in all\n",
+                  100.0 * before.exact_match, 100.0 * after.exact_match, 100.0 * (after.exact_match - before.exact_match),
+                  (long long)after.examples, (long long)update_, result.seconds);
+    out_ << line << "checkpoint: " << result.checkpoint << "\n";
+    const std::string violated = invariants_.summary();
+    if (!violated.empty()) out_ << "invariants violated during this run (warn mode):\n" << violated;
+    return result;
+}
+
+int run_grpo_command(const std::string& config_path, const std::vector<std::string>& sets, std::ostream& out) {
+    const GrpoConfig config = load_grpo_config(config_path, sets);
+    out << "reftrain rl (GRPO): resolved config (" << (config_path.empty() ? "defaults" : config_path)
+        << (sets.empty() ? "" : " + --set") << ")\n"
+        << config.resolved.dump(2) << "\n";
+    GrpoTrainer trainer(config, out);
+    trainer.run();
+    return 0;
+}
+
+}  // namespace reftrain
