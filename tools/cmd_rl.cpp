@@ -1,8 +1,131 @@
-// tools/cmd_rl.cpp — placeholder until the RL work fills it in.
+// tools/cmd_rl.cpp — `reftrain rl --config F` (PPO, or GRPO when F says "algorithm": "grpo") and
+// `reftrain probe list | run ENV`: wiring only, the work is in train/ppo.cpp and train/grpo.cpp.
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+
+#include "kernels/error.h"
+#include "kernels/json_strict.h"
+#include "probes/envs.h"
 #include "tools/commands.h"
+#include "train/grpo.h"
+#include "train/ppo.h"
 
 namespace reftrain {
 
-void register_rl_commands(CLI::App& app) {}
+namespace {
+
+// The config's "algorithm" ("ppo" when absent). Only this key is read here; the loaders do the rest.
+std::string algorithm_of(const std::string& path) {
+    if (path.empty()) return "ppo";
+    std::ifstream in(path, std::ios::binary);
+    check(static_cast<bool>(in), path, ": cannot open the RL config");
+    std::stringstream text;
+    text << in.rdbuf();
+    DuplicateKey duplicate;
+    nlohmann::json j;
+    try {
+        j = parse_json_noting_duplicates(text.str(), &duplicate);
+    } catch (const nlohmann::json::parse_error& e) {
+        fail(path, ": not valid JSON: ", e.what());
+    }
+    if (!j.is_object() || !j.contains("algorithm")) return "ppo";
+    check(j["algorithm"].is_string(), path, ": 'algorithm' must be \"ppo\" or \"grpo\", got ", j["algorithm"].dump());
+    const std::string algorithm = j["algorithm"].get<std::string>();
+    check(algorithm == "ppo" || algorithm == "grpo", path, ": 'algorithm' must be \"ppo\" or \"grpo\", got \"",
+          algorithm, "\"");
+    return algorithm;
+}
+
+int run_ppo_command(const std::string& path, const std::vector<std::string>& sets, std::ostream& out) {
+    const PpoConfig config = load_ppo_config(path, sets);
+    out << "reftrain rl: PPO, resolved config (" << (path.empty() ? "defaults" : path)
+        << (sets.empty() ? "" : " + --set") << ")\n"
+        << to_json(config).dump(2) << "\n";
+    PpoTrainer trainer(config, out);
+    const std::vector<PpoUpdateMetrics> updates = trainer.run();
+    const std::vector<double>& returns = trainer.episode_returns();
+    const PpoUpdateMetrics& last = updates.back();
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "done: %lld env steps, %zu episodes, mean return of the last %zu: %.2f, wall time %.1f s\n",
+                  (long long)last.global_step, returns.size(), std::min<size_t>(100, returns.size()),
+                  last.mean_return_last_100, last.seconds);
+    out << line;
+    return 0;
+}
+
+}  // namespace
+
+void register_rl_commands(CLI::App& app) {
+    // ---- rl ----
+    auto* rl = app.add_subcommand("rl", "reinforcement learning: PPO on an environment, or GRPO on the chat model");
+    auto config_path = std::make_shared<std::string>();
+    auto sets = std::make_shared<std::vector<std::string>>();
+    auto print_defaults = std::make_shared<bool>(false);
+    rl->add_option("--config", *config_path,
+                   "RL config JSON (configs/cartpole.json); \"algorithm\": \"grpo\" selects GRPO, else PPO");
+    rl->add_option("--set", *sets, "override one key, e.g. --set seed=2 --set total_timesteps=100000")->take_all();
+    rl->add_flag("--print-defaults", *print_defaults, "print every PPO key with its default value and exit");
+    rl->callback([=] {
+        if (*print_defaults) {
+            std::cout << to_json(PpoConfig{}).dump(2) << "\n";
+            return;
+        }
+        const int code = algorithm_of(*config_path) == "grpo" ? run_grpo_command(*config_path, *sets, std::cout)
+                                                               : run_ppo_command(*config_path, *sets, std::cout);
+        if (code != 0) throw CLI::RuntimeError("rl: the run failed (exit code " + std::to_string(code) + ")", code);
+    });
+
+    // ---- probe ----
+    auto* probe =
+        app.add_subcommand("probe", "Andy Jones' probe environments: train PPO, compare V and pi with the truth");
+    probe->require_subcommand(1);
+    probe->add_subcommand("list", "list the probe environments and their correct answers")->callback([] {
+        for (const std::string& name : env_names()) {
+            if (name == "cartpole") continue;
+            const PpoConfig config = probe_ppo_config(name, {});
+            std::cout << std::left << std::setw(17) << name << std::right;
+            for (const ProbeCase& c : probe_cases(name, config.gamma)) {
+                std::cout << " V(" << c.obs[0] << ")=" << c.value;
+                if (!c.action_probs.empty()) {
+                    std::cout << " pi(.|" << c.obs[0] << ")=(";
+                    for (size_t a = 0; a < c.action_probs.size(); ++a) std::cout << (a ? "," : "") << c.action_probs[a];
+                    std::cout << ")";
+                }
+            }
+            std::cout << "   (gamma " << config.gamma << ")\n";
+        }
+        std::cout << "\nrun one: reftrain probe run probe4   (docs/rl.md; probes/envs.h describes each)\n";
+    });
+    struct ProbeArgs {
+        std::string env;
+        std::vector<std::string> sets;
+        int64_t seed = -1;
+    };
+    auto a = std::make_shared<ProbeArgs>();
+    auto* run = probe->add_subcommand("run", "train PPO on one probe environment and check V and pi");
+    run->add_option("env", a->env, "probe environment (see `reftrain probe list`)")->required();
+    run->add_option("--set", a->sets, "override one PPO key, e.g. --set bugs.advantage_sign=true")->take_all();
+    run->add_option("--seed", a->seed, "seed (default 1)");
+    run->callback([a] {
+        std::vector<std::string> sets = a->sets;
+        if (a->seed >= 0) sets.push_back("seed=" + std::to_string(a->seed));
+        const PpoConfig config = probe_ppo_config(a->env, sets);
+        std::cout << "reftrain probe run " << a->env << ": " << config.num_envs << " copies x " << config.num_steps
+                  << " steps, " << config.total_timesteps << " env steps, gamma " << config.gamma << ", seed "
+                  << config.seed << "\n";
+        const ProbeReport report = run_probe(config, std::cout);
+        print_probe_report(report, std::cout);
+        if (!report.solved) {
+            throw CLI::RuntimeError("probe " + a->env + ": NOT SOLVED (the table above shows where)", 1);
+        }
+    });
+}
 
 }  // namespace reftrain

@@ -53,6 +53,29 @@ double approx_kl_k3(std::span<const double> log_ratio);
 // constant, < 0 = worse. NaN when Var(returns) = 0 (said so in the logs, never hidden).
 double explained_variance(std::span<const double> values, std::span<const double> returns);
 
+// ---- the PPO loss of one minibatch ------------------------------------------------------------------
+
+struct PpoLossTerms {
+    double policy_loss = 0.0;   // mean(max(-A r, -A clip(r, 1 - c, 1 + c))), r = pi_new(a) / pi_old(a)
+    double value_loss = 0.0;    // 0.5 mean((v - R)^2), or with value clipping 0.5 mean(max(unclipped, clipped))
+    double entropy = 0.0;       // mean entropy of pi_new
+    double total = 0.0;         // policy_loss - ent_coef * entropy + vf_coef * value_loss
+    int64_t clipped = 0;        // rows with |r - 1| > clip_coef
+};
+struct PpoLossCoefficients {
+    double clip_coef = 0.2, ent_coef = 0.01, vf_coef = 0.5;
+    bool clip_vloss = true;
+};
+// The loss of M rows from the new logits (M, A) and values (M), given the rollout's actions (M), old
+// log-probs (M), advantages (M, already normalised if they are to be), value targets (M, the returns)
+// and old values (M). Writes d total / d logits (M, A), d total / d values (M) and the log-ratios (M).
+// Under bugs.advantage_sign the policy term uses -A.
+PpoLossTerms ppo_loss(std::span<const double> logits, std::span<const double> values, int64_t M, int64_t A,
+                      std::span<const int64_t> actions, std::span<const double> old_logprobs,
+                      std::span<const double> advantages, std::span<const double> value_targets,
+                      std::span<const double> old_values, const PpoLossCoefficients& coefficients,
+                      std::vector<double>& dlogits, std::vector<double>& dvalues, std::vector<double>& log_ratio);
+
 // ---- the trainer -----------------------------------------------------------------------------------
 
 struct PpoConfig {
@@ -81,10 +104,15 @@ struct PpoConfig {
     int64_t threads = 1;
     std::string run_dir;               // metrics.jsonl and the final weights go here ("" = nowhere)
     int64_t log_every = 10;            // print one line every N updates (0 = quiet)
+    // Bug switches of the failure catalog, {"advantage-sign": true} (kernels/bugs.h), for experiments:
+    // the trainer turns them on at construction and says so. Empty = leave the switches as they are.
+    nlohmann::json bugs = nlohmann::json::object();
 };
 
 // Reads a PPO config: defaults, then the JSON file (if path is not empty), then "key=value" sets.
-// Unknown keys get a did-you-mean, wrong types are refused, naming the file and the key.
+// Unknown keys get a did-you-mean, wrong types are refused, naming the file and the key. A top-level
+// "algorithm": "ppo" in the file is accepted and dropped (`reftrain rl` dispatches on it); any other
+// algorithm is refused.
 PpoConfig load_ppo_config(const std::string& path, const std::vector<std::string>& sets);
 nlohmann::json to_json(const PpoConfig& config);
 
@@ -93,7 +121,7 @@ struct PpoUpdateMetrics {
     int64_t update = 0;
     int64_t global_step = 0;              // env steps so far
     double learning_rate = 0.0;
-    double policy_loss = 0.0, value_loss = 0.0, entropy = 0.0;
+    double policy_loss = 0.0, value_loss = 0.0, entropy = 0.0;   // means over the update's minibatches
     double approx_kl_k1 = 0.0, approx_kl_k3 = 0.0;   // of the last minibatch of the last epoch
     double clip_fraction = 0.0;           // over all minibatches of the update
     double explained_variance = 0.0;
@@ -102,6 +130,12 @@ struct PpoUpdateMetrics {
     double episode_return = 0.0;          // their mean (NaN when none ended)
     double episode_length = 0.0;
     double mean_return_last_100 = 0.0;    // over the last 100 episodes of the run (NaN before any)
+    // Reward normalisation (normalize_reward), at this rollout's last step: the scale
+    // 1 / sqrt(Var(discounted return) + 1e-8) (1 when off), and the normaliser's output for a raw
+    // reward of 0, which must be exactly 0: normalisation may only scale (check rl.reward_scale_only).
+    double reward_scale = 1.0;
+    double reward_shift = 0.0;
+    int64_t epochs = 0;                   // epochs run (fewer than update_epochs when target_kl stopped it)
     double seconds = 0.0;                 // wall time since the start of the run
 };
 
@@ -151,8 +185,11 @@ struct ProbeReport {
 };
 // The PPO config a probe environment is trained with (small, seconds on one core), then `sets`.
 PpoConfig probe_ppo_config(const std::string& env, const std::vector<std::string>& sets);
-// Trains PPO on a probe environment and checks V and pi against probe_cases() within the tolerances.
-ProbeReport run_probe(const PpoConfig& config, std::ostream& log);
+// Trains PPO on a probe environment and checks V and pi against probe_cases() within the tolerances:
+// |V - V*| <= 0.05 * max(1, max |V*|) and every |pi(a) - pi*(a)| <= 0.02. `after_update`, when given,
+// is called after every update (the failure catalog records its curves through it).
+ProbeReport run_probe(const PpoConfig& config, std::ostream& log,
+                      const std::function<void(PpoTrainer&, const PpoUpdateMetrics&)>& after_update = {});
 // Prints the table of learned vs correct values and probabilities, and the verdict.
 void print_probe_report(const ProbeReport& report, std::ostream& out);
 
