@@ -10,6 +10,8 @@
 
 #include "kernels/error.h"
 #include "train/checkpoint.h"
+#include "train/grpo.h"
+#include "train/ppo.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
@@ -128,7 +130,28 @@ TEST(RunConfig, ShippedConfigsParse) {
     for (const auto& entry : fs::directory_iterator(fs::path(REFTRAIN_SOURCE_DIR) / "configs")) {
         if (entry.path().extension() != ".json") continue;
         SCOPED_TRACE(entry.path().string());
-        EXPECT_NO_THROW(load_run_config(entry.path().string(), {}));
+        std::ifstream in(entry.path());
+        const nlohmann::json file = nlohmann::json::parse(in);
+        const std::string algorithm = file.value("algorithm", "");
+        if (algorithm == "ppo") {
+            EXPECT_NO_THROW(load_ppo_config(entry.path().string(), {}));
+        } else if (algorithm == "grpo") {
+            EXPECT_NO_THROW(load_grpo_config(entry.path().string(), {}));
+        } else {
+            EXPECT_EQ(algorithm, "") << "unknown algorithm";
+            EXPECT_NO_THROW(load_run_config(entry.path().string(), {}));
+        }
+    }
+}
+
+// `reftrain train` on an RL config says which command runs it.
+TEST(RunConfig, RlConfigIsRefusedNamingTheRlCommand) {
+    const std::string path = std::string(REFTRAIN_SOURCE_DIR) + "/configs/cartpole.json";
+    try {
+        load_run_config(path, {});
+        FAIL() << "an RL config was accepted as an SFT config";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("reftrain rl --config"), std::string::npos) << e.what();
     }
 }
 

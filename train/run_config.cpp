@@ -186,7 +186,16 @@ void apply_set(json& config, const std::string& assignment) {
 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets) {
     json config = default_run_config();
-    if (!path.empty()) merge_config(config, read_json_file(path), path);
+    if (!path.empty()) {
+        const json file = read_json_file(path);
+        // An RL config (configs/cartpole.json, configs/grpo_addition.json) names its algorithm; say
+        // which command runs it instead of listing its keys as unknown.
+        if (file.is_object() && file.contains("algorithm")) {
+            fail(path, ": this is an RL config ('algorithm': ", file.at("algorithm").dump(),
+                 "); run it with `reftrain rl --config ", path, "`, not `reftrain train`");
+        }
+        merge_config(config, file, path);
+    }
     for (const std::string& s : sets) apply_set(config, s);
     // A range error can come from the file or from a --set: name both when both were given.
     const std::string source = (path.empty() ? std::string("the default config") : path) +
