@@ -15,6 +15,7 @@
 #include "tools/commands.h"
 #include "train/grpo.h"
 #include "train/ppo.h"
+#include "train/run_config.h"
 
 namespace reftrain {
 
@@ -23,20 +24,10 @@ namespace {
 // The config's "algorithm" ("ppo" when absent). Only this key is read here; the loaders do the rest.
 std::string algorithm_of(const std::string& path) {
     if (path.empty()) return "ppo";
-    std::ifstream in(path, std::ios::binary);
-    check(static_cast<bool>(in), path, ": cannot open the RL config");
-    std::stringstream text;
-    text << in.rdbuf();
-    DuplicateKey duplicate;
-    nlohmann::json j;
-    try {
-        j = parse_json_noting_duplicates(text.str(), &duplicate);
-    } catch (const nlohmann::json::parse_error& e) {
-        fail(path, ": not valid JSON: ", e.what());
-    }
+    const nlohmann::json j = read_config_json(path, "RL config");
     if (!j.is_object() || !j.contains("algorithm")) return "ppo";
-    check(j["algorithm"].is_string(), path, ": 'algorithm' must be \"ppo\" or \"grpo\", got ", j["algorithm"].dump());
-    const std::string algorithm = j["algorithm"].get<std::string>();
+    check(j.at("algorithm").is_string(), path, ": 'algorithm' must be \"ppo\" or \"grpo\", got ", j.at("algorithm").dump());
+    const std::string algorithm = j.at("algorithm").get<std::string>();
     check(algorithm == "ppo" || algorithm == "grpo", path, ": 'algorithm' must be \"ppo\" or \"grpo\", got \"",
           algorithm, "\"");
     return algorithm;

@@ -83,18 +83,7 @@ json default_grpo_config() {
 GrpoConfig load_grpo_config(const std::string& path, const std::vector<std::string>& sets) {
     json config = default_grpo_config();
     if (!path.empty()) {
-        std::ifstream in(path, std::ios::binary);
-        check(static_cast<bool>(in), path, ": cannot open the GRPO config");
-        std::stringstream text;
-        text << in.rdbuf();
-        DuplicateKey duplicate;
-        json file;
-        try {
-            file = parse_json_noting_duplicates(text.str(), &duplicate);
-        } catch (const json::parse_error& e) {
-            fail(path, ": not valid JSON: ", e.what());
-        }
-        check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice (which one did you mean?)");
+        const json file = read_config_json(path, "GRPO config");
         merge_config(config, file, path);
     }
     for (const std::string& s : sets) apply_set(config, s);

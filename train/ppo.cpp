@@ -240,18 +240,7 @@ json to_json(const PpoConfig& c) {
 namespace {
 
 json read_ppo_json(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    check(static_cast<bool>(in), path, ": cannot open the PPO config");
-    std::stringstream text;
-    text << in.rdbuf();
-    DuplicateKey duplicate;
-    json j;
-    try {
-        j = parse_json_noting_duplicates(text.str(), &duplicate);
-    } catch (const json::parse_error& e) {
-        fail(path, ": not valid JSON: ", e.what());
-    }
-    check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice (which one did you mean?)");
+    json j = read_config_json(path, "PPO config");
     check(j.is_object(), path, ": the PPO config must be a JSON object, got ", j.type_name());
     if (j.contains("algorithm")) {
         check(j["algorithm"] == "ppo", path, ": 'algorithm' is ", j["algorithm"].dump(),

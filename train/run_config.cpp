@@ -129,9 +129,17 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
     }
 }
 
-json read_json_file(const std::string& path) {
+
+template <class T>
+T get(const json& j, const char* key) {
+    return j.at(key).get<T>();
+}
+
+}  // namespace
+
+json read_config_json(const std::string& path, const std::string& what) {
     std::ifstream in(path, std::ios::binary);
-    check(static_cast<bool>(in), path, ": cannot open the run config");
+    check(static_cast<bool>(in), path, ": cannot open the ", what);
     std::stringstream text;
     text << in.rdbuf();
     DuplicateKey duplicate;
@@ -144,13 +152,6 @@ json read_json_file(const std::string& path) {
     check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice (which one did you mean?)");
     return j;
 }
-
-template <class T>
-T get(const json& j, const char* key) {
-    return j.at(key).get<T>();
-}
-
-}  // namespace
 
 void merge_config(json& base, const json& overrides, const std::string& source) {
     merge_at(base, overrides, "", source);
@@ -187,7 +188,7 @@ void apply_set(json& config, const std::string& assignment) {
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets) {
     json config = default_run_config();
     if (!path.empty()) {
-        const json file = read_json_file(path);
+        const json file = read_config_json(path, "run config");
         // An RL config (configs/cartpole.json, configs/grpo_addition.json) names its algorithm; say
         // which command runs it instead of listing its keys as unknown.
         if (file.is_object() && file.contains("algorithm")) {

@@ -103,6 +103,9 @@ struct RunConfig {
 
 nlohmann::json default_run_config();
 
+// Reads a JSON config file, refusing a missing file, invalid JSON and a key that appears twice, each
+// with a message naming the file; `what` names the kind of config ("run config", "PPO config", ...).
+nlohmann::json read_config_json(const std::string& path, const std::string& what);
 // Strictly merges `overrides` into `base`; `source` names the file in errors.
 void merge_config(nlohmann::json& base, const nlohmann::json& overrides, const std::string& source);
 // Applies one "dotted.key=value" override; value is parsed as JSON when it is valid JSON, else taken
