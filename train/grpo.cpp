@@ -287,6 +287,7 @@ std::string trimmed(const std::string& text) {
 
 GrpoTrainer::GrpoTrainer(const GrpoConfig& config, std::ostream& out)
     : config_(config),
+      bugs_before_(bugs()),
       out_(out),
       prompt_rng_(Rng::for_name(config.seed, "grpo.prompts")),
       sample_rng_(Rng::for_name(config.seed, "grpo.sampling")) {
@@ -339,7 +340,7 @@ GrpoTrainer::GrpoTrainer(const GrpoConfig& config, std::ostream& out)
     }
 }
 
-GrpoTrainer::~GrpoTrainer() = default;
+GrpoTrainer::~GrpoTrainer() { bugs() = bugs_before_; }
 
 GrpoUpdateMetrics GrpoTrainer::update() {
     const auto start = std::chrono::steady_clock::now();
@@ -347,7 +348,8 @@ GrpoUpdateMetrics GrpoTrainer::update() {
     const int64_t end_of_turn = chat_->end_of_turn_id();
 
     // 1-3. Prompts from the train split, G samples each with the KV cache, verifier rewards.
-    InferenceSession session(*policy_, std::min<int64_t>(T + 1, policy_->config().max_position_embeddings));
+    const int64_t session_len = std::min<int64_t>(T + 1, policy_->config().max_position_embeddings);
+    InferenceSession session(*policy_, session_len);
     SamplingConfig sampling;
     sampling.temperature = config_.temperature;
     sampling.top_k = config_.top_k;
@@ -365,15 +367,18 @@ GrpoUpdateMetrics GrpoTrainer::update() {
         }
         const std::vector<int64_t> prompt = chat_->render_prompt(to_conversation(example, system_prompt_, false));
         const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
-        check(prompt_tokens + config_.max_new_tokens <= T + 1, "GRPO: the prompt '", example.prompt, "' renders to ",
-              prompt_tokens, " tokens; with sampling.max_new_tokens = ", config_.max_new_tokens,
-              " the row needs seq_len >= ", prompt_tokens + config_.max_new_tokens - 1, " (seq_len is ", T, ")");
+        check(prompt_tokens + config_.max_new_tokens <= session_len, "GRPO: the prompt '", example.prompt,
+              "' renders to ", prompt_tokens, " tokens; with sampling.max_new_tokens = ", config_.max_new_tokens,
+              " a row needs ", prompt_tokens + config_.max_new_tokens, " positions, but seq_len + 1 = ", T + 1,
+              " and the model's max_position_embeddings = ", policy_->config().max_position_embeddings);
         for (int64_t g = 0; g < G; ++g) {
             const Generation gen = generate(session, prompt, sampling, sample_rng_);
             std::vector<int64_t> answer = gen.ids;
             if (gen.stopped) answer.pop_back();  // the end-of-turn token
             const std::string response = tokenizer_->decode(answer);
-            const bool ok = task_->verify(example.prompt, response);
+            // A completion cut off at max_new_tokens has not answered yet: only an ended turn can be
+            // right (greedy eval, with its longer budget, would read on past the cut).
+            const bool ok = gen.stopped && task_->verify(example.prompt, response);
             const bool ended_with_answer = gen.stopped && !trimmed(response).empty();
             correct += ok;
             ended += gen.stopped;

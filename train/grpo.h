@@ -5,8 +5,9 @@
 //   1. draw P prompts from the task's TRAIN split and render each with the checkpoint's chat template
 //   2. sample G completions per prompt with the KV cache (model/generate.h) at sampling.temperature,
 //      each ending at the end-of-turn token or after max_new_tokens
-//   3. reward each by the task's verifier: reward.correct when right, else reward.format when the model
-//      ended its turn with a non-empty answer, else 0
+//   3. reward each by the task's verifier: reward.correct when right (and the turn ended: a completion
+//      cut off at max_new_tokens has not answered), else reward.format when the model ended its turn
+//      with a non-empty answer, else 0
 //   4. advantage A = r - mean(group) (fp64; / (std(group) + std_eps) when std_normalize); a group whose
 //      rewards are all equal carries no signal and gets A = 0 exactly (group_advantages)
 //   5. rows = prompt + completion; targets = the completion's tokens including its end-of-turn, prompt
@@ -38,6 +39,7 @@
 #include "data/tasks.h"
 #include "data/tokenizer.h"
 #include "debug/invariants.h"
+#include "kernels/bugs.h"
 #include "kernels/random.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
@@ -189,6 +191,7 @@ public:
 
 private:
     GrpoConfig config_;
+    Bugs bugs_before_;                   // the switches before config.bugs; restored by the destructor
     std::ostream& out_;
     Invariants invariants_;
     std::string init_dir_;

@@ -686,7 +686,7 @@ struct PpoTrainer::Impl {
     }
 };
 
-PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(config), impl_(nullptr) {
+PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(config), bugs_before_(bugs()) {
     if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
     for (const auto& [name, on] : config_.bugs.items()) {
         set_bug(name, on.get<bool>());
@@ -694,7 +694,7 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
             log << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
         }
     }
-    impl_ = new Impl(config_, log);
+    impl_ = std::make_unique<Impl>(config_, log);
     if (!config_.run_dir.empty()) {
         fs::create_directories(config_.run_dir);
         const fs::path path = fs::path(config_.run_dir) / "metrics.jsonl";
@@ -710,7 +710,7 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
     }
 }
 
-PpoTrainer::~PpoTrainer() { delete impl_; }
+PpoTrainer::~PpoTrainer() { bugs() = bugs_before_; }
 
 int64_t PpoTrainer::num_updates() const { return config_.total_timesteps / (config_.num_envs * config_.num_steps); }
 

@@ -12,11 +12,14 @@
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "kernels/bugs.h"
 
 namespace reftrain {
 
@@ -164,7 +167,8 @@ public:
 private:
     struct Impl;
     PpoConfig config_;
-    Impl* impl_;
+    Bugs bugs_before_;               // the switches as they were before config.bugs; restored at the end
+    std::unique_ptr<Impl> impl_;
 };
 
 // ---- probe runs ------------------------------------------------------------------------------------
