@@ -1,0 +1,51 @@
+// kernels/cuda/check.h — every CUDA runtime, cuBLASLt (and later cuDNN) call goes through one of these.
+//
+// A failing call throws reftrain::Error naming the source file and line, the call as written, and the
+// library's own error string, e.g.
+//   kernels/cuda/elementwise.cu:42: cudaMemsetAsync(p, 0, n, stream) failed: out of memory (cudaErrorMemoryAllocation)
+// Kernel launches return nothing, so follow each with REFTRAIN_CUDA_CHECK_LAUNCH(): it reports launch
+// errors (bad configuration, no kernel image for this GPU) at the launch site. Errors raised while the
+// kernel runs surface at the next synchronising call, which is then the one that throws.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "kernels/error.h"
+
+namespace reftrain::cuda {
+
+[[noreturn]] inline void fail_cuda(const char* file, int line, const char* call, cudaError_t status) {
+    fail(file, ":", line, ": ", call, " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status), ")");
+}
+
+[[noreturn]] inline void fail_cublas(const char* file, int line, const char* call, cublasStatus_t status) {
+    fail(file, ":", line, ": ", call, " failed: ", cublasGetStatusString(status), " (", cublasGetStatusName(status),
+         ")");
+}
+
+}  // namespace reftrain::cuda
+
+#define REFTRAIN_CUDA_CHECK(call)                                                          \
+    do {                                                                                   \
+        const cudaError_t reftrain_status_ = (call);                                       \
+        if (reftrain_status_ != cudaSuccess)                                               \
+            ::reftrain::cuda::fail_cuda(__FILE__, __LINE__, #call, reftrain_status_);      \
+    } while (0)
+
+// After a kernel launch <<<...>>>: cudaGetLastError returns (and clears) a launch error.
+#define REFTRAIN_CUDA_CHECK_LAUNCH()                                                       \
+    do {                                                                                   \
+        const cudaError_t reftrain_status_ = cudaGetLastError();                           \
+        if (reftrain_status_ != cudaSuccess)                                               \
+            ::reftrain::cuda::fail_cuda(__FILE__, __LINE__, "kernel launch", reftrain_status_); \
+    } while (0)
+
+#define REFTRAIN_CUBLAS_CHECK(call)                                                        \
+    do {                                                                                   \
+        const cublasStatus_t reftrain_status_ = (call);                                    \
+        if (reftrain_status_ != CUBLAS_STATUS_SUCCESS)                                     \
+            ::reftrain::cuda::fail_cublas(__FILE__, __LINE__, #call, reftrain_status_);    \
+    } while (0)
+
+// cuDNN arrives later: it will add REFTRAIN_CUDNN_CHECK(call) here with cudnnGetErrorString.

@@ -1,0 +1,91 @@
+// kernels/cuda/ops.h — the CUDA twins of the CPU reference ops in kernels/cpu/ops.h.
+//
+// Each function has the name, argument order, shapes and semantics of its CPU twin (read the CPU
+// comment for the math), plus a trailing `stream`; tests/cuda/test_cuda_ops.cpp compares the two.
+// Differences from the CPU, all deliberate:
+// - Tensors are Device::CUDA views of device memory (checked). Calls are asynchronous on `stream`,
+//   except where noted (embedding validates token ids and so synchronises).
+// - Float tensors are F32 or BF16 (all float arguments of one call share a dtype, except rstd below);
+//   every kernel computes in fp32 and rounds once when it stores a BF16 value. There is no F64 path:
+//   gradient checks run on the CPU.
+// - Sums run in fp32 (the CPU sums some in fp64), in a fixed order: results are bitwise reproducible
+//   run to run. No kernel uses atomics.
+// Conventions kept from the CPU: forwards OVERWRITE outputs; backwards ADD (+=) into every gradient;
+// a gradient argument whose data pointer is null is skipped.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/tensor.h"
+
+namespace reftrain::cuda {
+
+// ---- embedding (embedding.cu) -----------------------------------------------------------------------
+// out[n] = table[ids[n]]. Ids are validated on the device; an id outside [0, V) is an error naming the
+// position and the id, like the CPU. Reading the verdict back synchronises `stream`.
+void embedding_forward(const Tensor& out,    // (N, C)
+                       const Tensor& ids,    // (N) I64
+                       const Tensor& table,  // (V, C)
+                       cudaStream_t stream = 0);
+// dtable[ids[n]] += dout[n]. Deterministic without atomics: one thread per column walks the tokens in
+// order n = 0..N-1 (the CPU's split), so repeated ids add in the CPU's order. BF16 dtable rounds after
+// every add. Synchronises (id validation).
+void embedding_backward(const Tensor& dtable, // (V, C)
+                        const Tensor& dout,   // (N, C)
+                        const Tensor& ids,    // (N) I64
+                        cudaStream_t stream = 0);
+
+// ---- RMSNorm (rmsnorm.cu) ---------------------------------------------------------------------------
+// rstd[n] = 1 / sqrt(mean_c(x[n,c]^2) + eps);  out[n,c] = x[n,c] * rstd[n] * weight[c]
+// rstd is F32 whatever the dtype of x (a BF16 rstd would put a 0.4% error into every backward).
+// QK-norm: the same call on x viewed as (B*T*H, head_dim), with weight (head_dim).
+void rmsnorm_forward(const Tensor& out,    // (N, C)
+                     const Tensor& rstd,   // (N) F32  saved for backward
+                     const Tensor& x,      // (N, C)
+                     const Tensor& weight, // (C)
+                     double eps,
+                     cudaStream_t stream = 0);
+// dweight is summed over rows in two deterministic passes (partial sums over fixed chunks of rows,
+// then the chunks in order) through stream-ordered scratch memory.
+void rmsnorm_backward(const Tensor& dx,      // (N, C)  may be null
+                      const Tensor& dweight, // (C)     may be null
+                      const Tensor& dout,    // (N, C)
+                      const Tensor& x,       // (N, C)
+                      const Tensor& weight,  // (C)
+                      const Tensor& rstd,    // (N) F32
+                      cudaStream_t stream = 0);
+
+// ---- RoPE (elementwise.cu) -----------------------------------------------------------------------------
+// HF rotate-half layout; cos/sin are the tables of cpu::rope_tables copied to the device (same dtype
+// as x; build them on the CPU in F32 and convert for BF16).
+void rope_forward(const Tensor& out,  // (B, T, H, D)
+                  const Tensor& x,    // (B, T, H, D)
+                  const Tensor& cos,  // (T_max, D), T <= T_max
+                  const Tensor& sin,  // (T_max, D)
+                  cudaStream_t stream = 0);
+void rope_backward(const Tensor& dx,   // (B, T, H, D)  may be null
+                   const Tensor& dout, // (B, T, H, D)
+                   const Tensor& cos,  // (T_max, D)
+                   const Tensor& sin,  // (T_max, D)
+                   cudaStream_t stream = 0);
+
+// ---- SwiGLU (elementwise.cu) ----------------------------------------------------------------------------
+// out = silu(gate) * up
+void swiglu_forward(const Tensor& out,  // (N, F)
+                    const Tensor& gate, // (N, F)
+                    const Tensor& up,   // (N, F)
+                    cudaStream_t stream = 0);
+void swiglu_backward(const Tensor& dgate, // (N, F)  may be null
+                     const Tensor& dup,   // (N, F)  may be null
+                     const Tensor& dout,  // (N, F)
+                     const Tensor& gate,  // (N, F)
+                     const Tensor& up,    // (N, F)
+                     cudaStream_t stream = 0);
+
+// ---- residual add (elementwise.cu) ------------------------------------------------------------------------
+// out = a + b
+void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b, cudaStream_t stream = 0);  // all (N, C)
+// da += dout; db += dout  (either may be null)
+void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout, cudaStream_t stream = 0);
+
+}  // namespace reftrain::cuda
