@@ -78,6 +78,9 @@ void rope_backward(const Tensor& dx,   // (B, T, H, D)
                    const Tensor& dout, // (B, T, H, D)
                    const Tensor& cos,  // (T_max, D)
                    const Tensor& sin); // (T_max, D)
+// The argument checks both rope ops make (shapes, even D, T within the tables, one dtype), shared
+// with the CUDA twins; `op` names the caller in the message.
+void check_rope_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op);
 
 // ---- causal self-attention with GQA ------------------------------------------------------------------
 // Query head h reads key/value head h / (Hq / Hkv). scores[t, s] = q[t] . k[s] / sqrt(D) for s <= t;

@@ -68,7 +68,9 @@ void rotate_impl(const Tensor& out, const Tensor& x, const Tensor& cos, const Te
     }
 }
 
-void check_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
+}  // namespace
+
+void check_rope_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
     const int64_t B = x.dim(0), T = x.dim(1), H = x.dim(2), D = x.dim(3);
     expect_shape(x, {B, T, H, D}, op, "x");
     expect_shape(out, {B, T, H, D}, op, "out");
@@ -82,8 +84,6 @@ void check_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Ten
     expect_same_dtype(x, sin, op);
 }
 
-}  // namespace
-
 void rope_tables(const Tensor& cos, const Tensor& sin, double theta) {
     expect_shape(sin, {cos.dim(0), cos.dim(1)}, "rope_tables", "sin");
     check(cos.dim(1) % 2 == 0, "rope_tables: head dimension ", cos.dim(1), " must be even");
@@ -91,7 +91,7 @@ void rope_tables(const Tensor& cos, const Tensor& sin, double theta) {
 }
 
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
-    check_args(out, x, cos, sin, "rope_forward");
+    check_rope_args(out, x, cos, sin, "rope_forward");
     dispatch_float(x.dtype, "rope_forward", [&](auto t) {
         using T = decltype(t);
         rotate_impl<T>(out, x, cos, sin, T(1), false);
@@ -100,7 +100,7 @@ void rope_forward(const Tensor& out, const Tensor& x, const Tensor& cos, const T
 
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) {
     if (!dx.data) return;
-    check_args(dx, dout, cos, sin, "rope_backward");
+    check_rope_args(dx, dout, cos, sin, "rope_backward");
     dispatch_float(dout.dtype, "rope_backward", [&](auto t) {
         using T = decltype(t);
         rotate_impl<T>(dx, dout, cos, sin, T(-1), true);

@@ -4,6 +4,7 @@
 // F32 or BF16 storage. Each kernel names the CPU function it must match (kernels/cpu/*.cpp); the
 // formulas are written in the same order as there.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
 
 namespace reftrain::cuda {
@@ -80,17 +81,7 @@ void check_same_size(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 void check_rope_args(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op) {
-    const int64_t B = x.dim(0), T = x.dim(1), H = x.dim(2), D = x.dim(3);
-    expect_shape(x, {B, T, H, D}, op, "x");
-    expect_shape(out, {B, T, H, D}, op, "out");
-    check(D % 2 == 0, op, ": head dimension ", D, " of '", x.name, "' must be even (RoPE rotates pairs)");
-    expect_shape(cos, {-1, D}, op, "cos");
-    expect_shape(sin, {cos.dim(0), D}, op, "sin");
-    check(T <= cos.dim(0), op, ": sequence length ", T, " exceeds the RoPE table length ", cos.dim(0),
-          " (max_position_embeddings)");
-    expect_same_dtype(x, out, op);
-    expect_same_dtype(x, cos, op);
-    expect_same_dtype(x, sin, op);
+    cpu::check_rope_args(out, x, cos, sin, op);  // shapes, even D, table length, dtypes: as on the CPU
     expect_on_device(out, op, "out");
     expect_on_device(x, op, "x");
     expect_on_device(cos, op, "cos");
