@@ -31,4 +31,11 @@ void expect_on_device(const Tensor& t, const char* op, const char* arg) {
           "') is not a CUDA tensor: the CUDA ops take device memory (Tensor::device = Device::CUDA)");
 }
 
+namespace {
+bool g_deterministic = true;
+}  // namespace
+
+void set_deterministic(bool on) { g_deterministic = on; }
+bool deterministic() { return g_deterministic; }
+
 }  // namespace reftrain::cuda

@@ -18,4 +18,11 @@ std::string device_description(int index);
 // (or, with unified memory, silently run slowly). Call only for arguments that are not null.
 void expect_on_device(const Tensor& t, const char* op, const char* arg);
 
+// Determinism mode (config: train.deterministic; docs/cuda.md). Process-wide, default ON. When on,
+// every library call is asked for a bitwise-repeatable algorithm: cuBLASLt matmuls are restricted to
+// CUBLASLT_REDUCTION_SCHEME_NONE (no split-K reduction whose order could vary) and cuDNN's SDPA
+// backward to its deterministic algorithm. The hand-written kernels are deterministic either way.
+void set_deterministic(bool on);
+bool deterministic();
+
 }  // namespace reftrain::cuda

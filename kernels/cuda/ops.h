@@ -20,6 +20,62 @@
 
 namespace reftrain::cuda {
 
+// ---- matmul (linear layer, no bias) through cuBLASLt (matmul.cpp) ---------------------------------------
+// out = x @ weight^T (torch.nn.Linear's layout), like cpu::linear_forward. x, weight, out share one
+// dtype, F32 or BF16; accumulation is fp32 in both (CUBLAS_COMPUTE_32F: for F32 no TF32, so the result
+// matches the CPU's sgemm to summation order). BF16 rounds once when storing out.
+void linear_forward(const Tensor& out,     // (N, OC)
+                    const Tensor& x,       // (N, IC)
+                    const Tensor& weight,  // (OC, IC)
+                    cudaStream_t stream = 0);
+// dx += dout @ weight; dweight += dout^T @ x  (either may be null). The += is cuBLASLt's beta = 1, so
+// accumulating costs no extra pass. dx has the dtype of x; dweight may be F32 while x, dout and weight
+// are BF16 (fp32 parameter gradients of a bf16 model: A, B bf16, C/D fp32, fp32 accumulation).
+void linear_backward(const Tensor& dx,      // (N, IC)   may be null
+                     const Tensor& dweight, // (OC, IC)  may be null
+                     const Tensor& dout,    // (N, OC)
+                     const Tensor& x,       // (N, IC)
+                     const Tensor& weight,  // (OC, IC)
+                     cudaStream_t stream = 0);
+
+// ---- causal self-attention with GQA (attention.cu, attention_cudnn.cpp) --------------------------------
+// The math of cpu::attention_forward/backward. Deliberate difference: the GPU does not store the (T, T)
+// probabilities (B*Hq*T*T floats: 805 MB per layer at B=16, T=1024). It saves the log-sum-exp of
+// each score row instead, lse[b, h, t] = log sum_{s<=t} exp(q[t].k[s]/sqrt(D)) (F32), and the backward
+// recomputes the probabilities from q, k and lse, as flash attention does.
+// Two implementations behind the same call, chosen by attention_backend():
+//   kernel  hand-written kernels (attention.cu), F32 and BF16: fp32 arithmetic, one thread block per
+//           (b, h, query tile), fixed summation order, no atomics (dk/dv are summed by key-side blocks
+//           that walk the queries in order) -> bitwise repeatable. The F32 path is the twin the tests
+//           hold against the CPU at 1e-5.
+//   cudnn   cuDNN's fused SDPA through the cudnn-frontend graph API (BF16 only; compiled in when the
+//           frontend headers are found, REFTRAIN_HAVE_CUDNN_FRONTEND). In deterministic mode the
+//           backward asks cuDNN for its deterministic algorithm.
+void attention_forward(const Tensor& out,  // (B, T, Hq, D)
+                       const Tensor& lse,  // (B, Hq, T) F32   saved for backward
+                       const Tensor& q,    // (B, T, Hq, D)
+                       const Tensor& k,    // (B, T, Hkv, D)
+                       const Tensor& v,    // (B, T, Hkv, D)
+                       cudaStream_t stream = 0);
+// dq += ..., dk += ..., dv += ... (the ADD convention; none may be null). `out` is the forward's output
+// (needed for the softmax backward's rowsum(dout * out) term).
+void attention_backward(const Tensor& dq,   // (B, T, Hq, D)
+                        const Tensor& dk,   // (B, T, Hkv, D)
+                        const Tensor& dv,   // (B, T, Hkv, D)
+                        const Tensor& dout, // (B, T, Hq, D)
+                        const Tensor& out,  // (B, T, Hq, D)
+                        const Tensor& lse,  // (B, Hq, T) F32
+                        const Tensor& q,    // (B, T, Hq, D)
+                        const Tensor& k,    // (B, T, Hkv, D)
+                        const Tensor& v,    // (B, T, Hkv, D)
+                        cudaStream_t stream = 0);
+enum class AttentionBackend { kernel, cudnn };
+// The process-wide choice (default: cudnn for BF16 when compiled in, else kernel; F32 always uses the
+// kernel). Setting cudnn when it is not compiled in is an error that says how to get it.
+void set_attention_backend(AttentionBackend backend);
+AttentionBackend attention_backend();
+bool cudnn_attention_available();  // compiled in (says nothing about a device)
+
 // ---- embedding (embedding.cu) -----------------------------------------------------------------------
 // out[n] = table[ids[n]]. Ids are validated on the device; an id outside [0, V) is an error naming the
 // position and the id, like the CPU. Reading the verdict back synchronises `stream`.
@@ -27,6 +83,7 @@ void embedding_forward(const Tensor& out,    // (N, C)
                        const Tensor& ids,    // (N) I64
                        const Tensor& table,  // (V, C)
                        cudaStream_t stream = 0);
+// dtable may be F32 while dout is BF16 (fp32 parameter gradients of a bf16 model).
 // dtable[ids[n]] += dout[n]. Deterministic without atomics: one thread per column walks the tokens in
 // order n = 0..N-1 (the CPU's split), so repeated ids add in the CPU's order. BF16 dtable rounds after
 // every add. Synchronises (id validation).
@@ -47,6 +104,7 @@ void rmsnorm_forward(const Tensor& out,    // (N, C)
                      cudaStream_t stream = 0);
 // dweight is summed over rows in two deterministic passes (partial sums over fixed chunks of rows,
 // then the chunks in order) through stream-ordered scratch memory.
+// dweight may be F32 while x, dout and weight are BF16 (fp32 parameter gradients of a bf16 model).
 void rmsnorm_backward(const Tensor& dx,      // (N, C)  may be null
                       const Tensor& dweight, // (C)     may be null
                       const Tensor& dout,    // (N, C)
