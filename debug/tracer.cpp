@@ -224,6 +224,11 @@ void FrameTracer::record(std::string_view op, std::span<const Tensor* const> out
     }
 }
 
+void FrameTracer::record_stats(std::string_view op, std::string_view name, const TensorStats& stats) {
+    if (!options_.enabled) return;
+    current_.entries.push_back(Entry{intern(name), intern(op), stats});
+}
+
 // ---- on a trip -----------------------------------------------------------------------------------------
 
 void FrameTracer::trip(std::string_view op, const Tensor& bad, const TensorStats& stats,

@@ -94,6 +94,10 @@ public:
     // Every tensor of a list as the outputs of one op with no inputs: the parameters after the
     // optimizer update, record("adamw.update", model.params().tensors()).
     void record(std::string_view op, const std::vector<Tensor>& outputs);
+    // Statistics computed elsewhere (the GPU's batched reduction, model/transformer_cuda.cpp) for one
+    // output of `op`, appended as record() would. It cannot trip (there is no tensor to dump): the
+    // caller hands a non-finite tensor to record() instead, with host copies of the op's tensors.
+    void record_stats(std::string_view op, std::string_view name, const TensorStats& stats);
     // Pushes the current frame into the ring (dropping the oldest beyond K).
     void end_step();
 

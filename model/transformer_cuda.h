@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "debug/tracer.h"
@@ -60,12 +62,12 @@ private:
     std::string label_;
     std::vector<Tensor> tensors_;
     std::vector<size_t> offsets_;
-    std::vector<std::pair<std::string, size_t>> index_;  // sorted by name after allocate()
+    std::unordered_map<std::string, size_t> index_;
     std::byte* block_ = nullptr;
     size_t total_bytes_ = 0;
 };
 
-// Copies a device tensor (F32, BF16, F16 or I64) to the host; float tensors come back as fp32.
+// Copies a float device tensor (F32, BF16 or F16) to the host as fp32; synchronises `stream`.
 std::vector<float> download_f32(const Tensor& device_tensor, cudaStream_t stream = 0);
 
 struct CudaModelOptions {
@@ -114,6 +116,10 @@ public:
     // the pass) for the tracer's dump.
     void set_tracer(FrameTracer* tracer);
     FrameTracer* tracer() const { return tracer_; }
+
+    // Statistics of `tensors` (device tensors, e.g. params().tensors() after the optimizer update) as the
+    // outputs of one op: one batched reduction, one copy, then the tracer (a trip dumps host copies).
+    void trace_tensors(std::string_view op, const std::vector<Tensor>& tensors);
 
     int64_t num_parameters() const;
 

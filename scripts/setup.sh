@@ -6,7 +6,8 @@
 #     nlohmann-json, CLI11, GoogleTest, Google Benchmark, sentencepiece, and Debian's PyTorch + numpy
 #     for the parity tests and benchmark peers.
 #   - A Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and adds
-#     `safetensors` and `gymnasium` from PyPI (Debian has no package for them).
+#     `safetensors` and `gymnasium` from PyPI (Debian has no package for them); with CUDA also the
+#     cudnn-frontend C++ headers (PyPI's nvidia-cudnn-frontend, headers only) for cuDNN attention.
 # Environment: REFTRAIN_BUILD_DIR (default build/), REFTRAIN_CMAKE_ARGS (extra -D options).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +39,17 @@ fi
 if ! "$venv/bin/python" -c "import gymnasium" >/dev/null 2>&1; then
   echo "setup: adding gymnasium to .venv (the CartPole reference)"
   "$venv/bin/pip" install -q --disable-pip-version-check "gymnasium>=1.0"
+fi
+# cuDNN's fused attention (kernels/cuda/attention_cudnn.cpp) is written against the header-only
+# cudnn-frontend C++ API, which PyPI's nvidia-cudnn-frontend ships in site-packages/include (CMake looks
+# there). Only with CUDA; --no-deps: we want the headers, not the package's Python stack (CUTLASS DSL).
+# libcudnn itself comes with the CUDA install; without it (or these headers) attention uses the
+# hand-written kernels.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  if ! compgen -G "$venv/lib/python3*/site-packages/include/cudnn_frontend.h" >/dev/null; then
+    echo "setup: adding the cudnn-frontend headers to .venv (nvidia-cudnn-frontend, for cuDNN attention)"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cudnn-frontend>=1.32"  # the version this code was written against
+  fi
 fi
 
 # shellcheck disable=SC2086

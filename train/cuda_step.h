@@ -28,7 +28,7 @@ public:
     void set_step_count(int64_t steps) { step_count_ = steps; }
     // Moments to / from a CPU AdamW over a Transformer of the same config (checkpoints).
     void store_to(AdamW& cpu) const;
-    void load_from(const AdamW& cpu);
+    void load_from(AdamW& cpu);  // not const: AdamW exposes its moments non-const only
 
 private:
     CudaTransformer& model_;
@@ -47,7 +47,8 @@ struct CudaStepResult {
     double loss = 0.0;        // sum_i weight_i * loss_i (the step's mean loss when weights sum to 1)
     double grad_norm = 0.0;   // before clipping (of the unscaled gradients with fp16)
     double loss_scale = 1.0;  // the scale used in this step (1 without a scaler)
-    bool skipped = false;     // non-finite gradients (fp16) or a tracer trip with policy skip
+    bool skipped = false;     // no update: non-finite gradients (fp16) or a tracer trip
+    bool scaler_skipped = false;  // the loss scaler skipped it (fp16 overflow: expected, not an error)
     int64_t supervised_tokens = 0;
 };
 

@@ -52,6 +52,8 @@ json default_run_config() {
           {"grad_clip", t.grad_clip},
           {"loss_normalization", t.loss_normalization},
           {"precision", t.precision},
+          {"device", t.device},
+          {"deterministic", t.deterministic},
           {"beta1", t.adamw.beta1},
           {"beta2", t.adamw.beta2},
           {"eps", t.adamw.eps},
@@ -252,6 +254,8 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
     r.train.grad_clip = get<double>(t, "grad_clip");
     r.train.loss_normalization = get<std::string>(t, "loss_normalization");
     r.train.precision = get<std::string>(t, "precision");
+    r.train.device = get<std::string>(t, "device");
+    r.train.deterministic = get<bool>(t, "deterministic");
     const json& tr = j.at("tracer");
     r.tracer.enabled = get<bool>(tr, "enabled");
     r.tracer.frames = get<int64_t>(tr, "frames");
@@ -308,6 +312,8 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
           "\"");
     check(r.train.precision == "fp32" || r.train.precision == "bf16" || r.train.precision == "fp16", source,
           ": 'train.precision' must be \"fp32\", \"bf16\" or \"fp16\", got \"", r.train.precision, "\"");
+    check(r.train.device == "cpu" || r.train.device == "cuda", source, ": 'train.device' must be \"cpu\" or \"cuda\", got \"",
+          r.train.device, "\"");
     check(r.tracer.policy == "stop" || r.tracer.policy == "skip", source,
           ": 'tracer.policy' must be \"stop\" or \"skip\", got \"", r.tracer.policy, "\"");
     positive(r.tracer.frames, "tracer.frames");

@@ -53,6 +53,13 @@ struct TrainConfig {
     // Compute precision: "fp32", or "bf16" / "fp16" emulated on the CPU by rounding where a GPU would
     // (fp32 master weights and optimizer; docs/precision.md). fp16 turns on the dynamic loss scaler.
     std::string precision = "fp32";
+    // Where the training step runs: "cpu" (the reference) or "cuda" (model/transformer_cuda.h; needs a
+    // build with the CUDA backend and a device). Evaluation, sampling and checkpoints stay on the CPU
+    // model, which receives the GPU's weights before each eval and checkpoint.
+    std::string device = "cpu";
+    // GPU determinism mode (kernels/cuda/device.h): bitwise-repeatable library algorithms. The CPU is
+    // always deterministic.
+    bool deterministic = true;
     AdamWConfig adamw;                        // lr comes from the schedule
 };
 

@@ -21,6 +21,10 @@
 #include "kernels/safetensors.h"
 #include "model/generate.h"
 #include "train/checkpoint.h"
+#ifdef REFTRAIN_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "train/cuda_step.h"
+#endif
 #include "train/grad_clip.h"
 #include "train/schedule.h"
 
@@ -209,6 +213,15 @@ double exact_match(const Transformer& model, const ChatTemplate& chat, const Tas
 
 // ---- the trainer --------------------------------------------------------------------------------------
 
+#ifdef REFTRAIN_HAVE_CUDA
+struct Trainer::Gpu {
+    std::unique_ptr<CudaTransformer> model;
+    std::unique_ptr<CudaAdamW> optimizer;
+};
+#else
+struct Trainer::Gpu {};
+#endif
+
 Trainer::Trainer(const RunConfig& config, std::ostream& out)
     : config_(config), out_(out), sample_rng_(Rng::for_name(config.seed, "eval.samples")) {
     if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
@@ -246,6 +259,22 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
         model_->set_tracer(tracer_.get());
     }
     optimizer_ = std::make_unique<AdamW>(model_->params(), model_->grads(), config_.train.adamw);
+    if (config_.train.device == "cuda") {
+#ifdef REFTRAIN_HAVE_CUDA
+        cuda::set_deterministic(config_.train.deterministic);
+        gpu_ = std::make_unique<Gpu>();
+        gpu_->model = std::make_unique<CudaTransformer>(model_config, config_.train.batch_size, config_.train.seq_len,
+                                                        CudaModelOptions{precision});
+        gpu_->model->load_from(*model_);  // the same seeded init as the CPU
+        gpu_->optimizer = std::make_unique<CudaAdamW>(*gpu_->model, config_.train.adamw);
+        if (tracer_) gpu_->model->set_tracer(tracer_.get());
+        out_ << "device: " << cuda::device_description(0) << ", precision " << config_.train.precision
+             << (config_.train.deterministic ? ", deterministic" : "") << "\n";
+#else
+        fail("train.device = \"cuda\" but this build has no CUDA backend (configure with nvcc available and "
+             "-DREFTRAIN_CUDA=ON; docs/cuda.md)");
+#endif
+    }
     check_decay_only_matrices(invariants_, model_->params(),
                               [](const std::string&, const Tensor& p) { return AdamW::decays(p); });
     packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
@@ -271,6 +300,11 @@ StepMetrics Trainer::train_step() {
     check_has_supervised_tokens(invariants_, total, k * B * T, step_);
     for (int64_t i = 0; i < k; ++i) {
         check_mask_aligned_batch(invariants_, micro_ids_[i], micro_targets_[i], B, T, data_.chat->end_of_turn_id(), step_);
+    }
+    if (gpu_) {
+        StepMetrics g = train_step_gpu(counts, total);
+        g.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        return g;
     }
 
     StepMetrics m;
@@ -329,8 +363,60 @@ StepMetrics Trainer::train_step() {
     return m;
 }
 
+// The GPU twin of the step above: same batches, weights, schedule, clipping and invariants on the loss
+// and the schedule. Not on the GPU: the invariant grad.zeroed_before_step (it would read every gradient
+// back) and the CPU-side bug switches of the failure catalog, which run on the CPU reference.
+StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t total) {
+#ifdef REFTRAIN_HAVE_CUDA
+    const int64_t k = config_.train.grad_accum, B = config_.train.batch_size, T = config_.train.seq_len;
+    StepMetrics m;
+    std::vector<CudaMicroBatch> micro(static_cast<size_t>(k));
+    for (int64_t i = 0; i < k; ++i) {
+        micro[i].input_ids = Tensor(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
+        micro[i].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
+        micro[i].weight = config_.train.loss_normalization == "tokens"
+                              ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
+                              : 1.0 / static_cast<double>(k);
+    }
+    check_schedule_counts_optimizer_steps(invariants_, step_, step_ * k, k, step_);
+    m.lr = lr_at(config_.schedule, step_);
+    const CudaStepResult r = cuda_train_step(*gpu_->model, *gpu_->optimizer, micro, m.lr, config_.train.grad_clip,
+                                             &loss_scaler_, step_);
+    m.loss = r.loss;
+    m.loss_scale = r.loss_scale;
+    m.skipped = r.skipped;
+    m.grad_norm = r.grad_norm;
+    if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, gpu_->model->config().vocab_size);
+    if (tracer_ && tracer_->tripped() && !r.scaler_skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
+        const FrameTracer::Incident& incident = *tracer_->incident();
+        fail("step ", step_ + 1, ": the first non-finite value is in '", incident.tensor, "' (written by ", incident.op,
+             "); the run-up is printed above", incident.report_path.empty() ? "" : ", the report is in " + incident.report_path,
+             ". Stopping (tracer.policy = stop; \"skip\" drops such steps instead)");
+    }
+    if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
+    ++step_;
+    m.step = step_;
+    m.tokens = k * B * T;
+    m.supervised_tokens = total;
+    return m;
+#else
+    (void)counts;
+    (void)total;
+    fail("Trainer: GPU step in a build without CUDA");
+#endif
+}
+
+void Trainer::sync_from_gpu() {
+#ifdef REFTRAIN_HAVE_CUDA
+    if (!gpu_) return;
+    gpu_->model->store_to(*model_);
+    gpu_->optimizer->store_to(*optimizer_);
+#endif
+}
+
 EvalMetrics Trainer::evaluate(int64_t show_samples) {
     EvalMetrics e;
+    sync_from_gpu();
     if (!data_.val_docs.empty()) {
         // One pass over the validation conversations in a fixed order (seed 0, epoch 0).
         Packer val(data_.val_docs, config_.train.seq_len, /*bos_aligned=*/true, 0, data_.chat->bos_id());
@@ -368,6 +454,7 @@ std::string Trainer::save_checkpoint() {
     std::ostringstream name;
     name << "step_" << std::setw(7) << std::setfill('0') << step_;
     const fs::path dir = root / name.str();
+    sync_from_gpu();
     TrainState state;
     state.step = step_;
     state.rng_states = {sample_rng_.state()};
@@ -418,6 +505,12 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     sample_rng_.set_state(state.rng_states[0]);
     if (state.extra.contains("loss_scaler")) loss_scaler_.from_json(state.extra["loss_scaler"]);
     packer_->set_position(state.data);
+#ifdef REFTRAIN_HAVE_CUDA
+    if (gpu_) {
+        gpu_->model->load_from(*model_);
+        gpu_->optimizer->load_from(*optimizer_);
+    }
+#endif
     out_ << "resumed from " << dir << " at step " << step_ << "\n";
 }
 

@@ -94,6 +94,10 @@ public:
     // The whole run: resume if configured, the loop with progress, evals, checkpoints, final test.
     void run();
 
+    // True when the training step runs on the GPU (train.device = "cuda"); model() is then the CPU copy
+    // used for evaluation and checkpoints, refreshed from the GPU by sync_from_gpu().
+    bool on_gpu() const { return gpu_ != nullptr; }
+    void sync_from_gpu();
     Transformer& model() { return *model_; }
     AdamW& optimizer() { return *optimizer_; }
     Packer& packer() { return *packer_; }
@@ -113,6 +117,9 @@ private:
     std::unique_ptr<Transformer> model_;
     std::unique_ptr<AdamW> optimizer_;
     std::unique_ptr<Packer> packer_;
+    struct Gpu;                              // the GPU model and optimizer (train/trainer.cpp)
+    std::unique_ptr<Gpu> gpu_;               // null unless train.device = "cuda"
+    StepMetrics train_step_gpu(const std::vector<int64_t>& counts, int64_t total);
     int64_t step_ = 0;
     Rng sample_rng_;   // eval samples; in the checkpoint
     std::vector<std::vector<int64_t>> micro_ids_, micro_targets_;

@@ -1,4 +1,4 @@
-// kernels/cuda/check.h — every CUDA runtime, cuBLASLt (and later cuDNN) call goes through one of these.
+// kernels/cuda/check.h — every CUDA runtime, cuBLASLt and cuDNN call goes through one of these.
 //
 // A failing call throws reftrain::Error naming the source file and line, the call as written, and the
 // library's own error string, e.g.
@@ -48,4 +48,35 @@ namespace reftrain::cuda {
             ::reftrain::cuda::fail_cublas(__FILE__, __LINE__, #call, reftrain_status_);    \
     } while (0)
 
-// cuDNN arrives later: it will add REFTRAIN_CUDNN_CHECK(call) here with cudnnGetErrorString.
+// cuDNN (kernels/cuda/attention_cudnn.cpp). Only where cudnn.h exists: the build without cuDNN must still
+// compile this header.
+#if __has_include(<cudnn.h>)
+#include <cudnn.h>
+
+namespace reftrain::cuda {
+
+[[noreturn]] inline void fail_cudnn(const char* file, int line, const char* call, cudnnStatus_t status) {
+    fail(file, ":", line, ": ", call, " failed: ", cudnnGetErrorString(status), " (cudnnStatus_t ",
+         static_cast<int>(status), ")");
+}
+
+}  // namespace reftrain::cuda
+
+#define REFTRAIN_CUDNN_CHECK(call)                                                         \
+    do {                                                                                   \
+        const cudnnStatus_t reftrain_status_ = (call);                                     \
+        if (reftrain_status_ != CUDNN_STATUS_SUCCESS)                                      \
+            ::reftrain::cuda::fail_cudnn(__FILE__, __LINE__, #call, reftrain_status_);     \
+    } while (0)
+#endif
+
+// The cudnn-frontend graph API returns cudnn_frontend::error_t (is_good(), get_code(), get_message())
+// instead of a status code. Written against that shape so this header needs no frontend include.
+#define REFTRAIN_CUDNN_FRONTEND_CHECK(call)                                                \
+    do {                                                                                   \
+        auto reftrain_result_ = (call);                                                    \
+        if (!reftrain_result_.is_good())                                                   \
+            ::reftrain::fail(__FILE__, ":", __LINE__, ": ", #call, " failed: ",            \
+                             reftrain_result_.get_message(), " (cudnn_frontend::error_code_t ", \
+                             static_cast<int>(reftrain_result_.get_code()), ")");          \
+    } while (0)

@@ -59,8 +59,9 @@ __global__ void embedding_forward_kernel(T* out, const int64_t* ids, const T* ta
 }
 
 // Matches cpu::embedding_backward (embedding.cpp backward_impl): thread c walks the tokens in order.
-template <class T>
-__global__ void embedding_backward_kernel(T* dtable, const T* dout, const int64_t* ids, int64_t N, int64_t C) {
+// G is dtable's storage type, which may be float while dout is bf16 (fp32 gradients of a bf16 model).
+template <class G, class T>
+__global__ void embedding_backward_kernel(G* dtable, const T* dout, const int64_t* ids, int64_t N, int64_t C) {
     const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (c >= C) return;
     for (int64_t n = 0; n < N; ++n) {
@@ -96,17 +97,22 @@ void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& 
     const int64_t V = dtable.dim(0), C = dtable.dim(1), N = ids.numel();
     expect_dtype(ids, DType::I64, op, "ids");
     expect_shape(dout, {N, C}, op, "dout");
-    expect_same_dtype(dout, dtable, op);
+    check(dtable.dtype == dout.dtype || dtable.dtype == DType::F32, op, ": argument 'dtable' (tensor '", dtable.name,
+          "') has dtype ", dtype_name(dtable.dtype), ", expected ", dtype_name(dout.dtype),
+          dout.dtype == DType::F32 ? "" : " (the dtype of dout) or F32");
     expect_on_device(dtable, op, "dtable");
     expect_on_device(dout, op, "dout");
     expect_on_device(ids, op, "ids");
-    dispatch_storage(dtable.dtype, op, [&](auto tag) {
+    dispatch_storage(dout.dtype, op, [&](auto tag) {
         using T = decltype(tag);
-        check_ids(ids, V, op, stream);
-        if (N * C == 0) return;
-        embedding_backward_kernel<T><<<grid_for(C, kBlock), kBlock, 0, stream>>>(
-            device_ptr<T>(dtable), device_ptr<T>(dout), device_ptr<int64_t>(ids), N, C);
-        REFTRAIN_CUDA_CHECK_LAUNCH();
+        dispatch_storage(dtable.dtype, op, [&](auto gradient_tag) {
+            using G = decltype(gradient_tag);
+            check_ids(ids, V, op, stream);
+            if (N * C == 0) return;
+            embedding_backward_kernel<G, T><<<grid_for(C, kBlock), kBlock, 0, stream>>>(
+                device_ptr<G>(dtable), device_ptr<T>(dout), device_ptr<int64_t>(ids), N, C);
+            REFTRAIN_CUDA_CHECK_LAUNCH();
+        });
     });
 }
 

@@ -423,12 +423,14 @@ void tensor_stats_batched(std::span<const Tensor> tensors, TensorStatsRecord* st
                           TensorStatsRecord* stats_host_pinned, cudaStream_t stream) {
     const char* op = "cuda::tensor_stats_batched";
     if (tensors.empty()) return;
-    check(stats_device != nullptr && stats_host_pinned != nullptr, op, ": a stats buffer is null");
-    cudaPointerAttributes attributes{};
-    REFTRAIN_CUDA_CHECK(cudaPointerGetAttributes(&attributes, stats_host_pinned));
-    check(attributes.type == cudaMemoryTypeHost, op,
-          ": stats_host_pinned is not page-locked host memory (allocate it with cudaMallocHost): a copy into "
-          "pageable memory would not be asynchronous");
+    check(stats_device != nullptr, op, ": stats_device is null");
+    if (stats_host_pinned != nullptr) {
+        cudaPointerAttributes attributes{};
+        REFTRAIN_CUDA_CHECK(cudaPointerGetAttributes(&attributes, stats_host_pinned));
+        check(attributes.type == cudaMemoryTypeHost, op,
+              ": stats_host_pinned is not page-locked host memory (allocate it with cudaMallocHost): a copy into "
+              "pageable memory would not be asynchronous");
+    }
     for (const Tensor& t : tensors) {
         expect_on_device(t, op, "tensors");
         check(t.dtype == DType::F32 || t.dtype == DType::BF16, op, ": tensor '", t.name, "' has dtype ",
@@ -457,6 +459,7 @@ void tensor_stats_batched(std::span<const Tensor> tensors, TensorStatsRecord* st
                                                            stats_device + first);
         REFTRAIN_CUDA_CHECK_LAUNCH();
     }
+    if (stats_host_pinned == nullptr) return;  // the caller copies several batches at once
     REFTRAIN_CUDA_CHECK(cudaMemcpyAsync(stats_host_pinned, stats_device, count * sizeof(TensorStatsRecord),
                                         cudaMemcpyDeviceToHost, stream));
 }

@@ -99,6 +99,9 @@ static_assert(sizeof(TensorStatsRecord) == 32, "TensorStatsRecord is copied as r
 // buffer may be smaller than tensors.size() records. Does not synchronise: read stats_host_pinned after
 // cudaStreamSynchronize(stream) or an event. abs_min, abs_max and nonfinite equal tensor_stats exactly;
 // rms is summed in fp64 (the CPU's fp32 lanes are good to ~1e-6 relative, which bounds the difference).
+// stats_host_pinned may be null: then nothing is copied, and the caller copies the records of several
+// calls (written to consecutive slots of one device buffer) with one cudaMemcpyAsync of its own
+// (model/transformer_cuda.cpp does that once per forward and once per backward).
 void tensor_stats_batched(std::span<const Tensor> tensors, TensorStatsRecord* stats_device,
                           TensorStatsRecord* stats_host_pinned, cudaStream_t stream = 0);
 

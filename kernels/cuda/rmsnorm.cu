@@ -74,9 +74,10 @@ __global__ void rmsnorm_dweight_partial_kernel(float* partial, const T* dout, co
     partial[chunk * C + c] = acc;
 }
 
-// Pass 2: dweight[c] += sum over chunks in order of partial[chunk, c].
-template <class T>
-__global__ void rmsnorm_dweight_reduce_kernel(T* dweight, const float* partial, int64_t chunks, int64_t C) {
+// Pass 2: dweight[c] += sum over chunks in order of partial[chunk, c]. G is dweight's storage type,
+// which may be float while the other tensors are bf16 (fp32 parameter gradients of a bf16 model).
+template <class G>
+__global__ void rmsnorm_dweight_reduce_kernel(G* dweight, const float* partial, int64_t chunks, int64_t C) {
     const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (c >= C) return;
     float acc = 0.0f;
@@ -134,7 +135,9 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
     }
     if (dweight.data) {
         expect_shape(dweight, {C}, op, "dweight");
-        expect_same_dtype(x, dweight, op);
+        check(dweight.dtype == x.dtype || dweight.dtype == DType::F32, op, ": argument 'dweight' (tensor '",
+              dweight.name, "') has dtype ", dtype_name(dweight.dtype), ", expected ", dtype_name(x.dtype),
+              x.dtype == DType::F32 ? "" : " (the dtype of x) or F32");
         expect_on_device(dweight, op, "dweight");
     }
     if (N == 0 || C == 0) return;
@@ -157,9 +160,12 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
                                                 stream>>>(partial.as<float>(), device_ptr<T>(dout), device_ptr<T>(x),
                                                           device_ptr<float>(rstd), N, C);
             REFTRAIN_CUDA_CHECK_LAUNCH();
-            rmsnorm_dweight_reduce_kernel<T><<<column_blocks, kColumnBlock, 0, stream>>>(
-                device_ptr<T>(dweight), partial.as<float>(), chunks, C);
-            REFTRAIN_CUDA_CHECK_LAUNCH();
+            dispatch_storage(dweight.dtype, op, [&](auto gradient_tag) {
+                using G = decltype(gradient_tag);
+                rmsnorm_dweight_reduce_kernel<G><<<column_blocks, kColumnBlock, 0, stream>>>(
+                    device_ptr<G>(dweight), partial.as<float>(), chunks, C);
+                REFTRAIN_CUDA_CHECK_LAUNCH();
+            });
         }
     });
 }
