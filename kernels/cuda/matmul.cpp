@@ -26,8 +26,9 @@
 // kernel: a GEMM with a fixed algorithm and no split-K reduction sums in a fixed order and is bitwise
 // repeatable. When cuda::deterministic() is on (the default) the heuristic may only return algorithms
 // with CUBLASLT_REDUCTION_SCHEME_NONE: split-K schemes that reduce partial sums in a workspace or
-// through atomics in the output are excluded. When it is off, split-K is allowed (faster for small
-// N*OC with a large reduction dimension, e.g. dweight with N = B*T) and run-to-run bits may differ.
+// through atomics in the output are excluded. When it is off, split-K is allowed (faster when the output
+// is small and the reduction long, e.g. dweight (OC, IC) summed over N = B*T rows) and run-to-run bits
+// may differ.
 //
 // Library state (one per process, created on the first matmul that reaches the device): a cuBLASLt
 // handle, a 32 MiB workspace (cudaMalloc on the device current at that moment) and the algorithm cache.
@@ -35,7 +36,7 @@
 // is never destroyed (freeing it from a static destructor could run after the CUDA runtime has shut
 // down at exit). Limits, checked or documented: one device per process (a call on another device is
 // an error), and matmuls on different streams must not run concurrently, since they share the
-// workspace (the trainer uses one stream).
+// workspace (the model issues all its ops on one stream).
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -188,6 +189,19 @@ void gemm(cublasOperation_t trans_a, cublasOperation_t trans_b, int64_t m, int64
         REFTRAIN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lib.handle, desc.handle, layout_a.handle, layout_b.handle,
                                                              layout_d.handle, layout_d.handle, preference.handle, 1,
                                                              &result, &returned));
+        if (deterministic_mode && returned == 0) {
+            // UNVERIFIED on a GPU: whether a mask of 0 (= SCHEME_NONE) admits the no-split-K algorithms or
+            // filters out everything is not spelled out in cublasLt.h. If nothing came back, fall back to
+            // the documented schemes, which are all ordered (INPLACE serialises with counters, the other
+            // two reduce in a separate pass); the algorithm cache still fixes the choice per shape.
+            const uint32_t ordered = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE |
+                                     CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+            REFTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                preference.handle, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &ordered, sizeof(ordered)));
+            REFTRAIN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lib.handle, desc.handle, layout_a.handle,
+                                                                 layout_b.handle, layout_d.handle, layout_d.handle,
+                                                                 preference.handle, 1, &result, &returned));
+        }
         check(returned > 0 && result.state == CUBLAS_STATUS_SUCCESS, "cuBLASLt found no algorithm",
               deterministic_mode ? " without split-K (deterministic mode)" : "");
         algorithm = result.algo;
