@@ -84,9 +84,10 @@ void embedding_forward(const Tensor& out,    // (N, C)
                        const Tensor& table,  // (V, C)
                        cudaStream_t stream = 0);
 // dtable may be F32 while dout is BF16 (fp32 parameter gradients of a bf16 model).
-// dtable[ids[n]] += dout[n]. Deterministic without atomics: one thread per column walks the tokens in
-// order n = 0..N-1 (the CPU's split), so repeated ids add in the CPU's order. BF16 dtable rounds after
-// every add. Synchronises (id validation).
+// dtable[ids[n]] += dout[n]. Deterministic without atomics: the ids are grouped on the host into one
+// segment per distinct id (positions in increasing n), and one thread per (segment, column) adds its
+// rows in that order, which is the CPU's order for repeated ids (fp32 results are bitwise the CPU's).
+// BF16 dtable rounds after every add. Synchronises (id validation and grouping).
 void embedding_backward(const Tensor& dtable, // (V, C)
                         const Tensor& dout,   // (N, C)
                         const Tensor& ids,    // (N) I64
