@@ -5,8 +5,8 @@
 //   forward   S[t, s] = scale q[t].k[s] (s <= t);  lse[t] = log sum_{s<=t} exp(S[t, s])
 //             out[t]  = sum_{s<=t} exp(S[t, s] - lse[t]) v[s]
 //   backward  P[t, s] = exp(S[t, s] - lse[t])            (recomputed: no (T, T) tensor is stored)
-//             R[t]    = dout[t].out[t]                   (= sum_s P[t, s] dP[t, s], the CPU's row sum)
-//             dS[t, s] = P[t, s] (dout[t].v[s] - R[t])
+//             dP[t, s] = dout[t].v[s];  R[t] = sum_{s<=t} P[t, s] dP[t, s]   (the CPU's row sum)
+//             dS[t, s] = P[t, s] (dP[t, s] - R[t])
 //             dq[t] += scale sum_{s<=t} dS[t, s] k[s]
 //             dk[s] += scale sum_{h in group(g)} sum_{t>=s} dS[t, s] q[t]
 //             dv[s] += sum_{h in group(g)} sum_{t>=s} P[t, s] dout[t]
@@ -16,12 +16,17 @@
 //   The block walks key tiles s0 = 0, 32, ... in order; lane j scores key s0 + j against the warp's
 //   rows, and an online softmax (running max m, running sum l, rescaled accumulator) folds the tile in.
 //   Each lane owns output dims d = lane + 32 c, c < 4, which is why head_dim <= 128.
-// - backward: R first (one warp per row), then a query-side kernel for dq (the forward's loop) and a
-//   key-side kernel for dk and dv: one block per (16 key rows, g, b), walking the query heads of the
-//   group in order and, for each, the query tiles t0 = s0, s0 + 32, ... in order.
+// - backward: a query-side kernel walks the keys twice, first for R (written to scratch), then for dq;
+//   a key-side kernel then forms dk and dv: one block per (16 key rows, g, b), walking the query heads
+//   of the group in order and, for each, the query tiles t0 = s0, s0 + 32, ... in order.
+//   R is summed exactly rather than taken as dout.out (flash attention's shortcut, which cuDNN uses):
+//   with a BF16 out that shortcut's rounding, amplified by the cancellation in dP - R, costs up to ~15%
+//   of small gradient elements; the extra pass should cost about a third more backward time (estimated,
+//   not measured). So the kernels do not read `out`.
 // Every sum has an order fixed by the launch shape (lane loops in index order, warp butterflies, tiles
 // in order) and no atomics are used, so results are bitwise repeatable. They are not the CPU's
-// order: the F32 path agrees with cpu::attention_forward/backward to ~1e-6 relative, not bitwise.
+// order: the F32 path agrees with cpu::attention_forward/backward within the bounds stated in
+// tests/cuda/test_cuda_attention.cpp (out and gradients 1e-4, lse 2e-5, at a 1% floor), not bitwise.
 #include <cmath>
 
 #include "kernels/cuda/attention_cudnn.h"
@@ -145,27 +150,15 @@ attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v,
     }
 }
 
-// R[b, h, t] = dout[b, t, h] . out[b, t, h], one warp per row; rows are n = (b T + t) Hq + h.
-template <class T>
-__global__ void attention_row_dot_kernel(float* row_dot, const T* dout, const T* out, int64_t rows, int Tn, int Hq,
-                                         int D) {
-    const int64_t n = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
-    if (n >= rows) return;  // warp-uniform
-    const int lane = threadIdx.x % 32;
-    float sum = 0.0f;
-    for (int d = lane; d < D; d += 32) sum += load(dout, n * D + d) * load(out, n * D + d);
-    sum = warp_sum(sum);
-    const int h = static_cast<int>(n % Hq);
-    const int64_t bt = n / Hq;
-    const int t = static_cast<int>(bt % Tn), b = static_cast<int>(bt / Tn);
-    if (lane == 0) row_dot[(static_cast<int64_t>(b) * Hq + h) * Tn + t] = sum;
-}
-
-// The dq half of cpu::attention_backward. Grid (ceil(T / 16), Hq, B). Shared: q rows and dout rows
-// (16, D) each, k and v tiles (32, D + 1) each.
+// The dq half of cpu::attention_backward, and R for the dk/dv kernel. Grid (ceil(T / 16), Hq, B).
+// Shared: q rows and dout rows (16, D) each, k and v tiles (32, D + 1) each.
+// Two passes over the keys: the first sums R[t] = sum_s P[t, s] dP[t, s] (the CPU's row sum, in fp32)
+// and writes it to row_sum; the second forms dS and accumulates dq. Flash attention takes
+// R = dout.out instead, which saves the first pass but inherits out's rounding: with a BF16 out the
+// cancellation in dP - R then costs up to ~10% of a small gradient element (cuDNN does that).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float* row_dot, const T* q, const T* k,
+attention_backward_dq_kernel(T* dq, float* row_sum, const T* dout, const float* lse, const T* q, const T* k,
                              const T* v, int Tn, int Hq, int Hkv, int D, float scale) {
     extern __shared__ float shared[];
     const int ld = D + 1;
@@ -185,42 +178,47 @@ attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
         const int t = first_row + r;
-        const int64_t i = (static_cast<int64_t>(b) * Hq + h) * Tn + t;
-        row_lse[r] = t < Tn ? lse[i] : 0.0f;
-        row_r[r] = t < Tn ? row_dot[i] : 0.0f;
+        row_lse[r] = t < Tn ? lse[(static_cast<int64_t>(b) * Hq + h) * Tn + t] : 0.0f;
+        row_r[r] = 0.0f;
 #pragma unroll
         for (int c = 0; c < kDimsPerLane; ++c) acc[r][c] = 0.0f;
     }
 
-    for (int s0 = 0; s0 <= last_block_row; s0 += kTile) {
-        __syncthreads();
-        load_rows(k_tile, ld, k, b, s0, kTile, g, Tn, Hkv, D);
-        load_rows(v_tile, ld, v, b, s0, kTile, g, Tn, Hkv, D);
-        __syncthreads();
-        if (first_row >= Tn || s0 > first_row + kRowsPerWarp - 1) continue;  // warp-uniform
+    for (int pass = 0; pass < 2; ++pass) {  // 0: R, 1: dq
+        for (int s0 = 0; s0 <= last_block_row; s0 += kTile) {
+            __syncthreads();
+            load_rows(k_tile, ld, k, b, s0, kTile, g, Tn, Hkv, D);
+            load_rows(v_tile, ld, v, b, s0, kTile, g, Tn, Hkv, D);
+            __syncthreads();
+            if (first_row >= Tn || s0 > first_row + kRowsPerWarp - 1) continue;  // warp-uniform
 
-        const int s = s0 + lane;
-        float score[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
-        for (int d = 0; d < D; ++d) {
-            const float kd = k_tile[lane * ld + d], vd = v_tile[lane * ld + d];
+            const int s = s0 + lane;
+            float score[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
+            for (int d = 0; d < D; ++d) {
+                const float kd = k_tile[lane * ld + d], vd = v_tile[lane * ld + d];
+#pragma unroll
+                for (int r = 0; r < kRowsPerWarp; ++r) {
+                    score[r] += q_rows[(warp * kRowsPerWarp + r) * D + d] * kd;
+                    dp[r] += dout_rows[(warp * kRowsPerWarp + r) * D + d] * vd;
+                }
+            }
 #pragma unroll
             for (int r = 0; r < kRowsPerWarp; ++r) {
-                score[r] += q_rows[(warp * kRowsPerWarp + r) * D + d] * kd;
-                dp[r] += dout_rows[(warp * kRowsPerWarp + r) * D + d] * vd;
-            }
-        }
+                const int t = first_row + r;
+                if (t >= Tn || s0 > t) continue;  // warp-uniform
+                const float p = s <= t ? expf(scale * score[r] - row_lse[r]) : 0.0f;
+                if (pass == 0) {
+                    row_r[r] += warp_sum(p * dp[r]);
+                    continue;
+                }
+                const float ds = p * (dp[r] - row_r[r]);
+                for (int j = 0; j < kTile; ++j) {
+                    const float dsj = __shfl_sync(kFullMask, ds, j);
 #pragma unroll
-        for (int r = 0; r < kRowsPerWarp; ++r) {
-            const int t = first_row + r;
-            if (t >= Tn || s0 > t) continue;  // warp-uniform
-            const float p = s <= t ? expf(scale * score[r] - row_lse[r]) : 0.0f;
-            const float ds = p * (dp[r] - row_r[r]);
-            for (int j = 0; j < kTile; ++j) {
-                const float dsj = __shfl_sync(kFullMask, ds, j);
-#pragma unroll
-                for (int c = 0; c < kDimsPerLane; ++c) {
-                    const int d = lane + 32 * c;
-                    if (d < D) acc[r][c] += dsj * k_tile[j * ld + d];
+                    for (int c = 0; c < kDimsPerLane; ++c) {
+                        const int d = lane + 32 * c;
+                        if (d < D) acc[r][c] += dsj * k_tile[j * ld + d];
+                    }
                 }
             }
         }
@@ -230,6 +228,7 @@ attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float
     for (int r = 0; r < kRowsPerWarp; ++r) {
         const int t = first_row + r;
         if (t >= Tn) continue;
+        if (lane == 0) row_sum[(static_cast<int64_t>(b) * Hq + h) * Tn + t] = row_r[r];
         const int64_t base = row_offset(b, t, h, Tn, Hq, D);
 #pragma unroll
         for (int c = 0; c < kDimsPerLane; ++c) {
@@ -241,10 +240,10 @@ attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float
 
 // The dk/dv half of cpu::attention_backward. Grid (ceil(T / 16), Hkv, B): each block owns 16 key rows
 // of KV head g and is the only writer of their dk and dv. Shared: k and v rows (16, D) each, q and
-// dout tiles (32, D + 1) each, lse and R of the tile's 32 queries.
+// dout tiles (32, D + 1) each, lse and R (from the dq kernel) of the tile's 32 queries.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-attention_backward_dkdv_kernel(T* dk, T* dv, const T* dout, const float* lse, const float* row_dot, const T* q,
+attention_backward_dkdv_kernel(T* dk, T* dv, const T* dout, const float* lse, const float* row_sum, const T* q,
                                const T* k, const T* v, int Tn, int Hq, int Hkv, int D, float scale) {
     extern __shared__ float shared[];
     const int ld = D + 1;
@@ -277,7 +276,7 @@ attention_backward_dkdv_kernel(T* dk, T* dv, const T* dout, const float* lse, co
                 const int t = t0 + threadIdx.x;
                 const int64_t i = (static_cast<int64_t>(b) * Hq + h) * Tn + t;
                 lse_tile[threadIdx.x] = t < Tn ? lse[i] : 0.0f;
-                r_tile[threadIdx.x] = t < Tn ? row_dot[i] : 0.0f;
+                r_tile[threadIdx.x] = t < Tn ? row_sum[i] : 0.0f;
             }
             __syncthreads();
             if (first_key >= Tn) continue;  // warp-uniform
@@ -377,7 +376,14 @@ AttentionBackend default_backend() {
 
 AttentionBackend g_backend = default_backend();
 
-bool use_cudnn(DType dtype) { return dtype == DType::BF16 && g_backend == AttentionBackend::cudnn; }
+#ifdef REFTRAIN_HAVE_CUDNN_FRONTEND
+// Whether this call goes to cuDNN. Shapes its SDPA refuses (head_dim not a multiple of 8; T = 1, which
+// its backward rejects) run on the kernels even when cudnn is chosen: both backends save the same lse,
+// so a forward and a backward may come from different backends.
+bool use_cudnn(DType dtype, const AttentionShape& s) {
+    return dtype == DType::BF16 && g_backend == AttentionBackend::cudnn && s.D % 8 == 0 && s.T > 1;
+}
+#endif
 
 }  // namespace
 
@@ -405,7 +411,7 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
     const AttentionShape s = check_common(out, lse, q, k, v, op);
     if (s.B == 0 || s.T == 0 || s.Hq == 0) return;
 #ifdef REFTRAIN_HAVE_CUDNN_FRONTEND
-    if (use_cudnn(q.dtype)) {
+    if (use_cudnn(q.dtype, s)) {
         detail::cudnn_attention_forward(out, lse, q, k, v, stream);
         return;
     }
@@ -445,7 +451,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
     for (const auto& [grad, arg] : grads) expect_on_device(*grad, op, arg);
     if (s.B == 0 || s.T == 0 || s.Hq == 0) return;
 #ifdef REFTRAIN_HAVE_CUDNN_FRONTEND
-    if (use_cudnn(q.dtype)) {
+    if (use_cudnn(q.dtype, s)) {
         detail::cudnn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, stream);
         return;
     }
@@ -453,23 +459,16 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.D)));
     const int Tn = static_cast<int>(s.T), Hq = static_cast<int>(s.Hq), Hkv = static_cast<int>(s.Hkv);
     const int D = static_cast<int>(s.D);
-    const int64_t rows = s.B * s.T * s.Hq;
-    StreamScratch row_dot(static_cast<size_t>(rows) * sizeof(float), stream);
+    // R[b, h, t] (B, Hq, T) F32: written by the dq kernel, read by the dk/dv kernel queued after it.
+    StreamScratch row_sum(static_cast<size_t>(s.B * s.Hq * s.T) * sizeof(float), stream);
     const size_t dq_bytes = sizeof(float) * (2 * kRowsPerBlock * D + 2 * kTile * (D + 1));
     const size_t dkdv_bytes = sizeof(float) * (2 * kRowsPerBlock * D + 2 * kTile * (D + 1) + 2 * kTile);
     const unsigned row_blocks = static_cast<unsigned>((s.T + kRowsPerBlock - 1) / kRowsPerBlock);
     dispatch_storage(q.dtype, op, [&](auto tag) {
         using T = decltype(tag);
-        constexpr int kRowDotThreads = 256;  // 8 rows per block
-        const int64_t row_dot_blocks = (rows + kRowDotThreads / 32 - 1) / (kRowDotThreads / 32);
-        check(row_dot_blocks <= 0x7fffffffLL, op, ": ", rows, " rows exceed the grid limit");
-        attention_row_dot_kernel<T><<<static_cast<unsigned>(row_dot_blocks), kRowDotThreads, 0, stream>>>(
-            row_dot.as<float>(), device_ptr<T>(dout), device_ptr<T>(out), rows, Tn, Hq, D);
-        REFTRAIN_CUDA_CHECK_LAUNCH();
-
         allow_shared_memory(attention_backward_dq_kernel<T>, dq_bytes);
         attention_backward_dq_kernel<T><<<dim3(row_blocks, Hq, static_cast<unsigned>(s.B)), kThreads, dq_bytes, stream>>>(
-            device_ptr<T>(dq), device_ptr<T>(dout), device_ptr<float>(lse), row_dot.as<float>(), device_ptr<T>(q),
+            device_ptr<T>(dq), row_sum.as<float>(), device_ptr<T>(dout), device_ptr<float>(lse), device_ptr<T>(q),
             device_ptr<T>(k), device_ptr<T>(v), Tn, Hq, Hkv, D, scale);
         REFTRAIN_CUDA_CHECK_LAUNCH();
 
@@ -477,7 +476,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
         attention_backward_dkdv_kernel<T>
             <<<dim3(row_blocks, Hkv, static_cast<unsigned>(s.B)), kThreads, dkdv_bytes, stream>>>(
                 device_ptr<T>(dk), device_ptr<T>(dv), device_ptr<T>(dout), device_ptr<float>(lse),
-                row_dot.as<float>(), device_ptr<T>(q), device_ptr<T>(k), device_ptr<T>(v), Tn, Hq, Hkv, D, scale);
+                row_sum.as<float>(), device_ptr<T>(q), device_ptr<T>(k), device_ptr<T>(v), Tn, Hq, Hkv, D, scale);
         REFTRAIN_CUDA_CHECK_LAUNCH();
     });
 }

@@ -24,8 +24,9 @@
 //   fast path writing straight into dq/dk/dv would need the caller to promise zeroed gradients, which
 //   the contract of ops.h does not provide; it is not implemented.
 // - Determinism: in deterministic mode (cuda::deterministic()) the backward is built with
-//   set_deterministic_algorithm(true): cuDNN then accumulates dQ without atomics, bitwise repeatable.
-//   The forward is deterministic either way.
+//   set_deterministic_algorithm(true), which asks cuDNN for a backward whose results repeat bitwise (the
+//   default one sums dQ with atomics in no fixed order). tests/cuda/test_cuda_attention.cpp checks the
+//   repetition. The forward has no such switch; its sums have a fixed order.
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 

@@ -20,7 +20,7 @@ namespace reftrain::cuda {
 }
 
 [[noreturn]] inline void fail_cublas(const char* file, int line, const char* call, cublasStatus_t status) {
-    fail(file, ":", line, ": ", call, " failed: ", cublasGetStatusString(status), " (", cublasGetStatusName(status),
+    fail(file, ":", line, ": ", call, " failed: ", cublasLtGetStatusString(status), " (", cublasLtGetStatusName(status),
          ")");
 }
 

@@ -47,7 +47,8 @@ void linear_backward(const Tensor& dx,      // (N, IC)   may be null
 //   kernel  hand-written kernels (attention.cu), F32 and BF16: fp32 arithmetic, one thread block per
 //           (b, h, query tile), fixed summation order, no atomics (dk/dv are summed by key-side blocks
 //           that walk the queries in order) -> bitwise repeatable. The F32 path is the twin the tests
-//           hold against the CPU at 1e-5.
+//           hold against the CPU at 1e-4 (another summation order; tests/cuda/test_cuda_attention.cpp).
+//           The backward sums the softmax row term R = sum_s P dP exactly, in a first pass over the keys.
 //   cudnn   cuDNN's fused SDPA through the cudnn-frontend graph API (BF16 only; compiled in when the
 //           frontend headers are found, REFTRAIN_HAVE_CUDNN_FRONTEND). In deterministic mode the
 //           backward asks cuDNN for its deterministic algorithm.
@@ -57,8 +58,9 @@ void attention_forward(const Tensor& out,  // (B, T, Hq, D)
                        const Tensor& k,    // (B, T, Hkv, D)
                        const Tensor& v,    // (B, T, Hkv, D)
                        cudaStream_t stream = 0);
-// dq += ..., dk += ..., dv += ... (the ADD convention; none may be null). `out` is the forward's output
-// (needed for the softmax backward's rowsum(dout * out) term).
+// dq += ..., dk += ..., dv += ... (the ADD convention; none may be null). `out` is the forward's output:
+// cuDNN's backward forms the softmax row term as rowsum(dout * out); the kernels recompute it exactly
+// and do not read `out`. cuDNN overwrites its outputs, so its results are added through scratch.
 void attention_backward(const Tensor& dq,   // (B, T, Hq, D)
                         const Tensor& dk,   // (B, T, Hkv, D)
                         const Tensor& dv,   // (B, T, Hkv, D)
