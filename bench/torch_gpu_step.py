@@ -179,11 +179,11 @@ class DecoderLayer(nn.Module):
         # decided for the norms.
         q, k = q.to(v.dtype).transpose(1, 2), k.to(v.dtype).transpose(1, 2)  # (B, H, T, hd)
         v = v.transpose(1, 2)
-        if hkv != hq and not (self.use_sdpa and "enable_gqa" in SDPA_PARAMETERS):
+        if hkv != hq and not (self.use_sdpa and SDPA_HAS_GQA):
             k = k.repeat_interleave(hq // hkv, dim=1)
             v = v.repeat_interleave(hq // hkv, dim=1)
         if self.use_sdpa:
-            extra = {"enable_gqa": True} if hkv != hq and "enable_gqa" in SDPA_PARAMETERS else {}
+            extra = {"enable_gqa": True} if hkv != hq and SDPA_HAS_GQA else {}
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
         else:  # PyTorch < 2.0: the mirror's explicit softmax
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
@@ -196,8 +196,19 @@ class DecoderLayer(nn.Module):
         return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
 
 
-SDPA_PARAMETERS = (inspect.signature(F.scaled_dot_product_attention).parameters
-                   if hasattr(F, "scaled_dot_product_attention") else {})
+def _sdpa_has_enable_gqa() -> bool:
+    """SDPA takes enable_gqa since PyTorch 2.5 (it is a builtin: no inspect.signature, so ask it)."""
+    if not hasattr(F, "scaled_dot_product_attention"):
+        return False
+    try:
+        F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
+                                       enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+SDPA_HAS_GQA = _sdpa_has_enable_gqa()
 
 
 class Backbone(nn.Module):
@@ -314,7 +325,8 @@ def run_mode(mode: str, c: BenchConfig, args: argparse.Namespace, device: torch.
     params = [p for p in model.parameters()]
     forward = model
     if mode == "compile":
-        forward = torch.compile(model)
+        forward = torch.compile(model, **({"mode": args.compile_mode} if args.compile_mode else {}))
+        result["compile_mode"] = args.compile_mode or "default"
 
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, c.vocab_size, (c.batch_size, c.seq_len + 1), generator=g)
@@ -427,6 +439,7 @@ def check_against_mirror(c: BenchConfig) -> dict:
     for name, p in ours.named_parameters():
         q = grads_theirs[name]
         worst = max(worst, float((p.grad - q.grad).abs().max() / q.grad.abs().max().clamp(min=1e-30)))
+    loss_ours, loss_theirs = loss_ours.detach(), loss_theirs.detach()
     loss_diff = abs(float(loss_ours) - float(loss_theirs))
     ok = loss_diff <= 1e-5 * abs(float(loss_theirs)) and worst <= 1e-4
     return {"loss": float(loss_ours), "mirror_loss": float(loss_theirs), "loss_abs_diff": loss_diff,
@@ -461,6 +474,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                    help="the device's peak for MFU (default: H100 SXM dense BF16, 989.4)")
+    p.add_argument("--compile-mode", help="torch.compile mode (default: its default; e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--math-attention", action="store_true", help="explicit softmax instead of SDPA")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU; 0 = leave)")
     p.add_argument("--dry-run", action="store_true",

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# scripts/device_bench.sh — the one command for a GPU machine: build, GPU tests, GPU and CPU benchmarks.
+#
+# Run from anywhere on the GPU machine (the repo is its working tree); everything it writes goes under
+# $OUT (default build-device-bench/, git-ignored), at most 8 files:
+#   env.txt          GPU, driver, nvcc, cmake, compiler, python and torch versions
+#   build.log        configure + build of reftrain_cuda_tests bench_gpu_step bench_cpu_step reftrain
+#   ctest_gpu.log    ctest -L gpu (every CUDA op and the GPU model against their CPU twins)
+#   gpu_vs_torch.txt / .json   bench/gpu_vs_torch.py: the 135M step against PyTorch eager / compile
+#   cpu_vs_torch.txt bench/cpu_step_vs_torch.py --threads 2: the tiny step against PyTorch's CPU path
+#                    (--sdpa, then --sdpa --compile)
+#   summary.txt      each phase's status and the result lines
+#
+# Usage:  scripts/device_bench.sh [PHASE...]   phases: build test gpu cpu (default: all four, in order)
+#         scripts/device_bench.sh deps         ON THE DEVELOPMENT MACHINE (with Debian's apt): download
+#                                              the build's library packages into .debs/ for `carry`
+# Environment (small defaults keep the whole run under ~9 minutes on 16 cores):
+#   BUILD_DIR (build-gpu)  CUDA_ARCH (90)  JOBS (16)  PYTHON (see below)
+#   GPU_ROUNDS (2)  GPU_STEPS (20)  GPU_WARMUP (5)  GPU_MODES (eager,compile)  GPU_DETERMINISTIC (both)
+#   GPU_COMPILE_MODE (torch.compile's default)
+#   CPU_ROUNDS (3)  CPU_COMPILE (1: also run the CPU peer with --compile)  CPU_COMPILE_ROUNDS (2)
+#   BUILD_TIMEOUT (330)  TEST_TIMEOUT (150)  GPU_TIMEOUT (300)  CPU_TIMEOUT (150) seconds per phase,
+#   each cut so that the whole script ends within TOTAL_BUDGET (540) seconds; a phase with less than
+#   20 s left is skipped (and says so in summary.txt)
+#   DEBS_DIR (.debs): Debian packages to unpack into a private prefix when the machine lacks a library
+#   CUDNN_FRONTEND_INCLUDE: directory with cudnn_frontend.h (else the repo's .venv is searched)
+#
+# Python: PYTHON if set; else .venv/bin/python when it exists and has PyTorch >= 2; else python3 (the
+# GPU machine's python3 holds PyTorch 2.11 with CUDA).
+#
+# Libraries: the build needs OpenBLAS, nlohmann-json, CLI11, GoogleTest, Google Benchmark,
+# SentencePiece and zlib headers (scripts/setup.sh installs them with apt on a development machine).
+# A GPU machine without network cannot apt-get them, so: run `scripts/device_bench.sh deps` here
+# (downloads ~15 MB of .deb files into .debs/ and adds /.debs/ to .git/info/exclude), then name
+# ".debs" in the device call's carry. This script unpacks them with dpkg -x into /tmp/reftrain-sysroot
+# (never into /) and points CMake and the loader there whenever .debs/ holds packages.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+OUT=${OUT:-$root/build-device-bench}  # /build*/ is git-ignored
+mkdir -p "$OUT"
+SUMMARY=$OUT/summary.txt
+DEBS_DIR=${DEBS_DIR:-$root/.debs}
+SYSROOT=/tmp/reftrain-sysroot
+DEB_PACKAGES=(libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libbenchmark-dev libbenchmark1debian
+              libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev libsentencepiece0
+              libprotobuf-lite32 zlib1g-dev)
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+elapsed() { echo "$(( $(date +%s) - start_all ))s"; }
+# A phase's time limit: its own (argument 1), cut so that the whole script ends within TOTAL_BUDGET;
+# prints 0 when less than 20 s would be left for it.
+limit() {
+  local left=$(( ${TOTAL_BUDGET:-540} - ($(date +%s) - start_all) ))
+  local t=$(( $1 < left ? $1 : left ))
+  (( t < 20 )) && t=0
+  echo $t
+}
+skip_note() { note "$1: skipped, the ${TOTAL_BUDGET:-540}s budget is spent ($(elapsed) elapsed)"; }
+
+# ---------------------------------------------------------------------------------------------------
+# deps: on the development machine only.
+if [ "${1:-}" = deps ]; then
+  mkdir -p "$DEBS_DIR"
+  (cd "$DEBS_DIR" && apt-get download "${DEB_PACKAGES[@]}") || { echo "apt-get download failed"; exit 1; }
+  # The cudnn-frontend headers (header-only, ~3 MB) for cuDNN attention, from the venv setup.sh made.
+  frontend_src=$(ls -d "$root"/.venv/lib/python3*/site-packages/include 2>/dev/null | head -1)
+  if [ -n "$frontend_src" ] && [ -f "$frontend_src/cudnn_frontend.h" ]; then
+    rm -rf "$DEBS_DIR/cudnn_frontend_include" && cp -r "$frontend_src" "$DEBS_DIR/cudnn_frontend_include"
+  fi
+  exclude=$(git rev-parse --git-path info/exclude)
+  if [ "$DEBS_DIR" = "$root/.debs" ] && ! grep -qx '/.debs/' "$exclude" 2>/dev/null; then
+    mkdir -p "$(dirname "$exclude")" && echo '/.debs/' >> "$exclude"
+  fi
+  du -sh "$DEBS_DIR"
+  echo "now name \".debs\" in the device call's carry"
+  exit 0
+fi
+
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(build test gpu cpu)
+want() { local p; for p in "${phases[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+start_all=$(date +%s)
+: > "$SUMMARY"
+
+# ---------------------------------------------------------------------------------------------------
+# Python with PyTorch >= 2.
+pick_python() {
+  local candidate
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi  # an explicit choice wins
+  for candidate in "$root/.venv/bin/python" python3; do
+    [ -n "$candidate" ] || continue
+    command -v "$candidate" >/dev/null 2>&1 || [ -x "$candidate" ] || continue
+    if "$candidate" -c 'import sys, torch; sys.exit(0 if int(torch.__version__.split(".")[0]) >= 2 else 1)' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo python3
+}
+PY=$(pick_python)
+
+{
+  echo "date: $(date -u)"
+  echo "host: $(uname -a)"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  else
+    echo "nvidia-smi: not found"
+  fi
+  nvcc --version 2>&1 | tail -2
+  cmake --version 2>&1 | head -1
+  c++ --version 2>&1 | head -1
+  echo "nproc: $(nproc)"
+  echo "python: $PY"
+  "$PY" -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "device",
+    torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python", sys.version.split()[0])' 2>&1
+} > "$OUT/env.txt"
+note "device_bench: python $PY ($(grep -m1 '^torch ' "$OUT/env.txt"))"
+
+# ---------------------------------------------------------------------------------------------------
+# Libraries: the system's, or the carried .debs unpacked into $SYSROOT.
+cmake_extra=()
+missing_headers() {
+  local h found missing=()
+  for h in cblas.h benchmark/benchmark.h gtest/gtest.h nlohmann/json.hpp CLI/CLI.hpp sentencepiece_processor.h zlib.h; do
+    found=$(find /usr/include /usr/local/include -path "*/$h" -print -quit 2>/dev/null)
+    [ -n "$found" ] || missing+=("$h")
+  done
+  echo "${missing[@]}"
+}
+use_sysroot() {
+  local deb arch=x86_64-linux-gnu
+  rm -rf "$SYSROOT" && mkdir -p "$SYSROOT"
+  for deb in "$DEBS_DIR"/*.deb; do
+    if command -v dpkg >/dev/null; then
+      dpkg -x "$deb" "$SYSROOT"
+    else  # a .deb is an ar archive holding data.tar.*
+      (tmp=$(mktemp -d) && cd "$tmp" && ar x "$deb" && tar -xf data.tar.* -C "$SYSROOT" && rm -rf "$tmp")
+    fi
+  done
+  local lib=$SYSROOT/usr/lib/$arch blas_dir=$SYSROOT/usr/lib/$arch/openblas-openmp
+  # dpkg -x runs no maintainer scripts: make the links that update-alternatives would.
+  [ -e "$blas_dir/libopenblas.so" ] || ln -sf libopenblas.so.0 "$blas_dir/libopenblas.so"
+  [ -e "$lib/libopenblas.so" ] || ln -sf openblas-openmp/libopenblas.so "$lib/libopenblas.so"
+  [ -e "$lib/libopenblas.so.0" ] || ln -sf openblas-openmp/libopenblas.so.0 "$lib/libopenblas.so.0"
+  export LD_LIBRARY_PATH="$lib:$blas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  cmake_extra+=("-DCMAKE_PREFIX_PATH=$SYSROOT/usr"
+                "-DCBLAS_INCLUDE_DIR=$SYSROOT/usr/include/$arch/openblas-openmp"
+                "-DOPENBLAS_LIBRARY=$blas_dir/libopenblas.so"
+                "-DSENTENCEPIECE_INCLUDE_DIR=$SYSROOT/usr/include"
+                "-DSENTENCEPIECE_LIBRARY=$(ls "$lib"/libsentencepiece.so | head -1)"
+                "-DSENTENCEPIECE_TRAIN_LIBRARY=$(ls "$lib"/libsentencepiece_train.so | head -1)"
+                "-DZLIB_INCLUDE_DIR=$SYSROOT/usr/include"
+                "-DZLIB_LIBRARY=$lib/libz.so")
+}
+
+missing=$(missing_headers)
+if ls "$DEBS_DIR"/*.deb >/dev/null 2>&1; then
+  # Carried packages are used whenever they are there, so that every library comes from one place.
+  note "libraries: from the carried packages in $DEBS_DIR (headers missing on this machine: ${missing:-none})"
+  use_sysroot
+elif [ -n "$missing" ]; then
+  note "libraries: missing on this machine ($missing) and no $DEBS_DIR/*.deb: the build will fail."
+  note "  fix: run 'scripts/device_bench.sh deps' on the development machine and carry .debs"
+fi
+
+# cuDNN fused attention: the frontend headers (carried .venv or CUDNN_FRONTEND_INCLUDE) and the cuDNN
+# that PyTorch's wheels bring (nvidia-cudnn-cu13: a versioned libcudnn.so.9 only, which find_library
+# does not match by the name "cudnn").
+for frontend in "${CUDNN_FRONTEND_INCLUDE:-}" "$DEBS_DIR/cudnn_frontend_include" \
+                $(ls -d "$root"/.venv/lib/python3*/site-packages/include 2>/dev/null); do
+  if [ -n "$frontend" ] && [ -f "$frontend/cudnn_frontend.h" ]; then
+    cmake_extra+=("-DREFTRAIN_CUDNN_FRONTEND_INCLUDE=$frontend")
+    note "cudnn-frontend headers: $frontend"
+    break
+  fi
+done
+if ! [ -e /usr/local/cuda/lib64/libcudnn.so ] && ! [ -e /usr/lib/x86_64-linux-gnu/libcudnn.so ]; then
+  # cudnn.h and libcudnn.so.N from PyTorch's nvidia-cudnn wheel: printed as "INCLUDE_DIR LIBRARY".
+  read -r cudnn_include cudnn_lib < <("$PY" - <<'PYEOF' 2>/dev/null
+import os, re
+import nvidia
+include = lib = None
+for base in nvidia.__path__:
+    for d, _, files in os.walk(base):
+        if "cudnn.h" in files and include is None:
+            include = d
+        for f in files:
+            if re.fullmatch(r"libcudnn\.so(\.\d+)*", f) and lib is None:
+                lib = os.path.join(d, f)
+if include and lib:
+    print(include, lib)
+PYEOF
+  )
+  if [ -n "${cudnn_lib:-}" ]; then
+    cmake_extra+=("-DREFTRAIN_CUDNN_INCLUDE=$cudnn_include" "-DREFTRAIN_CUDNN_LIBRARY=$cudnn_lib")
+    export LD_LIBRARY_PATH="$(dirname "$cudnn_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    note "cuDNN from PyTorch's wheel: $cudnn_lib"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------------
+if want build && [ "$(limit "${BUILD_TIMEOUT:-330}")" = 0 ]; then
+  skip_note "build"
+elif want build; then
+  launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+  [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
+  t0=$(date +%s)
+  timeout "$(limit "${BUILD_TIMEOUT:-330}")" bash -c '
+    cmake -S . -B "$0" -DCMAKE_BUILD_TYPE=Release -DREFTRAIN_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$1" \
+          -DREFTRAIN_PYTHON="$2" "${@:3}" &&
+    cmake --build "$0" -j"'"${JOBS:-16}"'" --target reftrain_cuda_tests bench_gpu_step bench_cpu_step reftrain
+  ' "$BUILD_DIR" "${CUDA_ARCH:-90}" "$PY" "${launcher[@]}" "${cmake_extra[@]}" > "$OUT/build.log" 2>&1
+  rc=$?
+  note "build: exit $rc in $(( $(date +%s) - t0 ))s (log build.log)"
+  [ $rc -ne 0 ] && grep -m 20 -E "error|Error|not found|NOT found" "$OUT/build.log" | tee -a "$SUMMARY"
+fi
+
+if want test && [ "$(limit "${TEST_TIMEOUT:-150}")" = 0 ]; then
+  skip_note "ctest -L gpu"
+elif want test; then
+  t0=$(date +%s)
+  timeout "$(limit "${TEST_TIMEOUT:-150}")" ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure -j "${CTEST_JOBS:-4}" \
+    --timeout 120 > "$OUT/ctest_gpu.log" 2>&1
+  rc=$?
+  note "ctest -L gpu: exit $rc in $(( $(date +%s) - t0 ))s; $(grep -E 'tests passed|tests failed|No tests were found' "$OUT/ctest_gpu.log" | tail -1)"
+  grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Exception|Not Run)\)" "$OUT/ctest_gpu.log" | head -30 | tee -a "$SUMMARY"
+fi
+
+if want gpu && [ "$(limit "${GPU_TIMEOUT:-300}")" = 0 ]; then
+  skip_note "gpu_vs_torch"
+elif want gpu; then
+  t0=$(date +%s)
+  gpu_limit=$(limit "${GPU_TIMEOUT:-300}")
+  PYTHONUNBUFFERED=1 timeout "$gpu_limit" "$PY" bench/gpu_vs_torch.py --build "$BUILD_DIR" --python "$PY" \
+    --time-budget $(( gpu_limit - 15 )) --timeout $(( gpu_limit - 15 )) \
+    --rounds "${GPU_ROUNDS:-2}" --steps "${GPU_STEPS:-20}" --warmup "${GPU_WARMUP:-5}" --modes "${GPU_MODES:-eager,compile}" \
+    --deterministic "${GPU_DETERMINISTIC:-both}" ${GPU_COMPILE_MODE:+--compile-mode "$GPU_COMPILE_MODE"} --json-out "$OUT/gpu_vs_torch.json" > "$OUT/gpu_vs_torch.txt" 2>&1
+  rc=$?
+  note "gpu_vs_torch: exit $rc in $(( $(date +%s) - t0 ))s"
+  grep -E "^  |x  \(target|tracer overhead|ERROR|failed|^135M|^MFU" "$OUT/gpu_vs_torch.txt" | tee -a "$SUMMARY"
+fi
+
+if want cpu && [ "$(limit "${CPU_TIMEOUT:-150}")" = 0 ]; then
+  skip_note "cpu_vs_torch"
+elif want cpu; then
+  t0=$(date +%s)
+  {
+    echo "== bench/cpu_step_vs_torch.py --threads 2 --sdpa"
+    PYTHONUNBUFFERED=1 timeout "$(limit "${CPU_TIMEOUT:-150}")" "$PY" bench/cpu_step_vs_torch.py --build "$BUILD_DIR" --threads 2 \
+      --rounds "${CPU_ROUNDS:-3}" --python "$PY" --sdpa
+    echo "exit $?"
+    if [ "${CPU_COMPILE:-1}" = 1 ] && [ "$(limit "${CPU_TIMEOUT:-150}")" = 0 ]; then
+      echo "== --compile run skipped: the ${TOTAL_BUDGET:-540}s budget is spent"
+    elif [ "${CPU_COMPILE:-1}" = 1 ]; then
+      echo "== bench/cpu_step_vs_torch.py --threads 2 --sdpa --compile"
+      PYTHONUNBUFFERED=1 timeout "$(limit "${CPU_TIMEOUT:-150}")" "$PY" bench/cpu_step_vs_torch.py --build "$BUILD_DIR" \
+        --threads 2 --rounds "${CPU_COMPILE_ROUNDS:-2}" --python "$PY" --sdpa --compile
+      echo "exit $?"
+    fi
+  } > "$OUT/cpu_vs_torch.txt" 2>&1
+  note "cpu_vs_torch: done in $(( $(date +%s) - t0 ))s"
+  grep -E "^==|ratio|tokens/s  |^exit" "$OUT/cpu_vs_torch.txt" | tee -a "$SUMMARY"
+  # The issue's CPU target: reftrain >= 1.2x PyTorch 2.x (tiny config, 2 threads).
+  python3 - "$OUT/cpu_vs_torch.txt" <<'PYEOF' 2>/dev/null | tee -a "$SUMMARY"
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith('{"bench": "cpu_step_vs_torch"'):
+        r = json.loads(line)
+        ok = r["ratio"] >= 1.2
+        print(f"CPU target reftrain / PyTorch {r['torch_version']} >= 1.2x: {r['ratio']:.2f}x "
+              f"{'PASS' if ok else 'MISS'} ({(r['ratio'] / 1.2 - 1):+.1%} against the target)")
+PYEOF
+fi
+
+note "device_bench: total $(elapsed)"
