@@ -160,6 +160,40 @@ TEST(FrameTracer, RingKeepsExactlyKFrames) {
     EXPECT_THROW(FrameTracer{empty_ring}, Error);
 }
 
+TEST(FrameTracer, RecordStatsAppendsPrecomputedStatisticsInOrder) {
+    // The GPU's path (model/transformer_cuda.cpp): statistics computed on the device arrive by name.
+    std::ostringstream log;
+    FrameTracer tracer(quiet_options(log));
+    std::vector<float> x = {1.0f, -3.0f};
+    Tensor t(x.data(), DType::F32, {2}, "a");
+    tracer.begin_step(0);
+    tracer.record("op1", {&t});
+    tracer.record_stats("op2", "b", TensorStats{0.5, 2.0, 1.25, 0});
+    tracer.record_stats("op3", "c", TensorStats{0.0, 0.0, 0.0, 7});  // non-finite: recorded, never trips
+    tracer.end_step();
+    ASSERT_EQ(tracer.frame_count(), 1u);
+    const auto& entries = tracer.frame(0).entries;
+    ASSERT_EQ(entries.size(), 3u);
+    EXPECT_EQ(tracer.name(entries[1].name), "b");
+    EXPECT_EQ(tracer.name(entries[1].op), "op2");
+    EXPECT_EQ(entries[1].stats.abs_max, 2.0);
+    EXPECT_EQ(entries[1].stats.rms, 1.25);
+    EXPECT_EQ(tracer.name(entries[2].name), "c");
+    EXPECT_EQ(entries[2].stats.nonfinite, 7);
+    EXPECT_FALSE(tracer.tripped());
+    // disabled: nothing is appended
+    tracer.set_enabled(false);
+    tracer.begin_step(1);
+    tracer.record_stats("op2", "b", TensorStats{});
+    tracer.end_step();
+    for (size_t i = 0; i < tracer.frame_count(); ++i) {
+        if (tracer.frame(i).step == 1) {
+            EXPECT_TRUE(tracer.frame(i).entries.empty());
+        }
+    }
+    EXPECT_EQ(tracer.frame(0).entries.size(), 3u);
+}
+
 // ---- the tracer on the model ----------------------------------------------------------------------------
 
 TEST(FrameTracer, SilentOnHealthyModelAndChangesNoNumber) {

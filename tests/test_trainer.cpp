@@ -9,6 +9,9 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#ifdef REFTRAIN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 #include "train/checkpoint.h"
 #include "train/grpo.h"
 #include "train/ppo.h"
@@ -145,6 +148,29 @@ TEST(RunConfig, ShippedConfigsParse) {
 }
 
 // `reftrain train` on an RL config says which command runs it.
+TEST(RunConfig, DeviceIsCpuOrCuda) {
+    EXPECT_EQ(load_run_config("", {}).train.device, "cpu");
+    EXPECT_TRUE(load_run_config("", {}).train.deterministic);
+    EXPECT_EQ(load_run_config("", {"train.device=\"cuda\""}).train.device, "cuda");
+    expect_error([] { load_run_config("", {"train.device=\"gpu\""}); },
+                 {"'train.device' must be \"cpu\" or \"cuda\", got \"gpu\""});
+}
+
+TEST(Trainer, CudaDeviceWithoutBackendOrGpuIsAClearError) {
+    // A CPU-only build says the backend is missing; a CUDA build on a machine without a GPU (CI) says
+    // there is no device. On a GPU machine the run starts (tests/cuda/ covers it).
+#ifdef REFTRAIN_HAVE_CUDA
+    const char* expected = "no CUDA device";
+    int count = 0;
+    if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) GTEST_SKIP() << "this machine has a GPU";
+#else
+    const char* expected = "this build has no CUDA backend";
+#endif
+    std::ostringstream log;
+    const RunConfig config = tiny_config(temp_dir("cuda_device"), {"train.device=\"cuda\""});
+    expect_error([&] { Trainer trainer(config, log); }, {expected});
+}
+
 TEST(RunConfig, RlConfigIsRefusedNamingTheRlCommand) {
     const std::string path = std::string(REFTRAIN_SOURCE_DIR) + "/configs/cartpole.json";
     try {
