@@ -19,19 +19,6 @@ namespace reftrain {
 
 using namespace cpu;
 
-// Pointers into the arenas for one decoder layer. `input` is the previous layer's `out` (or the
-// embedding output for layer 0): the residual stream is never copied.
-struct Transformer::Layer {
-    // parameters
-    Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
-    Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
-    // activations, in execution order
-    Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
-    Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs, *attn_out, *o_out;
-    Tensor *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
-    Tensor* attn_logits_max = nullptr;  // (B, Hq) in trace_acts_, only with a tracer
-};
-
 Transformer::~Transformer() = default;
 
 Transformer::Transformer(const ModelConfig& config, int64_t batch_size, int64_t seq_len, DType dtype)
@@ -53,125 +40,25 @@ Transformer::Transformer(const ModelConfig& config, int64_t batch_size, int64_t 
 }
 
 void Transformer::declare_tensors() {
-    const ModelConfig& c = config_;
-    const int64_t B = B_, T = T_, d = c.hidden_size, V = c.vocab_size, F = c.intermediate_size;
-    const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
-
-    // Parameters (HF names) and their gradient twins, declared in the same order.
-    auto param = [&](const std::string& name, std::initializer_list<int64_t> shape) {
-        params_.add(name, dtype_, shape);
-        grads_.add("grad:" + name, dtype_, shape);
-    };
-    param("model.embed_tokens.weight", {V, d});
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        param(p + "input_layernorm.weight", {d});
-        param(p + "self_attn.q_proj.weight", {Hq * D, d});
-        param(p + "self_attn.k_proj.weight", {Hkv * D, d});
-        param(p + "self_attn.v_proj.weight", {Hkv * D, d});
-        param(p + "self_attn.o_proj.weight", {d, Hq * D});
-        if (c.qk_norm) {
-            param(p + "self_attn.q_norm.weight", {D});
-            param(p + "self_attn.k_norm.weight", {D});
-        }
-        param(p + "post_attention_layernorm.weight", {d});
-        param(p + "mlp.gate_proj.weight", {F, d});
-        param(p + "mlp.up_proj.weight", {F, d});
-        param(p + "mlp.down_proj.weight", {d, F});
+    // Parameters (HF names) and their gradient twins; activations in execution order, with a gradient
+    // twin except for the saved statistics (rstd, probs, logsumexp). The lists are model/layout.h's.
+    for (const ModelTensor& t : parameter_tensors(config_)) {
+        params_.add(t.name, dtype_, t.shape);
+        grads_.add("grad:" + t.name, dtype_, t.shape);
     }
-    param("model.norm.weight", {d});
-    if (!c.tie_word_embeddings) param("lm_head.weight", {V, d});
-
-    // Activations in execution order. `with_grad` ones get a twin in act_grads_; saved statistics
-    // (rstd, probs, logsumexp) and the loss itself do not.
-    auto act = [&](const std::string& name, std::initializer_list<int64_t> shape, bool with_grad = true) {
-        acts_.add(name, dtype_, shape);
-        if (with_grad) act_grads_.add("grad:" + name, dtype_, shape);
-    };
-    act("model.embed_tokens.out", {B, T, d});
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        act(p + "input_layernorm.out", {B, T, d});
-        act(p + "input_layernorm.rstd", {B, T}, false);
-        act(p + "self_attn.q_proj.out", {B, T, Hq, D});
-        act(p + "self_attn.k_proj.out", {B, T, Hkv, D});
-        act(p + "self_attn.v_proj.out", {B, T, Hkv, D});
-        if (c.qk_norm) {
-            act(p + "self_attn.q_normed", {B, T, Hq, D});
-            act(p + "self_attn.q_norm.rstd", {B, T, Hq}, false);
-            act(p + "self_attn.k_normed", {B, T, Hkv, D});
-            act(p + "self_attn.k_norm.rstd", {B, T, Hkv}, false);
-        }
-        act(p + "self_attn.q_rotary", {B, T, Hq, D});
-        act(p + "self_attn.k_rotary", {B, T, Hkv, D});
-        act(p + "self_attn.attn_probs", {B, Hq, T, T}, false);
-        act(p + "self_attn.attn_out", {B, T, Hq * D});
-        act(p + "self_attn.o_proj.out", {B, T, d});
-        act(p + "attn_residual", {B, T, d});
-        act(p + "post_attention_layernorm.out", {B, T, d});
-        act(p + "post_attention_layernorm.rstd", {B, T}, false);
-        act(p + "mlp.gate_proj.out", {B, T, F});
-        act(p + "mlp.up_proj.out", {B, T, F});
-        act(p + "mlp.act", {B, T, F});
-        act(p + "mlp.down_proj.out", {B, T, d});
-        act(p + "out", {B, T, d});
+    for (const ModelTensor& t : activation_tensors(config_, B_, T_, AttentionSaves::probabilities)) {
+        acts_.add(t.name, dtype_, t.shape);
+        if (t.kind == ModelTensor::Kind::activation) act_grads_.add("grad:" + t.name, dtype_, t.shape);
     }
-    act("model.norm.out", {B, T, d});
-    act("model.norm.rstd", {B, T}, false);
-    act("logits", {B, T, V});
-    act("loss.logsumexp", {B, T}, false);
     acts_.add("loss", dtype_, std::vector<int64_t>{});
-
-    rope_.add("rope.cos", dtype_, {T, D});
-    rope_.add("rope.sin", dtype_, {T, D});
+    rope_.add("rope.cos", dtype_, {T_, config_.head_dim});
+    rope_.add("rope.sin", dtype_, {T_, config_.head_dim});
 }
 
 void Transformer::resolve_layers() {
-    layers_.resize(config_.num_hidden_layers);
-    Tensor* previous = &acts_.get("model.embed_tokens.out");
-    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        auto P = [&](const std::string& n) { return &params_.get(p + n); };
-        auto A = [&](const std::string& n) { return &acts_.get(p + n); };
-        Layer& l = layers_[i];
-        l.input_layernorm = P("input_layernorm.weight");
-        l.q_proj = P("self_attn.q_proj.weight");
-        l.k_proj = P("self_attn.k_proj.weight");
-        l.v_proj = P("self_attn.v_proj.weight");
-        l.o_proj = P("self_attn.o_proj.weight");
-        l.post_attention_layernorm = P("post_attention_layernorm.weight");
-        l.gate_proj = P("mlp.gate_proj.weight");
-        l.up_proj = P("mlp.up_proj.weight");
-        l.down_proj = P("mlp.down_proj.weight");
-        l.input = previous;
-        l.ln1_out = A("input_layernorm.out");
-        l.ln1_rstd = A("input_layernorm.rstd");
-        l.q = A("self_attn.q_proj.out");
-        l.k = A("self_attn.k_proj.out");
-        l.v = A("self_attn.v_proj.out");
-        if (config_.qk_norm) {
-            l.q_norm = P("self_attn.q_norm.weight");
-            l.k_norm = P("self_attn.k_norm.weight");
-            l.q_normed = A("self_attn.q_normed");
-            l.q_rstd = A("self_attn.q_norm.rstd");
-            l.k_normed = A("self_attn.k_normed");
-            l.k_rstd = A("self_attn.k_norm.rstd");
-        }
-        l.q_rotary = A("self_attn.q_rotary");
-        l.k_rotary = A("self_attn.k_rotary");
-        l.probs = A("self_attn.attn_probs");
-        l.attn_out = A("self_attn.attn_out");
-        l.o_out = A("self_attn.o_proj.out");
-        l.attn_residual = A("attn_residual");
-        l.ln2_out = A("post_attention_layernorm.out");
-        l.ln2_rstd = A("post_attention_layernorm.rstd");
-        l.gate = A("mlp.gate_proj.out");
-        l.up = A("mlp.up_proj.out");
-        l.act = A("mlp.act");
-        l.down = A("mlp.down_proj.out");
-        l.out = A("out");
-        previous = l.out;
-    }
+    layers_ = resolve_decoder_layers(
+        config_, AttentionSaves::probabilities, [&](const std::string& n) { return &params_.get(n); },
+        [&](const std::string& n) { return &acts_.get(n); });
 }
 
 // ---- init ---------------------------------------------------------------------------------------------

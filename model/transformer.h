@@ -38,6 +38,7 @@
 #include "kernels/arena.h"
 #include "kernels/cpu/ops.h"
 #include "model/config.h"
+#include "model/layout.h"
 
 namespace reftrain {
 
@@ -119,7 +120,7 @@ public:
     const Arena& compute_params() const { return compute_params_; }
 
 private:
-    struct Layer;  // pointers into the arenas for one decoder layer, resolved once at construction
+    using Layer = DecoderLayer;  // pointers into the arenas for one decoder layer (model/layout.h)
     void declare_tensors();
     void resolve_layers();
     // The weight an op computes with: the parameter itself, or its rounded compute copy.

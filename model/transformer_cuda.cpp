@@ -112,14 +112,6 @@ Tensor device_view(void* data, DType dtype, int64_t n, const char* name) {
 
 // ---- the model ---------------------------------------------------------------------------------------------
 
-struct CudaLayer {
-    Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
-    Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
-    Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
-    Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *lse, *attn_out, *o_out;
-    Tensor *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
-};
-
 // The tracer's side of a pass (forward or backward): each op's outputs get consecutive slots in one
 // device buffer of TensorStatsRecord; tensors wait in `pending` until a flush reduces them in one
 // batched call. An op about to write a tensor that is still pending flushes first, so a gradient that
@@ -143,7 +135,7 @@ struct CudaTransformer::Impl {
     DeviceArena io{"token ids"};                   // input_ids, targets (N) I64
     DeviceArena loss_f32{"fp32 loss buffers"};     // bf16 only: "logits.f32", "grad:logits.f32"
     cuda::CrossEntropyDeviceResult* ce_result = nullptr;
-    std::vector<CudaLayer> layers;
+    std::vector<DecoderLayer> layers;
     bool have_targets = false;
 
     // tracer
@@ -179,74 +171,22 @@ CudaTransformer::CudaTransformer(const ModelConfig& config, int64_t batch_size, 
     m.act_dtype = p == DType::BF16 ? DType::BF16 : DType::F32;
 
     const ModelConfig& c = config_;
-    const int64_t B = B_, T = T_, N = B * T, d = c.hidden_size, V = c.vocab_size, F = c.intermediate_size;
-    const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+    const int64_t B = B_, T = T_, N = B * T, V = c.vocab_size, D = c.head_dim;
     const DType A = m.act_dtype;
 
-    // Parameters, gradients (and the compute copy) in the CPU model's order and names.
-    auto param = [&](const std::string& name, std::vector<int64_t> shape) {
-        params_.add(name, DType::F32, shape);
-        grads_.add("grad:" + name, DType::F32, shape);
-        if (p == DType::BF16) m.compute.add(name, DType::BF16, shape);
-        if (p == DType::F16) m.compute.add(name, DType::F32, shape);
-    };
-    param("model.embed_tokens.weight", {V, d});
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string pre = "model.layers." + std::to_string(i) + ".";
-        param(pre + "input_layernorm.weight", {d});
-        param(pre + "self_attn.q_proj.weight", {Hq * D, d});
-        param(pre + "self_attn.k_proj.weight", {Hkv * D, d});
-        param(pre + "self_attn.v_proj.weight", {Hkv * D, d});
-        param(pre + "self_attn.o_proj.weight", {d, Hq * D});
-        if (c.qk_norm) {
-            param(pre + "self_attn.q_norm.weight", {D});
-            param(pre + "self_attn.k_norm.weight", {D});
-        }
-        param(pre + "post_attention_layernorm.weight", {d});
-        param(pre + "mlp.gate_proj.weight", {F, d});
-        param(pre + "mlp.up_proj.weight", {F, d});
-        param(pre + "mlp.down_proj.weight", {d, F});
+    // Parameters, gradients (and the compute copy), then the activations: model/layout.h's lists, the
+    // CPU model's names and order. Activations in the compute dtype, saved statistics F32.
+    for (const ModelTensor& t : parameter_tensors(c)) {
+        params_.add(t.name, DType::F32, t.shape);
+        grads_.add("grad:" + t.name, DType::F32, t.shape);
+        if (p == DType::BF16) m.compute.add(t.name, DType::BF16, t.shape);
+        if (p == DType::F16) m.compute.add(t.name, DType::F32, t.shape);
     }
-    param("model.norm.weight", {d});
-    if (!c.tie_word_embeddings) param("lm_head.weight", {V, d});
-
-    // Activations: compute dtype, saved statistics F32 (no gradient twin).
-    auto act = [&](const std::string& name, std::vector<int64_t> shape, bool with_grad = true) {
-        acts_.add(name, with_grad ? A : DType::F32, shape);
-        if (with_grad) act_grads_.add("grad:" + name, A, shape);
-    };
-    act("model.embed_tokens.out", {B, T, d});
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string pre = "model.layers." + std::to_string(i) + ".";
-        act(pre + "input_layernorm.out", {B, T, d});
-        act(pre + "input_layernorm.rstd", {B, T}, false);
-        act(pre + "self_attn.q_proj.out", {B, T, Hq, D});
-        act(pre + "self_attn.k_proj.out", {B, T, Hkv, D});
-        act(pre + "self_attn.v_proj.out", {B, T, Hkv, D});
-        if (c.qk_norm) {
-            act(pre + "self_attn.q_normed", {B, T, Hq, D});
-            act(pre + "self_attn.q_norm.rstd", {B, T, Hq}, false);
-            act(pre + "self_attn.k_normed", {B, T, Hkv, D});
-            act(pre + "self_attn.k_norm.rstd", {B, T, Hkv}, false);
-        }
-        act(pre + "self_attn.q_rotary", {B, T, Hq, D});
-        act(pre + "self_attn.k_rotary", {B, T, Hkv, D});
-        act(pre + "self_attn.attn_lse", {B, Hq, T}, false);
-        act(pre + "self_attn.attn_out", {B, T, Hq * D});
-        act(pre + "self_attn.o_proj.out", {B, T, d});
-        act(pre + "attn_residual", {B, T, d});
-        act(pre + "post_attention_layernorm.out", {B, T, d});
-        act(pre + "post_attention_layernorm.rstd", {B, T}, false);
-        act(pre + "mlp.gate_proj.out", {B, T, F});
-        act(pre + "mlp.up_proj.out", {B, T, F});
-        act(pre + "mlp.act", {B, T, F});
-        act(pre + "mlp.down_proj.out", {B, T, d});
-        act(pre + "out", {B, T, d});
+    for (const ModelTensor& t : activation_tensors(c, B, T, AttentionSaves::log_sum_exp)) {
+        const bool with_grad = t.kind == ModelTensor::Kind::activation;
+        acts_.add(t.name, with_grad ? A : DType::F32, t.shape);
+        if (with_grad) act_grads_.add("grad:" + t.name, A, t.shape);
     }
-    act("model.norm.out", {B, T, d});
-    act("model.norm.rstd", {B, T}, false);
-    act("logits", {B, T, V});
-    act("loss.logsumexp", {B, T}, false);
     if (A == DType::BF16) {
         m.loss_f32.add("logits.f32", DType::F32, {N, V});
         m.loss_f32.add("grad:logits.f32", DType::F32, {N, V});
@@ -283,52 +223,9 @@ CudaTransformer::CudaTransformer(const ModelConfig& config, int64_t batch_size, 
     upload_table(cos, m.rope.get("rope.cos"));
     upload_table(sin, m.rope.get("rope.sin"));
 
-    // Layers: pointers into the arenas, as Transformer::resolve_layers.
-    m.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-    Tensor* previous = &acts_.get("model.embed_tokens.out");
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string pre = "model.layers." + std::to_string(i) + ".";
-        auto P = [&](const std::string& n) { return &params_.get(pre + n); };
-        auto Act = [&](const std::string& n) { return &acts_.get(pre + n); };
-        CudaLayer& l = m.layers[static_cast<size_t>(i)];
-        l.input_layernorm = P("input_layernorm.weight");
-        l.q_proj = P("self_attn.q_proj.weight");
-        l.k_proj = P("self_attn.k_proj.weight");
-        l.v_proj = P("self_attn.v_proj.weight");
-        l.o_proj = P("self_attn.o_proj.weight");
-        l.post_attention_layernorm = P("post_attention_layernorm.weight");
-        l.gate_proj = P("mlp.gate_proj.weight");
-        l.up_proj = P("mlp.up_proj.weight");
-        l.down_proj = P("mlp.down_proj.weight");
-        l.input = previous;
-        l.ln1_out = Act("input_layernorm.out");
-        l.ln1_rstd = Act("input_layernorm.rstd");
-        l.q = Act("self_attn.q_proj.out");
-        l.k = Act("self_attn.k_proj.out");
-        l.v = Act("self_attn.v_proj.out");
-        if (c.qk_norm) {
-            l.q_norm = P("self_attn.q_norm.weight");
-            l.k_norm = P("self_attn.k_norm.weight");
-            l.q_normed = Act("self_attn.q_normed");
-            l.q_rstd = Act("self_attn.q_norm.rstd");
-            l.k_normed = Act("self_attn.k_normed");
-            l.k_rstd = Act("self_attn.k_norm.rstd");
-        }
-        l.q_rotary = Act("self_attn.q_rotary");
-        l.k_rotary = Act("self_attn.k_rotary");
-        l.lse = Act("self_attn.attn_lse");
-        l.attn_out = Act("self_attn.attn_out");
-        l.o_out = Act("self_attn.o_proj.out");
-        l.attn_residual = Act("attn_residual");
-        l.ln2_out = Act("post_attention_layernorm.out");
-        l.ln2_rstd = Act("post_attention_layernorm.rstd");
-        l.gate = Act("mlp.gate_proj.out");
-        l.up = Act("mlp.up_proj.out");
-        l.act = Act("mlp.act");
-        l.down = Act("mlp.down_proj.out");
-        l.out = Act("out");
-        previous = l.out;
-    }
+    m.layers = resolve_decoder_layers(
+        c, AttentionSaves::log_sum_exp, [&](const std::string& n) { return &params_.get(n); },
+        [&](const std::string& n) { return &acts_.get(n); });
 }
 
 int64_t CudaTransformer::num_parameters() const {
@@ -539,7 +436,7 @@ ForwardResult CudaTransformer::forward(const Tensor& input_ids, const Tensor& ta
     const Tensor& embed_weight = W(&params_.get("model.embed_tokens.weight"));
     op("embedding_forward", {&embedded}, {}, {&ids, &embed_weight},
        [&] { cuda::embedding_forward(embedded.reshaped({N, d}), ids, embed_weight, s); });
-    for (CudaLayer& l : m.layers) {
+    for (DecoderLayer& l : m.layers) {
         const Tensor& ln1_weight = W(l.input_layernorm);
         op("rmsnorm_forward", {l.ln1_out}, {l.ln1_rstd}, {l.input, &ln1_weight}, [&] {
             cuda::rmsnorm_forward(l.ln1_out->reshaped({N, d}), l.ln1_rstd->reshaped({N}), l.input->reshaped({N, d}),
@@ -687,7 +584,7 @@ void CudaTransformer::backward(double loss_weight) {
     });
 
     for (auto it = m.layers.rbegin(); it != m.layers.rend(); ++it) {
-        CudaLayer& l = *it;
+        DecoderLayer& l = *it;
         const Tensor &wq = W(l.q_proj), &wk = W(l.k_proj), &wv = W(l.v_proj), &wo = W(l.o_proj);
         const Tensor &wgate = W(l.gate_proj), &wup = W(l.up_proj), &wdown = W(l.down_proj);
         const Tensor &ln1_weight = W(l.input_layernorm), &ln2_weight = W(l.post_attention_layernorm);

@@ -1,0 +1,61 @@
+// model/layout.h — the names, shapes and order of every tensor of the decoder, in one place.
+//
+// The CPU model (transformer.cpp) and the GPU model (transformer_cuda.cpp) declare their arenas from
+// these lists and resolve their per-layer pointers with resolve_decoder_layers(), so the two can never
+// disagree on a name (names are the join key of the tracer, dumps and diffs: DESIGN.md). Order is
+// execution order. The one difference between the two is how attention saves its softmax for the
+// backward: the CPU keeps the probabilities, the GPU the log-sum-exp of each row (kernels/cuda/ops.h).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/tensor.h"
+#include "model/config.h"
+
+namespace reftrain {
+
+struct ModelTensor {
+    enum class Kind {
+        parameter,   // HF name; has a "grad:" twin
+        activation,  // has a "grad:" twin
+        statistic,   // saved for the backward (rstd, attention's softmax, logsumexp): no gradient
+    };
+    std::string name;
+    std::vector<int64_t> shape;
+    Kind kind;
+};
+
+enum class AttentionSaves {
+    probabilities,  // "self_attn.attn_probs" (B, Hq, T, T): the CPU reference
+    log_sum_exp,    // "self_attn.attn_lse" (B, Hq, T): the GPU (flash attention)
+};
+
+// "model.embed_tokens.weight", per layer "model.layers.{i}.input_layernorm.weight", ... (HF names).
+std::vector<ModelTensor> parameter_tensors(const ModelConfig& c);
+// "model.embed_tokens.out", per layer "model.layers.{i}.input_layernorm.out", ..., "model.norm.out",
+// "logits", "loss.logsumexp" (the scalar "loss" is the CPU model's own).
+std::vector<ModelTensor> activation_tensors(const ModelConfig& c, int64_t B, int64_t T, AttentionSaves saves);
+
+// Pointers into the arenas for one decoder layer, in the order of the forward. `input` is the previous
+// layer's `out` (or the embedding output for layer 0): the residual stream is never copied. Exactly one
+// of probs / lse is set (AttentionSaves); attn_logits_max is the CPU tracer's diagnostic, set later.
+struct DecoderLayer {
+    // parameters
+    Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
+    Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+    // activations, in execution order
+    Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
+    Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs = nullptr, *lse = nullptr;
+    Tensor *attn_out, *o_out, *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
+    Tensor* attn_logits_max = nullptr;
+};
+
+// `param(name)` and `act(name)` look a tensor up by its full name in the caller's arenas.
+std::vector<DecoderLayer> resolve_decoder_layers(const ModelConfig& c, AttentionSaves saves,
+                                                 const std::function<Tensor*(const std::string&)>& param,
+                                                 const std::function<Tensor*(const std::string&)>& act);
+
+}  // namespace reftrain
