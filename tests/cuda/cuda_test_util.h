@@ -182,4 +182,32 @@ inline double expect_close(const std::vector<float>& got, const std::vector<floa
     return worst;
 }
 
+// ---- one code path for F32 and BF16 tests ----------------------------------------------------------------
+// The values a dtype can hold: unchanged for F32, rounded to bf16 for BF16. The CPU reference runs on these.
+inline std::vector<float> representable(const std::vector<float>& values, DType dtype) {
+    return dtype == DType::F32 ? values : rounded_bf16(values);
+}
+
+// fp32 values uploaded as F32 or as bf16 bits.
+inline DeviceBuffer upload_as(const std::vector<float>& values, DType dtype) {
+    if (dtype == DType::F32) return to_device(values);
+    return to_device(to_bf16(values));
+}
+
+// A device buffer of F32 or bf16 elements, brought back as fp32.
+inline std::vector<float> download_as(const DeviceBuffer& buffer, DType dtype) {
+    if (dtype == DType::F32) return to_host<float>(buffer);
+    return from_bf16(to_host<uint16_t>(buffer));
+}
+
+// `count` NaN-poisoned elements of the dtype (see poisoned()).
+inline DeviceBuffer poisoned_as(size_t count, DType dtype) {
+    return dtype == DType::F32 ? poisoned<float>(count) : poisoned<uint16_t>(count);
+}
+
+// An F32 host view of `values`, for the CPU reference.
+inline Tensor host(std::vector<float>& values, std::initializer_list<int64_t> dims, const char* name) {
+    return Tensor(values.data(), DType::F32, dims, name);
+}
+
 }  // namespace reftrain::cuda_testing

@@ -76,27 +76,11 @@ const AttentionCase kCases[] = {
     {2, 33, 2, 2, 128},
 };
 
-std::vector<float> representable(const std::vector<float>& values, DType dtype) {
-    return dtype == DType::F32 ? values : cuda_testing::rounded_bf16(values);
-}
-
-DeviceBuffer upload_as(const std::vector<float>& values, DType dtype) {
-    if (dtype == DType::F32) return cuda_testing::to_device(values);
-    return cuda_testing::to_device(cuda_testing::to_bf16(values));
-}
-
-std::vector<float> download_as(const DeviceBuffer& buffer, DType dtype) {
-    if (dtype == DType::F32) return cuda_testing::to_host<float>(buffer);
-    return cuda_testing::from_bf16(cuda_testing::to_host<uint16_t>(buffer));
-}
-
-DeviceBuffer poisoned_as(size_t count, DType dtype) {
-    return dtype == DType::F32 ? cuda_testing::poisoned<float>(count) : cuda_testing::poisoned<uint16_t>(count);
-}
-
-Tensor host(std::vector<float>& values, std::initializer_list<int64_t> dims, const char* name) {
-    return Tensor(values.data(), DType::F32, dims, name);
-}
+using cuda_testing::download_as;
+using cuda_testing::host;
+using cuda_testing::poisoned_as;
+using cuda_testing::representable;
+using cuda_testing::upload_as;
 
 std::vector<float> scaled(std::vector<float> values, float factor) {
     for (float& v : values) v *= factor;

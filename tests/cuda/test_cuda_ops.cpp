@@ -49,28 +49,11 @@ double compare(const std::vector<float>& got, const std::vector<float>& want, do
 
 double bound_for(DType dtype) { return dtype == DType::F32 ? kBoundF32 : kBoundBF16; }
 
-// The values a dtype can hold: unchanged for F32, rounded to bf16 for BF16. The CPU reference runs on these.
-std::vector<float> representable(const std::vector<float>& values, DType dtype) {
-    return dtype == DType::F32 ? values : cuda_testing::rounded_bf16(values);
-}
-
-DeviceBuffer upload_as(const std::vector<float>& values, DType dtype) {
-    if (dtype == DType::F32) return cuda_testing::to_device(values);
-    return cuda_testing::to_device(cuda_testing::to_bf16(values));
-}
-
-std::vector<float> download_as(const DeviceBuffer& buffer, DType dtype) {
-    if (dtype == DType::F32) return cuda_testing::to_host<float>(buffer);
-    return cuda_testing::from_bf16(cuda_testing::to_host<uint16_t>(buffer));
-}
-
-DeviceBuffer poisoned_as(size_t count, DType dtype) {
-    return dtype == DType::F32 ? cuda_testing::poisoned<float>(count) : cuda_testing::poisoned<uint16_t>(count);
-}
-
-Tensor host(std::vector<float>& values, std::initializer_list<int64_t> dims, const char* name) {
-    return Tensor(values.data(), DType::F32, dims, name);
-}
+using cuda_testing::download_as;
+using cuda_testing::host;
+using cuda_testing::poisoned_as;
+using cuda_testing::representable;
+using cuda_testing::upload_as;
 
 std::string label(const char* what, DType dtype) { return std::string(what) + " (" + dtype_name(dtype) + ")"; }
 
