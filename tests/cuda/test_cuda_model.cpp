@@ -72,17 +72,10 @@ double normwise_error(const std::vector<float>& gpu, const Tensor& cpu) {
     return scale > 0 ? diff / scale : diff;
 }
 
-void expect_params_close(const CudaTransformer& gpu, const Transformer& cpu, double bound, const char* what) {
-    for (const Tensor& t : gpu.params().tensors()) {
-        const double e = normwise_error(download_f32(t, gpu.stream()), cpu.params().get(t.name));
-        EXPECT_LE(e, bound) << what << ": parameter " << t.name;
-    }
-}
-
-void expect_grads_close(const CudaTransformer& gpu, const Transformer& cpu, double bound, const char* what) {
-    for (const Tensor& t : gpu.grads().tensors()) {
-        const double e = normwise_error(download_f32(t, gpu.stream()), cpu.grads().get(t.name));
-        EXPECT_LE(e, bound) << what << ": gradient " << t.name;
+// Every tensor of a GPU arena against the CPU arena's tensor of the same name (parameters, gradients).
+void expect_arena_close(const DeviceArena& gpu, const Arena& cpu, cudaStream_t stream, double bound, const char* what) {
+    for (const Tensor& t : gpu.tensors()) {
+        EXPECT_LE(normwise_error(download_f32(t, stream), cpu.get(t.name)), bound) << what << ": " << t.name;
     }
 }
 
@@ -109,10 +102,8 @@ TEST(CudaModel, F32ForwardBackwardMatchesCpu) {
     gpu.zero_grad();
     cpu.backward(0.75);
     gpu.backward(0.75);
-    expect_grads_close(gpu, cpu, 1e-4, "F32 backward");
-    for (const Tensor& t : gpu.act_grads().tensors()) {
-        EXPECT_LE(normwise_error(download_f32(t, gpu.stream()), cpu.act_grads().get(t.name)), 1e-4) << t.name;
-    }
+    expect_arena_close(gpu.grads(), cpu.grads(), gpu.stream(), 1e-4, "F32 backward");
+    expect_arena_close(gpu.act_grads(), cpu.act_grads(), gpu.stream(), 1e-4, "F32 backward");
 }
 
 TEST(CudaModel, F32TrainStepsMatchCpu) {
@@ -140,7 +131,7 @@ TEST(CudaModel, F32TrainStepsMatchCpu) {
         EXPECT_GT(cpu_norm, max_norm) << "the test wants clipping to be exercised";
         EXPECT_FALSE(r.skipped);
     }
-    expect_params_close(gpu, cpu, 1e-4, "after 3 F32 steps");
+    expect_arena_close(gpu.params(), cpu.params(), gpu.stream(), 1e-4, "after 3 F32 steps");
 }
 
 TEST(CudaModel, Bf16MatchesCpuEmulation) {
@@ -159,7 +150,7 @@ TEST(CudaModel, Bf16MatchesCpuEmulation) {
     gpu.zero_grad();
     cpu.backward();
     gpu.backward();
-    expect_grads_close(gpu, cpu, 5e-2, "BF16 backward");
+    expect_arena_close(gpu.grads(), cpu.grads(), gpu.stream(), 5e-2, "BF16 backward");
 }
 
 // Runs `steps` F32 or BF16 steps from seed-7 weights and returns the parameters' bytes and the losses.
