@@ -336,7 +336,7 @@ std::vector<std::string> tiny_run(const std::string& jsonl) {
 }
 
 std::string write_jsonl(const std::string& name, const std::string& text) {
-    const fs::path path = fs::temp_directory_path() / ("reftrain_test_diagnostics_" + name + ".jsonl");
+    const fs::path path = testing::scratch_dir("diagnostics_" + name) / "data.jsonl";
     std::ofstream(path) << text;
     return path.string();
 }

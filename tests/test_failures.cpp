@@ -8,6 +8,7 @@
 #include "kernels/bugs.h"
 #include "kernels/error.h"
 #include "probes/failures.h"
+#include "tests/test_util.h"
 
 using namespace reftrain;
 namespace fs = std::filesystem;
@@ -22,8 +23,7 @@ protected:
 
 TEST_P(FailureCatalog, DetectorFiresWithTheBugAndStaysSilentWithout) {
     const std::string id = GetParam();
-    const fs::path dir = fs::temp_directory_path() / ("reftrain_test_failure_" + id);
-    fs::remove_all(dir);
+    const fs::path dir = reftrain::testing::scratch_dir("failure_" + id);
     std::ostringstream out;
     const FailureReport report = run_failure(id, dir.string(), out);
     EXPECT_TRUE(report.with_bug.detector_fired) << id << ": the detector missed the bug\n" << out.str();

@@ -341,8 +341,7 @@ class GrpoRun : public Grpo {
 protected:
     static std::string sft_dir() {
         static const std::string dir = [] {
-            const fs::path root = fs::temp_directory_path() / "reftrain_test_grpo_sft";
-            fs::remove_all(root);
+            const fs::path root = testing::scratch_dir("grpo_sft");
             const RunConfig config = load_run_config(
                 "", {"run_dir=" + root.string(), "threads=1", "model.hidden_size=32", "model.intermediate_size=64",
                      "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
@@ -368,9 +367,7 @@ protected:
         return load_grpo_config("", sets);
     }
     static std::string temp(const std::string& name) {
-        const fs::path dir = fs::temp_directory_path() / ("reftrain_test_grpo_" + name);
-        fs::remove_all(dir);
-        return dir.string();
+        return testing::scratch_dir("grpo_" + name).string();
     }
 };
 

@@ -11,6 +11,7 @@
 #include "model/dump.h"
 #include "model/transformer.h"
 #include "tests/gradcheck.h"
+#include "tests/test_util.h"
 #include "train/adamw.h"
 
 namespace reftrain {
@@ -44,9 +45,7 @@ struct Data {
 };
 
 std::filesystem::path temp_dir(const std::string& name) {
-    auto dir = std::filesystem::temp_directory_path() / ("reftrain_test_model_" + name);
-    std::filesystem::create_directories(dir);
-    return dir;
+    return testing::scratch_dir("model_" + name);
 }
 
 // Every parameter's gradient through the whole model against finite differences, in fp64. Norm

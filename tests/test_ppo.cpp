@@ -288,7 +288,7 @@ TEST_F(Ppo, ExplainedVariance) {
 // ---- config ---------------------------------------------------------------------------------------------
 
 std::string write_config(const std::string& name, const std::string& text) {
-    const fs::path path = fs::temp_directory_path() / ("reftrain_test_ppo_" + name + ".json");
+    const fs::path path = testing::scratch_dir("ppo_" + name) / "config.json";
     std::ofstream(path) << text;
     return path.string();
 }
@@ -367,8 +367,7 @@ TEST_F(Ppo, TwoRunsFromTheSameSeedAreBitwiseEqual) {
 }
 
 TEST_F(Ppo, RunWritesMetricsAndWeights) {
-    const fs::path dir = fs::temp_directory_path() / "reftrain_test_ppo_run";
-    fs::remove_all(dir);
+    const fs::path dir = testing::scratch_dir("ppo_run");
     PpoConfig config = short_cartpole(dir.string());
     config.log_every = 5;
     std::ostringstream log;

@@ -27,10 +27,7 @@ using json = nlohmann::json;
 namespace {
 
 std::string temp_dir(const std::string& name) {
-    const fs::path dir = fs::temp_directory_path() / ("reftrain_test_trainer_" + name);
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir.string();
+    return scratch_dir("trainer_" + name).string();
 }
 
 // A tiny run on the addition task with the byte tokenizer: seconds, not minutes.

@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +38,29 @@ inline std::string expect_error(const std::function<void()>& body, const std::ve
     const std::string message = error_of(body);
     if (!message.empty()) expect_contains(message, phrases);
     return message;
+}
+
+// A fresh, empty directory for this test process: <tmp>/reftrain_test_<name>_<pid>.
+// ctest runs every test in its own process, two at a time in CI, so a fixed name shared by two
+// tests (or by two runs of the suite) lets one process delete files the other is writing; the pid
+// keeps them apart. The directories are removed when the process exits, unless
+// REFTRAIN_KEEP_TEST_DIRS is set (to look at what a failing test wrote).
+inline std::filesystem::path scratch_dir(const std::string& name) {
+    struct Cleanup {
+        std::vector<std::filesystem::path> dirs;
+        ~Cleanup() {
+            if (std::getenv("REFTRAIN_KEEP_TEST_DIRS") != nullptr) return;
+            std::error_code ignored;
+            for (const auto& dir : dirs) std::filesystem::remove_all(dir, ignored);
+        }
+    };
+    static Cleanup cleanup;
+    const std::filesystem::path dir =
+        std::filesystem::temp_directory_path() / ("reftrain_test_" + name + "_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    cleanup.dirs.push_back(dir);
+    return dir;
 }
 
 }  // namespace reftrain::testing

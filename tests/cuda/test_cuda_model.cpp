@@ -27,6 +27,7 @@
 #include "train/cuda_step.h"
 #include "train/grad_clip.h"
 #include "train/trainer.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
@@ -202,9 +203,7 @@ RunConfig tracer_scenario(const std::string& run_dir, const std::string& device,
 }
 
 std::string temp_dir(const std::string& name) {
-    const auto dir = std::filesystem::temp_directory_path() / ("reftrain_cuda_" + name);
-    std::filesystem::remove_all(dir);
-    return dir.string();
+    return testing::scratch_dir("cuda_" + name).string();
 }
 
 TEST(CudaTracer, NamesTheSameFirstNonFiniteTensorAsTheCpu) {
