@@ -265,8 +265,7 @@ TEST(ChatTemplateTest, VisualizeMarksSupervisedTokensAndShowsNewlines) {
 // SentencePiece with both templates' specials as control symbols: the same layout, and a user who
 // types a special's text gets ordinary pieces, never the special id.
 TEST(ChatSentencePieceTest, TemplatesRenderWithATrainedTokenizer) {
-    const fs::path dir = fs::temp_directory_path() / ("reftrain_test_chat_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
+    const fs::path dir = scratch_dir("chat_sentencepiece");
     SentencePieceTrainOptions options;
     options.vocab_size = 360;
     options.specials = byte_tokenizer_for_both()->specials();
@@ -292,19 +291,13 @@ TEST(ChatSentencePieceTest, TemplatesRenderWithATrainedTokenizer) {
         const std::vector<int64_t> prompt = chat.render_prompt(conversation({c.messages[0], c.messages[1]}));
         EXPECT_TRUE(std::equal(prompt.begin(), prompt.end(), r.ids.begin())) << name;
     }
-    fs::remove_all(dir);
 }
 
 class ChatJsonlTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        dir_ = fs::temp_directory_path() /
-               ("reftrain_test_chat_jsonl_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-        fs::remove_all(dir_);
-        fs::create_directories(dir_);
+        dir_ = testing::scratch_dir("chat_jsonl_" + testing::current_test_name());
     }
-    void TearDown() override { fs::remove_all(dir_); }
     std::string write(const std::string& text) const {
         const std::string path = (dir_ / "conversations.jsonl").string();
         std::ofstream(path) << text;

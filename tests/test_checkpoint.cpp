@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/random.h"
+#include "tests/test_util.h"
 #include "train/checkpoint.h"
 
 namespace reftrain {
@@ -96,17 +97,12 @@ void expect_states_equal(const TrainState& got, const TrainState& want) {
 class CheckpointTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        root_ = fs::temp_directory_path() /
-                ("reftrain_test_checkpoint_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-        fs::remove_all(root_);
-        fs::create_directories(root_);
+        root_ = testing::scratch_dir("checkpoint_" + testing::current_test_name());
         trained_ = std::make_unique<Trainee>(tiny_config(), 1);
         trained_->step_on_random_grads(2);
         trained_->step_on_random_grads(3);
         run_config_ = {{"model", "tiny"}, {"schedule", {{"kind", "cosine"}, {"lr", 1e-3}}}};
     }
-    void TearDown() override { fs::remove_all(root_); }
 
     std::string path(const std::string& name) const { return (root_ / name).string(); }
 

@@ -13,6 +13,7 @@
 
 #include "kernels/error.h"
 #include "model/config.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
@@ -82,13 +83,8 @@ const char* const kLlama = R"({
 class ConfigTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        dir_ = fs::temp_directory_path() /
-               ("reftrain_test_config_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-        fs::remove_all(dir_);
-        fs::create_directories(dir_);
+        dir_ = testing::scratch_dir("config_" + testing::current_test_name());
     }
-    void TearDown() override { fs::remove_all(dir_); }
 
     std::string write(const std::string& name, const std::string& text) const {
         std::string p = (dir_ / name).string();

@@ -33,13 +33,8 @@ struct Stored {
 class DiffTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        dir_ = fs::temp_directory_path() /
-               ("reftrain_test_diff_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-        fs::remove_all(dir_);
-        fs::create_directories(dir_);
+        dir_ = testing::scratch_dir("diff_" + testing::current_test_name());
     }
-    void TearDown() override { fs::remove_all(dir_); }
 
     // Writes the tensors in the given order; `order` (when not empty) goes to reftrain.order.
     std::string write(const std::string& file, const std::vector<Stored>& tensors,

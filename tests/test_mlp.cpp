@@ -354,12 +354,8 @@ TEST(ActorCritic, LogSoftmaxAndEntropy) {
 class ActorCriticFiles : public ::testing::Test {
 protected:
     void SetUp() override {
-        dir_ = std::filesystem::temp_directory_path() /
-               ("reftrain_test_mlp_" + std::to_string(::getpid()) + "_" +
-                ::testing::UnitTest::GetInstance()->current_test_info()->name());
-        std::filesystem::create_directories(dir_);
+        dir_ = testing::scratch_dir("mlp_" + testing::current_test_name());
     }
-    void TearDown() override { std::filesystem::remove_all(dir_); }
     std::string path(const std::string& name) const { return (dir_ / name).string(); }
     std::filesystem::path dir_;
 };

@@ -103,16 +103,13 @@ TEST(TokenizerByteTest, FingerprintDependsOnTheSpecialsAndTheirOrder) {
 class TokenizerSentencePieceTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        dir_ = fs::temp_directory_path() / ("reftrain_test_tokenizer_" + std::to_string(::getpid()));
-        fs::remove_all(dir_);
-        fs::create_directories(dir_);
+        dir_ = scratch_dir("tokenizer");
         SentencePieceTrainOptions options;
         options.vocab_size = 400;
         options.specials = kSpecials;
         model_path_ = (dir_ / "bpe.model").string();
         train_sentencepiece(small_corpus(), options, model_path_);
     }
-    static void TearDownTestSuite() { fs::remove_all(dir_); }
 
     static fs::path dir_;
     static std::string model_path_;

@@ -40,6 +40,9 @@ inline std::string expect_error(const std::function<void()>& body, const std::ve
     return message;
 }
 
+// The name of the running GoogleTest test (for per-test file names).
+inline std::string current_test_name() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
+
 // A fresh, empty directory for this test process: <tmp>/reftrain_test_<name>_<pid>.
 // ctest runs every test in its own process, two at a time in CI, so a fixed name shared by two
 // tests (or by two runs of the suite) lets one process delete files the other is writing; the pid
