@@ -20,6 +20,8 @@
 #include <numeric>
 #include <string>
 
+#include "model/layout.h"
+
 namespace reftrain {
 
 using namespace cpu;
@@ -39,9 +41,7 @@ Tensor view(const Tensor& t, int64_t first, std::initializer_list<int64_t> dims)
 
 struct InferenceSession::Impl {
     // The model's parameters for one layer, and this session's cache for it.
-    struct Layer {
-        const Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
-        const Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+    struct Layer : LayerWeights<const Tensor*> {
         Tensor *k_cache, *v_cache;  // (max_len, Hkv, D), keys rotated
     };
 
@@ -71,7 +71,7 @@ InferenceSession::Impl::Impl(const Transformer& m, int64_t max_len_) : model(m),
     buffers.add("rope.cos", dt, {M, D});
     buffers.add("rope.sin", dt, {M, D});
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".self_attn.";
+        const std::string p = layer_prefix(i) + "self_attn.";
         buffers.add(p + "k_cache", dt, {M, Hkv, D});
         buffers.add(p + "v_cache", dt, {M, Hkv, D});
     }
@@ -101,22 +101,10 @@ InferenceSession::Impl::Impl(const Transformer& m, int64_t max_len_) : model(m),
     const Arena& params = model.params();
     layers.resize(c.num_hidden_layers);
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        auto P = [&](const std::string& n) { return &params.get(p + n); };
+        const std::string p = layer_prefix(i);
         Layer& l = layers[i];
-        l.input_layernorm = P("input_layernorm.weight");
-        l.q_proj = P("self_attn.q_proj.weight");
-        l.k_proj = P("self_attn.k_proj.weight");
-        l.v_proj = P("self_attn.v_proj.weight");
-        l.o_proj = P("self_attn.o_proj.weight");
-        if (c.qk_norm) {
-            l.q_norm = P("self_attn.q_norm.weight");
-            l.k_norm = P("self_attn.k_norm.weight");
-        }
-        l.post_attention_layernorm = P("post_attention_layernorm.weight");
-        l.gate_proj = P("mlp.gate_proj.weight");
-        l.up_proj = P("mlp.up_proj.weight");
-        l.down_proj = P("mlp.down_proj.weight");
+        static_cast<LayerWeights<const Tensor*>&>(l) =
+            resolve_layer_weights(c, i, [&](const std::string& name) { return &params.get(name); });
         l.k_cache = &buffers.get(p + "self_attn.k_cache");
         l.v_cache = &buffers.get(p + "self_attn.v_cache");
     }

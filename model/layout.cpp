@@ -3,9 +3,7 @@
 
 namespace reftrain {
 
-namespace {
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
-}  // namespace
 
 std::vector<ModelTensor> parameter_tensors(const ModelConfig& c) {
     const int64_t d = c.hidden_size, V = c.vocab_size, F = c.intermediate_size;
@@ -92,18 +90,9 @@ std::vector<DecoderLayer> resolve_decoder_layers(const ModelConfig& c, Attention
     Tensor* previous = act("model.embed_tokens.out");
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const std::string p = layer_prefix(i);
-        auto P = [&](const std::string& n) { return param(p + n); };
         auto A = [&](const std::string& n) { return act(p + n); };
         DecoderLayer& l = layers[static_cast<size_t>(i)];
-        l.input_layernorm = P("input_layernorm.weight");
-        l.q_proj = P("self_attn.q_proj.weight");
-        l.k_proj = P("self_attn.k_proj.weight");
-        l.v_proj = P("self_attn.v_proj.weight");
-        l.o_proj = P("self_attn.o_proj.weight");
-        l.post_attention_layernorm = P("post_attention_layernorm.weight");
-        l.gate_proj = P("mlp.gate_proj.weight");
-        l.up_proj = P("mlp.up_proj.weight");
-        l.down_proj = P("mlp.down_proj.weight");
+        static_cast<LayerWeights<Tensor*>&>(l) = resolve_layer_weights(c, i, param);
         l.input = previous;
         l.ln1_out = A("input_layernorm.out");
         l.ln1_rstd = A("input_layernorm.rstd");
@@ -111,8 +100,6 @@ std::vector<DecoderLayer> resolve_decoder_layers(const ModelConfig& c, Attention
         l.k = A("self_attn.k_proj.out");
         l.v = A("self_attn.v_proj.out");
         if (c.qk_norm) {
-            l.q_norm = P("self_attn.q_norm.weight");
-            l.k_norm = P("self_attn.k_norm.weight");
             l.q_normed = A("self_attn.q_normed");
             l.q_rstd = A("self_attn.q_norm.rstd");
             l.k_normed = A("self_attn.k_normed");

@@ -39,13 +39,42 @@ std::vector<ModelTensor> parameter_tensors(const ModelConfig& c);
 // "logits", "loss.logsumexp" (the scalar "loss" is the CPU model's own).
 std::vector<ModelTensor> activation_tensors(const ModelConfig& c, int64_t B, int64_t T, AttentionSaves saves);
 
+// "model.layers.{i}." — the prefix of every tensor of decoder layer i.
+std::string layer_prefix(int64_t i);
+
+// The weights of decoder layer i, looked up by their HF names. TensorPtr is Tensor* for the training
+// models and const Tensor* for inference (model/generate.cpp); q_norm and k_norm are null without QK-norm.
+template <class TensorPtr>
+struct LayerWeights {
+    TensorPtr input_layernorm{}, q_proj{}, k_proj{}, v_proj{}, o_proj{}, q_norm{}, k_norm{};
+    TensorPtr post_attention_layernorm{}, gate_proj{}, up_proj{}, down_proj{};
+};
+
+// `param(name)` returns the tensor of that full name (Tensor* or const Tensor*).
+template <class Lookup>
+auto resolve_layer_weights(const ModelConfig& c, int64_t i, const Lookup& param) {
+    const std::string p = layer_prefix(i);
+    LayerWeights<decltype(param(p))> w;
+    w.input_layernorm = param(p + "input_layernorm.weight");
+    w.q_proj = param(p + "self_attn.q_proj.weight");
+    w.k_proj = param(p + "self_attn.k_proj.weight");
+    w.v_proj = param(p + "self_attn.v_proj.weight");
+    w.o_proj = param(p + "self_attn.o_proj.weight");
+    if (c.qk_norm) {
+        w.q_norm = param(p + "self_attn.q_norm.weight");
+        w.k_norm = param(p + "self_attn.k_norm.weight");
+    }
+    w.post_attention_layernorm = param(p + "post_attention_layernorm.weight");
+    w.gate_proj = param(p + "mlp.gate_proj.weight");
+    w.up_proj = param(p + "mlp.up_proj.weight");
+    w.down_proj = param(p + "mlp.down_proj.weight");
+    return w;
+}
+
 // Pointers into the arenas for one decoder layer, in the order of the forward. `input` is the previous
 // layer's `out` (or the embedding output for layer 0): the residual stream is never copied. Exactly one
 // of probs / lse is set (AttentionSaves); attn_logits_max is the CPU tracer's diagnostic, set later.
-struct DecoderLayer {
-    // parameters
-    Tensor *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *q_norm = nullptr, *k_norm = nullptr;
-    Tensor *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+struct DecoderLayer : LayerWeights<Tensor*> {
     // activations, in execution order
     Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
     Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs = nullptr, *lse = nullptr;

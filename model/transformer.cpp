@@ -102,13 +102,12 @@ void Transformer::set_tracer(FrameTracer* tracer) {
     tracer_ = tracer;
     if (tracer_ == nullptr || trace_acts_.allocated()) return;
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-        trace_acts_.add("model.layers." + std::to_string(i) + ".self_attn.attn_logits_max", dtype_,
+        trace_acts_.add(layer_prefix(i) + "self_attn.attn_logits_max", dtype_,
                         {B_, config_.num_attention_heads});
     }
     trace_acts_.allocate();
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-        layers_[i].attn_logits_max =
-            &trace_acts_.get("model.layers." + std::to_string(i) + ".self_attn.attn_logits_max");
+        layers_[i].attn_logits_max = &trace_acts_.get(layer_prefix(i) + "self_attn.attn_logits_max");
     }
 }
 
