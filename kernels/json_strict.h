@@ -56,10 +56,13 @@ inline size_t edit_distance(std::string_view a, std::string_view b) {
     return row[b.size()];
 }
 
-// The candidate nearest to `key` within edit distance 3, or "" when none is that close.
-inline std::string closest_name(std::string_view key, const std::vector<std::string>& candidates) {
+// The candidate nearest to `key` within edit distance `max_distance` (3 unless told), or "" when none is
+// that close. Callers whose inputs legitimately hold names near their own (HF config.json files hold
+// keys of other architectures) pass a tighter bound and keep a list of such names.
+inline std::string closest_name(std::string_view key, const std::vector<std::string>& candidates,
+                                size_t max_distance = 3) {
     std::string closest;
-    size_t best = 4;
+    size_t best = max_distance + 1;
     for (const std::string& candidate : candidates) {
         const size_t d = edit_distance(key, candidate);
         if (d < best) { best = d; closest = candidate; }

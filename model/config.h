@@ -1,16 +1,27 @@
 // model/config.h — the model configuration, with the field names of HF's Qwen3ForCausalLM.
 //
-// An HF `config.json` for Qwen3 (model_type "qwen3") or Llama (model_type "llama", which has no
-// QK-norm) loads directly. Fields HF uses that do not change this model's math (token ids,
-// torch_dtype, use_cache, ...) are accepted and ignored; fields that would change the math in a way
-// we do not implement (attention_bias, rope_scaling, sliding windows, another activation) are
-// refused with a message, and a key nobody knows is refused too: a typo must never be ignored.
+// An HF `config.json` for Qwen3 (model_type "qwen3"), Llama (model_type "llama", no QK-norm) or
+// Mistral without a sliding window loads directly, whatever transformers version wrote it. Each key
+// falls in one of three groups (model/config.cpp holds the lists):
+//   - a key that changes the math (a bias, RoPE scaling, a sliding window, soft-capping, experts,
+//     quantization, another activation, ...) must have the value our math implements, or loading is
+//     refused with the key, its value and what is supported;
+//   - a key within a small edit distance of one of those or of our own fields is a typo: refused with
+//     "did you mean";
+//   - every other key (generation settings, attn_implementation, id2label, keys other transformers
+//     releases add) does not change the math, in HF's Qwen3/Llama models either: accepted, and the
+//     ones not on our list of known-harmless HF keys are named in one warning line on stderr.
+// RoPE scaling of type "linear" and "llama3" is implemented (kernels/rope_scaling.h), from either the
+// transformers-4 `rope_scaling` object or the transformers-5 `rope_parameters` object.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
+
+#include "kernels/rope_scaling.h"
 
 namespace reftrain {
 
@@ -25,6 +36,7 @@ struct ModelConfig {
     int64_t head_dim = 32;                  // may differ from hidden_size / num_attention_heads
     int64_t max_position_embeddings = 128;  // longest sequence the RoPE table covers
     double rope_theta = 10000.0;
+    RopeScaling rope_scaling;               // HF rope_scaling / rope_parameters: none, linear or llama3
     double rms_norm_eps = 1e-6;
     bool tie_word_embeddings = false;       // lm_head shares model.embed_tokens.weight
     double initializer_range = 0.02;        // std of the normal init of every matrix
@@ -33,16 +45,24 @@ struct ModelConfig {
     bool qk_norm = true;                    // RMSNorm on q and k per head; false = Llama
     bool zero_init_output_projections = false;  // o_proj and down_proj start at zero
 
-    // Reads an HF-style config.json. `source` names the file in error messages.
-    static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
-    static ModelConfig load(const std::string& path);
-    // HF-compatible JSON ("architectures", "model_type", and every field above).
+    // Reads an HF-style config.json. `source` names the file in error messages and in the one warning
+    // line (stderr) that lists the keys it ignored; `ignored_keys`, when given, receives that list.
+    static ModelConfig from_json(const nlohmann::json& j, const std::string& source,
+                                 std::vector<std::string>* ignored_keys = nullptr);
+    static ModelConfig load(const std::string& path, std::vector<std::string>* ignored_keys = nullptr);
+    // HF-compatible JSON ("architectures", "model_type", and every field above; the RoPE scaling as
+    // transformers-4 `rope_scaling`, which transformers 5 reads too).
     nlohmann::json to_json() const;
     void save(const std::string& path) const;
 
     // Fails with a message naming `source` and the field when a value is out of range or
     // inconsistent (e.g. heads not divisible by KV heads).
     void validate(const std::string& source) const;
+
+    // The key of a config.json that `key` is a typo of (one of our fields or a math-changing HF key),
+    // or "" when it is none. Real HF keys never are: the bound is tuned on every config key of
+    // transformers 5.24 (tests/data/hf_configs/transformers_5_24_config_keys.txt).
+    static std::string typo_of(const std::string& key);
 
     int64_t q_dim() const { return num_attention_heads * head_dim; }
     int64_t kv_dim() const { return num_key_value_heads * head_dim; }

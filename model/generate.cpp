@@ -6,8 +6,8 @@
 //   x = x + a Wo^T; x = x + down(silu(gate) * up);  then logits = rmsnorm(x_last) lm_head^T.
 // Every buffer is allocated once for max_len rows (the longest chunk feed() can be given), and the
 // cache holds keys AFTER RoPE, so a cached key is never rotated again. The RoPE tables are built
-// for max_len rows by the same rope_tables() as the model's; each entry depends only on (t, i), so
-// row t is bitwise the row the full forward uses.
+// for max_len rows by the same rope_tables() as the model's, with the same RoPE scaling; each entry
+// depends only on (t, i), so row t is bitwise the row the full forward uses.
 //
 // Nothing but `length` marks which cache rows are valid: a feed that fails half-way (a bad id is
 // caught before any work, but an op could still throw) leaves `length` unchanged, and the rows it
@@ -96,7 +96,7 @@ InferenceSession::Impl::Impl(const Transformer& m, int64_t max_len_) : model(m),
     buffers.add("model.norm.rstd", dt, {1});
     buffers.add("logits", dt, {1, V});
     buffers.allocate();
-    rope_tables(buffers.get("rope.cos"), buffers.get("rope.sin"), c.rope_theta);
+    rope_tables(buffers.get("rope.cos"), buffers.get("rope.sin"), c.rope_theta, c.rope_scaling);
 
     const Arena& params = model.params();
     layers.resize(c.num_hidden_layers);

@@ -35,7 +35,7 @@ Transformer::Transformer(const ModelConfig& config, int64_t batch_size, int64_t 
     acts_.allocate();
     act_grads_.allocate();
     rope_.allocate();
-    rope_tables(rope_.get("rope.cos"), rope_.get("rope.sin"), config_.rope_theta);
+    rope_tables(rope_.get("rope.cos"), rope_.get("rope.sin"), config_.rope_theta, config_.rope_scaling);
     resolve_layers();
 }
 

@@ -19,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
+#include "kernels/rope_scaling.h"
 #include "kernels/tensor.h"
 
 namespace reftrain::cpu {
@@ -62,12 +64,17 @@ void rmsnorm_backward(const Tensor& dx,      // (N, C)  may be null
                       const Tensor& rstd);   // (N)
 
 // ---- RoPE (HF rotate-half layout) ----------------------------------------------------------------------
-// Fills the tables: angle[t, i] = t * theta^(-2i/D) for i < D/2, cos[t, i] = cos[t, i + D/2] =
-// cos(angle[t, i]) (sin likewise). Angles are float32 numbers computed exactly as HF computes them
-// (see rope.cpp: that is what HF checkpoints were trained with); cos/sin are float32-rounded values.
+// The D/2 inverse frequencies inv_freq[i] = theta^(-2i/D), then rescaled by `scaling` (linear or
+// llama3, see kernels/rope_scaling.h). float32 numbers computed exactly as HF computes them, op by op
+// (see rope.cpp: that is what HF checkpoints were trained with).
+std::vector<float> rope_inverse_frequencies(int64_t head_dim, double theta, const RopeScaling& scaling = {});
+// Fills the tables: angle[t, i] = t * inv_freq[i] for i < D/2 (inv_freq above), cos[t, i] =
+// cos[t, i + D/2] = cos(angle[t, i]) (sin likewise). Angles are float32 products as in HF; cos/sin are
+// float32-rounded values.
 void rope_tables(const Tensor& cos,  // (T_max, D)
                  const Tensor& sin,  // (T_max, D)
-                 double theta);
+                 double theta,
+                 const RopeScaling& scaling = {});
 // out = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[D/2:], x[:D/2]); position t = index
 // along T (sequences start at position 0).
 void rope_forward(const Tensor& out,  // (B, T, H, D)
