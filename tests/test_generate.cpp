@@ -164,6 +164,49 @@ TEST(KvCache, MatchesFullRecomputeF32InAnyChunking) {
     }
 }
 
+// With RoPE scaling the session builds its tables with the same scaled frequencies as the model.
+// llama3 with L = 400 (theta 1e4) puts head_dim 6's wavelengths 6.3 / 135 / 2916 and head_dim 10's
+// 6.3, 40 / 250 / 1579, 9935 in the kept / blended / divided bands (L/4 = 100, L = 400).
+// Same bounds as the unscaled tests: fp64 1e-12, fp32 1e-5.
+TEST(KvCache, MatchesFullRecomputeWithRopeScaling) {
+    RopeScaling llama3;
+    llama3.type = RopeScaling::Type::llama3;
+    llama3.factor = 8.0;
+    llama3.low_freq_factor = 1.0;
+    llama3.high_freq_factor = 4.0;
+    llama3.original_max_position_embeddings = 400;
+    RopeScaling linear;
+    linear.type = RopeScaling::Type::linear;
+    linear.factor = 3.0;
+    for (const RopeScaling& scaling : {llama3, linear}) {
+        for (ModelConfig config : {gqa_config(), llama_tied_config()}) {
+            config.rope_scaling = scaling;
+            for (DType dtype : {DType::F64, DType::F32}) {
+                Transformer model(config, 1, 1, dtype);
+                randomize(model, 81);
+                const std::vector<int64_t> sequence = random_ids(12, 23, 82);
+                for (int64_t chunk : {1, 7}) {
+                    EXPECT_LT(worst_kv_cache_error(model, sequence, 7, chunk), dtype == DType::F64 ? 1e-12 : 1e-5)
+                        << rope_type_name(scaling.type) << ", qk_norm " << config.qk_norm << ", "
+                        << dtype_name(dtype) << ", chunk " << chunk;
+                }
+            }
+        }
+    }
+    // The scaling reaches the session: its logits differ from an unscaled model's with the same weights.
+    ModelConfig config = gqa_config();
+    Transformer plain(config, 1, 1, DType::F64);
+    randomize(plain, 91);
+    config.rope_scaling = linear;
+    Transformer scaled(config, 1, 1, DType::F64);
+    std::memcpy(scaled.params().data(), plain.params().data(), plain.params().nbytes());
+    const std::vector<int64_t> sequence = random_ids(12, 23, 92);
+    InferenceSession plain_session(plain, 12), scaled_session(scaled, 12);
+    EXPECT_EQ(plain_session.feed({sequence[0]}), scaled_session.feed({sequence[0]}));  // position 0: angle 0
+    const std::vector<int64_t> rest(sequence.begin() + 1, sequence.end());
+    EXPECT_GT(relative_error(scaled_session.feed(rest), plain_session.feed(rest)), 1e-3);
+}
+
 TEST(KvCache, ResetGivesBitwiseTheSameLogits) {
     Transformer model(gqa_config(), 1, 1, DType::F32);
     randomize(model, 41);
