@@ -5,7 +5,7 @@ Run by ctest as
 and exits non-zero on any failure.
 
 What it checks, per config (see CASES below: GQA, head_dim != d/heads, tied embeddings, Llama without
-QK-norm, T=1 with an odd head_dim):
+QK-norm, T=1 with an odd head_dim, llama3 and linear RoPE scaling):
 
   1. weights written by `reftrain init` have exactly the HF names, F32, the right shapes and the
      documented init distribution, and the same seed gives the same bits;
@@ -105,6 +105,22 @@ CASES = [
                          max_position_embeddings=8, rope_theta=10000.0, initializer_range=0.02,
                          zero_init_output_projections=True),
          batch_size=3, seq_len=1, seed=15),
+    # RoPE scaling as Llama 3.x (llama3) and long-context fine-tunes (linear) use it. head_dim 16,
+    # theta 1e4: wavelengths 6.3 | 20, 63 | 199, 628, ... fall in llama3's kept | blended | divided
+    # bands for L = 64 (L/4 = 16, L = 64), so all three rules are exercised.
+    Case("llama3_rope_scaling",
+         qwen3(vocab_size=61, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+               num_key_value_heads=1, head_dim=16, intermediate_size=80,
+               max_position_embeddings=40, rope_theta=10000.0, initializer_range=0.1, qk_norm=False,
+               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+         batch_size=2, seq_len=40, seed=16),
+    Case("linear_rope_scaling",
+         qwen3(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=2, head_dim=16, intermediate_size=48,
+               max_position_embeddings=24, rope_theta=1e6, initializer_range=0.1,
+               rope_scaling={"rope_type": "linear", "factor": 4.0}),
+         batch_size=2, seq_len=24, seed=17),
 ]
 
 

@@ -13,7 +13,8 @@ Everything is written out explicitly (no fused attention by default) so that a r
 line against the formulas in DESIGN.md. It runs on PyTorch 1.13 and 2.x.
 
 Non-obvious points, all matched by the C++ side:
-  * RoPE cos/sin tables are computed in float64 and only then cast to the compute dtype.
+  * RoPE cos/sin tables are computed in float64 and only then cast to the compute dtype; the
+    inverse frequencies (with HF's linear or llama3 RoPE scaling) are HF's float32 numbers.
   * Targets are already aligned with the inputs (targets[b, t] is the token predicted at position t);
     there is no shift inside the model. Target -100 means "not supervised".
   * With zero supervised positions the loss is exactly 0 (not NaN) and every gradient is 0.
@@ -73,6 +74,10 @@ class ModelConfig:
     head_dim: int = 32  # hd, may differ from hidden_size // num_attention_heads
     max_position_embeddings: int = 128
     rope_theta: float = 10000.0
+    # RoPE scaling in HF's transformers-4 form: None (no scaling), {"rope_type": "linear", "factor": f}
+    # or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; see rope_inverse_frequencies.
+    rope_scaling: Optional[dict] = None
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
@@ -99,6 +104,16 @@ class ModelConfig:
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0 or self.initializer_range < 0:
             raise ValueError("ModelConfig: rope_theta and rms_norm_eps must be > 0, "
                              "initializer_range >= 0")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type")
+            need = {"linear": ["factor"], "llama3": ["factor", "low_freq_factor", "high_freq_factor",
+                                                     "original_max_position_embeddings"]}.get(kind)
+            if need is None:
+                raise ValueError(f"ModelConfig.rope_scaling: rope_type {kind!r} is not implemented "
+                                 "(supported: None, 'linear', 'llama3')")
+            missing = [k for k in need if k not in self.rope_scaling]
+            if missing:
+                raise ValueError(f"ModelConfig.rope_scaling of rope_type {kind!r} lacks {missing}")
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
@@ -112,14 +127,30 @@ class ModelConfig:
         if "qk_norm" not in values:
             # HF configs do not carry the switch: Llama (and Mistral) have no QK-norm, Qwen3 has it.
             values["qk_norm"] = raw.get("model_type", "qwen3") not in ("llama", "mistral")
-        rope = raw.get("rope_parameters")  # transformers >= 5 nests rope_theta here
-        if isinstance(rope, dict):
-            if rope.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters.rope_type {rope['rope_type']!r}: only default RoPE is implemented")
-            if "rope_theta" in rope:
-                values["rope_theta"] = rope["rope_theta"]
+        # RoPE: transformers 4 writes rope_theta and a `rope_scaling` object (type under "rope_type", or
+        # "type" before 4.45); transformers 5 nests both in `rope_parameters` (per layer type in some models).
+        parameters = raw.get("rope_parameters")
+        if isinstance(parameters, dict) and isinstance(parameters.get("full_attention"), dict):
+            parameters = parameters["full_attention"]
+        if isinstance(parameters, dict) and "rope_theta" in parameters:
+            values["rope_theta"] = parameters["rope_theta"]
+        rope = raw.get("rope_scaling") or parameters or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind == "default":
+            values["rope_scaling"] = None
+        elif kind in ("linear", "llama3"):
+            scaling = {"rope_type": kind, "factor": float(rope["factor"])}
+            if kind == "llama3":
+                scaling["low_freq_factor"] = float(rope["low_freq_factor"])
+                scaling["high_freq_factor"] = float(rope["high_freq_factor"])
+                scaling["original_max_position_embeddings"] = int(rope.get(
+                    "original_max_position_embeddings",
+                    raw.get("original_max_position_embeddings", raw["max_position_embeddings"])))
+            values["rope_scaling"] = scaling
+        else:
+            raise ValueError(f"RoPE scaling of rope_type {kind!r} is not implemented (supported: default, linear, llama3)")
         for f in dataclasses.fields(cls):
-            if f.name in values:
+            if f.name in values and f.name != "rope_scaling":
                 values[f.name] = {"int": int, "float": float, "bool": bool}[
                     f.type if isinstance(f.type, str) else f.type.__name__](values[f.name])
         return cls(**values)
@@ -164,18 +195,48 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * rms_reciprocal(x, eps) * weight
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float,
-                dtype: torch.dtype, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, hd) in HF's rotate-half layout, with HF's float32 angles.
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict] = None) -> torch.Tensor:
+    """inv_freq (hd/2,) float32: 1 / theta^(2i/hd), then rescaled by `scaling` (ModelConfig.rope_scaling).
 
-    inv_freq[i] = 1 / theta^(2i/hd) for i < hd/2 and angle[t, i] = t * inv_freq[i] are float32
-    numbers computed the way HF computes them, because every HF checkpoint was trained with those
-    angles (exact ones drift from them by ~6e-8 * t rad: 2e-3 rad at t = 32k). cos and sin of those
-    angles are evaluated in float64 and rounded once to float32; the table then holds float32 values
-    whatever the compute dtype. cos = cat([cos(angle), cos(angle)], -1), sin likewise.
+    Float32 torch ops in HF's order (modeling_rope_utils), so the numbers are HF's bit for bit:
+      linear: inv_freq / factor (= positions divided by factor);
+      llama3: with L = original_max_position_embeddings and wavelength = 2 pi / inv_freq, wavelengths
+              below L / high_freq_factor are kept, those above L / low_freq_factor divided by factor,
+              and those in between blended: (1 - s) inv_freq / factor + s inv_freq with
+              s = (L / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor).
     """
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # float32, as HF
     inv_freq = 1.0 / (float(theta) ** exponent)  # (hd/2,) float32
+    kind = scaling["rope_type"] if scaling else "default"
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        context = int(scaling["original_max_position_embeddings"])
+        wavelength = 2 * math.pi / inv_freq
+        divided = torch.where(wavelength > context / low, inv_freq / factor, inv_freq)
+        smooth = (context / wavelength - low) / (high - low)
+        blended = (1 - smooth) * divided / factor + smooth * divided
+        medium = (wavelength >= context / high) & (wavelength <= context / low)
+        inv_freq = torch.where(medium, blended, divided)
+    elif kind != "default":
+        raise ValueError(f"RoPE scaling {kind!r} is not implemented")
+    return inv_freq
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float,
+                dtype: torch.dtype, device=None,
+                scaling: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, hd) in HF's rotate-half layout, with HF's float32 angles.
+
+    inv_freq (rope_inverse_frequencies, with the RoPE scaling) and angle[t, i] = t * inv_freq[i] are
+    float32 numbers computed the way HF computes them, because every HF checkpoint was trained with
+    those angles (exact ones drift from them by ~6e-8 * t rad: 2e-3 rad at t = 32k). cos and sin of
+    those angles are evaluated in float64 and rounded once to float32; the table then holds float32
+    values whatever the compute dtype. cos = cat([cos(angle), cos(angle)], -1), sin likewise.
+    """
+    inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)  # (hd/2,) float32
     positions = torch.arange(seq_len, dtype=torch.float32)  # (T,)
     angle = (positions[:, None] * inv_freq[None, :]).double()  # (T, hd/2), a float32 product, exact in float64
     cos = torch.cat([angle.cos(), angle.cos()], dim=-1).float()
@@ -367,7 +428,8 @@ class Transformer(nn.Module):
             keep(name + ".rstd", rstd.squeeze(-1))  # x.shape without the last dim
             return y
 
-        cos, sin = rope_tables(seq_len, hd, cfg.rope_theta, self.dtype, input_ids.device)  # (T, hd)
+        cos, sin = rope_tables(seq_len, hd, cfg.rope_theta, self.dtype, input_ids.device,
+                               cfg.rope_scaling)  # (T, hd)
 
         x = self.model.embed_tokens.weight[input_ids]  # (B, T, d)
         keep("model.embed_tokens.out", x)
