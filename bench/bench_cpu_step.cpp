@@ -7,11 +7,11 @@
 // (M, K) by (K, N) costs 2MKN forward and twice that backward; attention scores and the weighted sum
 // add 2 * 2 * B * Hq * (T(T+1)/2) * D forward (causal half) and twice that backward.
 #include <benchmark/benchmark.h>
-#include <cblas.h>
 #include <omp.h>
 
 #include <vector>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/random.h"
 #include "model/transformer.h"
 #include "bench/tiny_step.h"
@@ -32,7 +32,7 @@ double step_flops(const ModelConfig& c, int64_t B, int64_t T) {
 void BM_TinyTrainingStep(benchmark::State& state) {
     const int threads = static_cast<int>(state.range(0));
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    cpu::set_blas_threads(threads);
     TinyStep tiny;
     const int64_t B = TinyStep::B, T = TinyStep::T;
     for (auto _ : state) benchmark::DoNotOptimize(tiny.step());
@@ -46,13 +46,13 @@ void BM_Sgemm(benchmark::State& state) {
     const int threads = static_cast<int>(state.range(0));
     const int64_t n = state.range(1);
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    cpu::set_blas_threads(threads);
     std::vector<float> a(n * n), b(n * n), c(n * n);
     Rng rng(3);
     for (auto& x : a) x = static_cast<float>(rng.normal());
     for (auto& x : b) x = static_cast<float>(rng.normal());
     for (auto _ : state) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        cpu::gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
         benchmark::DoNotOptimize(c.data());
     }
     state.counters["flops"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
@@ -61,4 +61,14 @@ BENCHMARK(BM_Sgemm)->Args({2, 1024})->Args({1, 1024})->Unit(benchmark::kMillisec
 
 }  // namespace
 
-BENCHMARK_MAIN();
+// Google Benchmark's main, plus the BLAS in use in the context block (console and JSON alike).
+int main(int argc, char** argv) {
+    benchmark::AddCustomContext("blas", cpu::blas_summary());
+    benchmark::AddCustomContext("blas_core", cpu::blas_info().core);
+    benchmark::AddCustomContext("blas_library", cpu::blas_info().library_path);
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -7,7 +7,6 @@
 // statistics pass (about 40M elements per step here), and attn_logits_max one dot product per row and
 // head (its argmax comes from the saved softmax).
 #include <benchmark/benchmark.h>
-#include <cblas.h>
 #include <omp.h>
 
 #include <cstdio>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "debug/tracer.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/random.h"
 #include "model/transformer.h"
 #include "bench/tiny_step.h"
@@ -32,7 +32,7 @@ void BM_TinyStepTracer(benchmark::State& state) {
     const int threads = static_cast<int>(state.range(0));
     const bool traced = state.range(1) != 0;
     omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    cpu::set_blas_threads(threads);
     const int64_t B = TinyStep::B, T = TinyStep::T;
     TinyStep tiny;
     std::ostringstream log;
@@ -82,6 +82,7 @@ public:
 }  // namespace
 
 int main(int argc, char** argv) {
+    benchmark::AddCustomContext("blas", cpu::blas_summary());
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     RatioReporter reporter;

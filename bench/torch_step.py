@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sdpa", action="store_true",
                    help="use torch's scaled_dot_product_attention (PyTorch >= 2.0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model if available")
+    p.add_argument("--sgemm", action="store_true", help="also time a 1024^3 float32 matmul (sgemm_flops)")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--steps and --threads must be >= 1, --warmup >= 0")
@@ -116,6 +117,7 @@ def main() -> None:
     times_ms = [1000.0 * step() for _ in range(args.steps)]
     median_ms = statistics.median(times_ms)
     tokens_per_step = args.batch_size * args.seq_len
+    sgemm_flops = measure_sgemm(args.threads) if args.sgemm else None
     print(json.dumps({
         "peer": "pytorch",
         "torch_version": torch.__version__,
@@ -128,7 +130,28 @@ def main() -> None:
         "dtype": args.dtype,
         "attention": model.attention,
         "compiled": compiled,
+        "sgemm_flops": sgemm_flops,
+        "blas": torch.__config__.show().splitlines()[:12] if args.sgemm else None,
     }))
+
+
+def measure_sgemm(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
+    """PyTorch's best float32 matmul rate (n^3, the shape the C++ benchmark times): one candidate for
+    the machine's physical limit, next to every OpenBLAS core the CPU supports."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    c = a @ b.T
+    best = float("inf")
+    for _ in range(5):
+        start, iterations = time.perf_counter(), 0
+        while True:
+            torch.mm(a, b.T, out=c)
+            iterations += 1
+            if time.perf_counter() - start >= seconds / 5:
+                break
+        best = min(best, (time.perf_counter() - start) / iterations)
+    return 2.0 * n * n * n / best
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/random.h"
+#include "kernels/cpu/blas.h"
 #include "model/dump.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
@@ -58,6 +59,7 @@ int run_demo(const std::string& config_path, int64_t B, int64_t T, uint64_t seed
                 static_cast<long long>(model.num_parameters()), model.params().size(),
                 model.acts().nbytes() / 1048576.0, static_cast<long long>(B), static_cast<long long>(T),
                 omp_get_max_threads());
+    std::printf("blas: %s\n", cpu::blas_summary().c_str());
     Batch batch = random_batch(B, T, config.vocab_size, seed + 1);
 
     auto start = std::chrono::steady_clock::now();

@@ -24,6 +24,7 @@
 #include <sstream>
 
 #include "kernels/bugs.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
@@ -508,6 +509,7 @@ GrpoRunResult GrpoTrainer::run() {
     out_ << "GRPO from " << init_dir_ << ": " << policy_->num_parameters() << " parameters, task " << task_->name()
          << ", " << config_.updates << " updates of " << config_.prompts_per_update << " prompts x "
          << config_.group_size << " samples on " << omp_get_max_threads() << " threads\n";
+    out_ << "blas: " << cpu::blas_summary() << "\n";
 
     auto log_eval = [&](int64_t show) {
         const GrpoEval e = evaluate(show);

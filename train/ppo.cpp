@@ -28,6 +28,7 @@
 #include <sstream>
 
 #include "kernels/bugs.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
 #include "kernels/random.h"
@@ -707,6 +708,7 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
             << impl_->minibatch << ", " << config_.update_epochs << " epochs; " << num_updates() << " updates ("
             << num_updates() * impl_->batch << " env steps); agent " << impl_->agent.num_parameters()
             << " parameters; " << omp_get_max_threads() << " threads\n";
+        log << "blas: " << cpu::blas_summary() << "\n";
     }
 }
 

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "kernels/bugs.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
 #include "kernels/safetensors.h"
@@ -539,6 +540,7 @@ void Trainer::run() {
     out_ << "model: " << model_->num_parameters() << " parameters; training " << max_steps - step_
          << " optimizer steps of " << config_.train.grad_accum << " x " << config_.train.batch_size << " x "
          << config_.train.seq_len << " tokens on " << omp_get_max_threads() << " threads\n";
+    out_ << "blas: " << cpu::blas_summary() << "\n";
 
     auto log_eval = [&](int64_t show) {
         const EvalMetrics e = evaluate(show);
