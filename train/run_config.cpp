@@ -118,6 +118,13 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
             slot = value;
             continue;
         }
+        // HF's RoPE scaling object (null = none) is replaced whole; ModelConfig::from_json checks it.
+        if (dotted == "model.rope_scaling") {
+            check(value.is_object() || value.is_null(), source, ": '", dotted,
+                  "' must be an HF rope_scaling object or null, got ", value.type_name());
+            slot = value;
+            continue;
+        }
         if (slot.is_object()) {
             merge_at(slot, value, dotted, source);
             continue;
