@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# scripts/run.sh — set up and build (scripts/setup.sh), then run the main job: train a small chat model
+# scripts/run.sh — set up and build what the main job needs (scripts/setup.sh --main), then run it: train a small chat model
 # on 2-digit addition (configs/addition.json, about 1.5 minutes on 2 CPU cores) and answer held-out
 # problems from the final checkpoint with `reftrain sample`.
 # Extra arguments go to `reftrain train`, e.g. `scripts/run.sh --set train.max_steps=200`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$root/scripts/setup.sh"
+"$root/scripts/setup.sh" --main
 reftrain=${REFTRAIN_BUILD_DIR:-$root/build}/reftrain
 cd "$root"
 "$reftrain" train --config configs/addition.json "$@"

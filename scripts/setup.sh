@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
 # scripts/setup.sh — install what is missing, then configure and build reftrain.
 #
+# Usage: scripts/setup.sh          everything the tests need (scripts/test.sh, CI)
+#        scripts/setup.sh --main   only what the main job needs (scripts/run.sh): the compiler, CMake and
+#                                  the libraries the `reftrain` binary uses; builds that one target, on the
+#                                  CPU. On a fresh machine this reaches the first training step in about
+#                                  a minute and a half instead of about ten (no PyTorch, no test or CUDA build).
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
-#     nlohmann-json, CLI11, GoogleTest, Google Benchmark, sentencepiece, and Debian's PyTorch + numpy
-#     for the parity tests and benchmark peers.
-#   - A Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and adds
-#     `safetensors` and `gymnasium` from PyPI (Debian has no package for them); with CUDA also the
+#     nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark and
+#     Debian's PyTorch + numpy (parity tests and benchmark peers).
+#   - For the tests, a Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and
+#     adds `safetensors` and `gymnasium` from PyPI (Debian has no package for them); with CUDA also the
 #     cudnn-frontend C++ headers (PyPI's nvidia-cudnn-frontend, headers only) for cuDNN attention.
 # Environment: REFTRAIN_BUILD_DIR (default build/), REFTRAIN_CMAKE_ARGS (extra -D options).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${REFTRAIN_BUILD_DIR:-$root/build}
 
-packages=(g++ cmake make git libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-          libbenchmark-dev libsentencepiece-dev sentencepiece zlib1g-dev python3 python3-venv python3-pip python3-numpy
-          python3-torch python3-sentencepiece)
+main_only=false
+case "${1:-}" in
+  --main) main_only=true ;;
+  "") ;;
+  *) echo "setup.sh: unknown argument '$1' (expected nothing or --main)" >&2; exit 2 ;;
+esac
+have_nvcc=false
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then have_nvcc=true; fi
+
+# What the reftrain binary needs to build and run.
+packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev zlib1g-dev)
+if ! $main_only; then  # the tests and benchmarks
+  packages+=(git libgtest-dev libgmock-dev libbenchmark-dev sentencepiece python3 python3-venv python3-pip
+             python3-numpy python3-torch python3-sentencepiece)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +43,18 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if $main_only; then
+  # The CPU build of the one binary. A build directory configured before keeps its settings (scripts/test.sh
+  # may have turned CUDA and the tests on); a fresh one starts without CUDA, tests or benchmarks, which
+  # the main job does not use and whose packages --main does not install.
+  fresh_args=()
+  [ -f "$build/CMakeCache.txt" ] || fresh_args=(-DREFTRAIN_CUDA=OFF -DREFTRAIN_BUILD_TESTS=OFF -DREFTRAIN_BUILD_BENCH=OFF)
+  # shellcheck disable=SC2086
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release "${fresh_args[@]}" ${REFTRAIN_CMAKE_ARGS:-} >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target reftrain
+  exit 0
 fi
 
 venv=$root/.venv
@@ -45,7 +74,7 @@ fi
 # there). Only with CUDA; --no-deps: we want the headers, not the package's Python stack (CUTLASS DSL).
 # libcudnn itself comes with the CUDA install; without it (or these headers) attention uses the
 # hand-written kernels.
-if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+if $have_nvcc; then
   if ! compgen -G "$venv/lib/python3*/site-packages/include/cudnn_frontend.h" >/dev/null; then
     echo "setup: adding the cudnn-frontend headers to .venv (nvidia-cudnn-frontend, for cuDNN attention)"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cudnn-frontend>=1.32"  # the version this code was written against
@@ -53,6 +82,9 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 # shellcheck disable=SC2086
+# Everything, CUDA included wherever nvcc is (stated, because a build directory that scripts/run.sh
+# configured first has it off).
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DREFTRAIN_PYTHON="$venv/bin/python" \
+      -DREFTRAIN_CUDA="$($have_nvcc && echo ON || echo OFF)" -DREFTRAIN_BUILD_TESTS=ON -DREFTRAIN_BUILD_BENCH=ON \
       ${REFTRAIN_CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" -j"$(nproc)"
