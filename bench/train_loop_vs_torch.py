@@ -96,7 +96,9 @@ def main():
             run([reftrain, "data", "batches", "--steps", str(args.steps), "--out", batches_dir]
                 + sets_for(args, run_dir), args.threads)
             # (b) reftrain's loop
-            run([reftrain, "train"] + sets_for(args, run_dir), args.threads)
+            train_out = run([reftrain, "train"] + sets_for(args, run_dir), args.threads)
+            if r == 0:  # which BLAS kernels reftrain runs (kernels/cpu/blas.h)
+                print(next((l for l in train_out.splitlines() if l.startswith("blas: ")), "blas: ?"), flush=True)
             with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                 lines = [json.loads(line) for line in f if line.strip()]
             train = [m for m in lines if m["kind"] == "train"]
