@@ -110,7 +110,8 @@ def main():
     candidates[f"OpenBLAS in use ({context.get('blas_core', '?')})"] = sgemm_m
     candidates[f"PyTorch {torch_version} matmul"] = torch_sgemm_m
     limit_name, limit = max(candidates.items(), key=lambda kv: kv[1])
-    mkl = [line.strip() for line in torch_blas if "BLAS" in line or "MKL" in line or "oneDNN" in line]
+    mkl = [line.strip().lstrip("- ")[:60] for line in torch_blas
+           if ("MKL" in line or "oneDNN" in line or "OpenBLAS" in line) and "Build settings" not in line]
     print()
     print(f"blas: reftrain {context.get('blas', '?')}")
     print(f"blas: pytorch {torch_version}: {'; '.join(mkl) if mkl else '?'}")
