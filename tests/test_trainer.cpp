@@ -94,6 +94,20 @@ TEST(RunConfig, RefusesUnknownKeysWithSuggestion) {
     EXPECT_NE(error_of([] { load_run_config("", {"nonsense=3"}); }).find("unknown key 'nonsense'"), std::string::npos);
 }
 
+// A --set into a task's options changes the key it names and keeps the others (the config file's
+// options stand); a config file's task_options replace the defaults whole.
+TEST(RunConfig, SetIntoTaskOptionsKeepsTheOtherOptions) {
+    const RunConfig c = load_run_config("", {R"(data.task_options={"min_digits": 2, "max_digits": 2})",
+                                             "data.task_options.answer=reversed"});
+    EXPECT_EQ(c.data.task_options.at("min_digits"), 2);
+    EXPECT_EQ(c.data.task_options.at("max_digits"), 2);
+    EXPECT_EQ(c.data.task_options.at("answer"), "reversed");
+    const RunConfig scaled = load_run_config("", {R"(model.rope_scaling={"rope_type": "linear", "factor": 2.0})",
+                                                  "model.rope_scaling.factor=4.0"});
+    EXPECT_EQ(model_config_for_run(scaled, 300).rope_scaling.factor, 4.0);
+    EXPECT_EQ(model_config_for_run(scaled, 300).rope_scaling.type, RopeScaling::Type::linear);
+}
+
 // A run config can train with HF's RoPE scaling: the object is handed whole to ModelConfig's reader,
 // which checks it (a type we do not implement is refused there, by name).
 TEST(RunConfig, RopeScalingObjectReachesTheModelConfig) {

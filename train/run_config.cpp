@@ -112,17 +112,28 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
                                                           closest, "'?)"));
         }
         json& slot = base[key];
-        // Free-form objects (a task's own options) are replaced whole; the task checks them.
+        // Free-form objects (a task's own options; their owner checks them) are replaced whole by a
+        // config file, but a --set updates only the keys it names: `--set data.task_options.answer=x`
+        // keeps the file's other task options.
+        const bool from_set = source.rfind("--set ", 0) == 0;
         if (dotted == "data.task_options" || dotted == "invariants" || dotted == "bugs") {
             check(value.is_object(), source, ": '", dotted, "' must be an object, got ", value.type_name());
-            slot = value;
+            if (from_set && slot.is_object()) {
+                slot.update(value);
+            } else {
+                slot = value;
+            }
             continue;
         }
-        // HF's RoPE scaling object (null = none) is replaced whole; ModelConfig::from_json checks it.
+        // HF's RoPE scaling object (null = none), likewise; ModelConfig::from_json checks it.
         if (dotted == "model.rope_scaling") {
             check(value.is_object() || value.is_null(), source, ": '", dotted,
                   "' must be an HF rope_scaling object or null, got ", value.type_name());
-            slot = value;
+            if (from_set && slot.is_object() && value.is_object()) {
+                slot.update(value);
+            } else {
+                slot = value;
+            }
             continue;
         }
         if (slot.is_object()) {
