@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/run.sh — set up and build what the main job needs (scripts/setup.sh --main), then run it: train a small chat model
-# on 2-digit addition (configs/addition.json, about 2 minutes on 2 CPU cores) and answer held-out
+# on 2-digit addition (configs/addition.json, about 80 s of training on 2 CPU cores) and answer held-out
 # problems from the final checkpoint with `reftrain sample`.
 # Extra arguments go to `reftrain train`, e.g. `scripts/run.sh --set train.max_steps=200`.
 set -euo pipefail
