@@ -5,7 +5,7 @@
 #        scripts/setup.sh --main   only what the main job needs (scripts/run.sh): the compiler, CMake and
 #                                  the libraries the `reftrain` binary uses; builds that one target, on the
 #                                  CPU. From a fresh clone, the main job's first training step came after
-#                                  178 s (166 s of build) instead of about 6.5 minutes (no PyTorch, no test
+#                                  170 s instead of about 6.5 minutes (no PyTorch, no test
 #                                  or CUDA build).
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
