@@ -6,12 +6,18 @@
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "kernels/error.h"
 
 namespace reftrain {
 
@@ -38,6 +44,25 @@ inline nlohmann::json parse_json_noting_duplicates(std::string_view text, Duplic
         return true;
     };
     return json::parse(text.begin(), text.end(), on_event);
+}
+
+// The one reader of JSON files (model configs, run/PPO/GRPO configs): refuses a missing file, invalid
+// JSON and a key that appears twice, each naming the file; `what` names the kind ("model config").
+inline nlohmann::json read_json_file(const std::string& path, const std::string& what) {
+    std::ifstream in(path, std::ios::binary);
+    check(static_cast<bool>(in), path, ": cannot open the ", what, " (", std::strerror(errno), ")");
+    std::stringstream text;
+    text << in.rdbuf();
+    DuplicateKey duplicate;
+    nlohmann::json j;
+    try {
+        j = parse_json_noting_duplicates(text.str(), &duplicate);
+    } catch (const nlohmann::json::parse_error& e) {
+        fail(path, ": the ", what, " is not valid JSON: ", e.what());
+    }
+    check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice in the ", what,
+          " (which one did you mean?)");
+    return j;
 }
 
 // Levenshtein distance (insertions, deletions, substitutions), for "did you mean" suggestions.

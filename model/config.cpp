@@ -516,20 +516,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source, std
 
 ModelConfig ModelConfig::load(const std::string& path, std::vector<std::string>* ignored_keys) {
     check(!std::filesystem::is_directory(path), path, ": cannot read model config: it is a directory");
-    std::ifstream in(path);
-    if (!in) fail(path, ": cannot open model config file: ", std::strerror(errno));
-    std::stringstream text;
-    text << in.rdbuf();
-
     // A repeated key is refused like any other typo (nlohmann alone would keep the last one).
-    DuplicateKey duplicate;
-    json j;
-    try {
-        j = parse_json_noting_duplicates(text.str(), &duplicate);
-    } catch (const json::parse_error& e) {
-        fail(path, ": invalid JSON in model config (", e.what(), ")");
-    }
-    check(duplicate.key.empty(), path, ": duplicate key '", duplicate.key, "' in model config");
+    const json j = read_json_file(path, "model config");
     return from_json(j, path, ignored_keys);
 }
 

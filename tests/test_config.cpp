@@ -614,14 +614,14 @@ TEST_F(ConfigTest, SizesMustBePositive) {
 }
 
 TEST_F(ConfigTest, MissingFile) {
-    expect_load_error((dir_ / "nope" / "config.json").string(), {"cannot open model config file"});
+    expect_load_error((dir_ / "nope" / "config.json").string(), {"cannot open the model config"});
 }
 
 TEST_F(ConfigTest, InvalidJson) {
     expect_load_error(write("broken.json", "{\"hidden_size\": 1024,\n \"vocab_size\": }"),
-                      {"invalid JSON", "line 2"});
+                      {"model config is not valid JSON", "line 2"});
     expect_load_error(write("dup.json", R"({"hidden_size": 1024, "hidden_size": 2048})"),
-                      {"duplicate key 'hidden_size'"});
+                      {"key 'hidden_size' appears twice in the model config"});
     expect_load_error(write("array.json", "[]"), {"must be a JSON object"});
 }
 

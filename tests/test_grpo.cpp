@@ -327,6 +327,11 @@ TEST_F(Grpo, ConfigIsStrict) {
     expect_error([] { load_grpo_config("", {"init=x", "sampling.grup_size=4"}); },
                  {"unknown key 'sampling.grup_size'", "did you mean 'sampling.group_size'"});
     expect_error([] { load_grpo_config("", {"init=x", "updates=1.5"}); }, {"'updates' must be an integer"});
+    // One bug-switch check for every config: GRPO used to accept any name here.
+    expect_error([] { load_grpo_config("", {"init=x", "bugs.negative_kll=true"}); },
+                 {"unknown bug switch 'bugs.negative_kll'", "did you mean 'negative-kl'"});
+    expect_error([] { load_grpo_config("", {"init=x", "seed=-3"}); }, {"'seed' must be an integer >= 0"});
+    expect_error([] { load_grpo_config("", {"init=x", "optimizer.lr=0.0"}); }, {"'optimizer.lr' must be > 0, got 0.0"});
     expect_error([] { load_grpo_config("", {"init=x", "algorithm=ppo"}); }, {"'algorithm' is \"ppo\""});
     expect_error([] { load_grpo_config("", {"init=x", "sampling.temperature=0"}); }, {"sampling.temperature"});
     expect_error([] { load_grpo_config("", {}); }, {"'init' must name an SFT checkpoint"});

@@ -328,6 +328,8 @@ TEST_F(Ppo, ConfigIsStrict) {
     expect_error([] { load_ppo_config("", {"gama=0.9"}); }, {"--set gama=0.9", "did you mean 'gamma'"});
     expect_error([] { load_ppo_config("", {"num_minibatches=3"}); }, {"'num_minibatches' = 3", "must divide"});
     expect_error([] { load_ppo_config("", {"env=cartpol"}); }, {"'env'", "did you mean 'cartpole'"});
+    expect_error([] { load_ppo_config("", {"gamma=1.5"}); }, {"'gamma' must be in [0, 1], got 1.5"});
+    expect_error([] { load_ppo_config("", {"hidden=[64, 0]"}); }, {"'hidden' must be a list of positive integers"});
     expect_error([] { load_ppo_config("", {"hidden=[64, -1]"}); }, {"'hidden'", "positive integers"});
     expect_error([] { load_ppo_config("", {"bugs={\"advantage-sing\": true}"}); }, {"did you mean 'advantage-sign'"});
     EXPECT_EQ(load_ppo_config("", {"gamma=0.9", "hidden=[32]"}).hidden, std::vector<int64_t>{32});

@@ -108,6 +108,34 @@ TEST(RunConfig, SetIntoTaskOptionsKeepsTheOtherOptions) {
     EXPECT_EQ(model_config_for_run(scaled, 300).rope_scaling.type, RopeScaling::Type::linear);
 }
 
+// The field table (train/config_fields.h) writes the defaults and reads the struct: a key written once
+// reaches its member both ways, including a member of a member (train.beta2 -> adamw.beta2); a value the
+// merge lets through but the member cannot hold is refused naming the key.
+TEST(RunConfig, FieldTableRoundTripsAndRefusesWhatTheStructCannotHold) {
+    const RunConfig c = load_run_config("", {"train.beta2=0.95", "seed=7", "eval.final_test=false"});
+    EXPECT_EQ(c.train.adamw.beta2, 0.95);
+    EXPECT_EQ(c.seed, 7u);
+    EXPECT_FALSE(c.eval.final_test);
+    EXPECT_EQ(c.resolved.at("train").at("beta2"), 0.95);
+    const json defaults = default_run_config();
+    EXPECT_EQ(defaults.at("train").at("seq_len"), TrainConfig{}.seq_len);
+    EXPECT_EQ(defaults.at("schedule").at("kind"), ScheduleConfig{}.kind);
+    EXPECT_TRUE(defaults.at("model").contains("hidden_size"));
+    EXPECT_NE(error_of([] { load_run_config("", {"seed=-1"}); }).find("'seed' must be an integer >= 0, got -1"),
+              std::string::npos);
+    // A key's range sits on its line of the table; the message names the key, the rule and the value.
+    EXPECT_NE(error_of([] { load_run_config("", {"train.seq_len=0"}); }).find("'train.seq_len' must be > 0, got 0"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"eval.every=-1"}); }).find("'eval.every' must be >= 0, got -1"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"train.precision=fp8"}); })
+                  .find(R"('train.precision' must be one of "fp32", "bf16", "fp16", got "fp8")"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { load_run_config("", {"bugs.forgot_zero_grd=true"}); })
+                  .find("unknown bug switch 'bugs.forgot_zero_grd' (did you mean 'forgot-zero-grad'?)"),
+              std::string::npos);
+}
+
 // A run config can train with HF's RoPE scaling: the object is handed whole to ModelConfig's reader,
 // which checks it (a type we do not implement is refused there, by name).
 TEST(RunConfig, RopeScalingObjectReachesTheModelConfig) {

@@ -31,6 +31,7 @@
 #include "kernels/safetensors.h"
 #include "model/generate.h"
 #include "train/checkpoint.h"
+#include "train/config_fields.h"
 #include "train/grad_clip.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
@@ -42,43 +43,48 @@ using json = nlohmann::json;
 
 // ---- configuration ----------------------------------------------------------------------------------
 
+namespace {
+
+// Every key of a GRPO config once: path, then where it lives ("algorithm" is added by the default).
+const ConfigFields<GrpoConfig>& grpo_fields() {
+    using G = GrpoConfig;
+    using A = AdamWConfig;
+    static const ConfigFields<GrpoConfig> fields = [] {
+        ConfigFields<GrpoConfig> f;
+        f.add("run_dir", &G::run_dir).add("init", &G::init).add("seed", &G::seed).add("threads", &G::threads).non_negative();
+        f.add("data.task", &G::task).add("data.task_options", &G::task_options);
+        f.add("reward.correct", &G::reward_correct).add("reward.format", &G::reward_format);
+        f.add("sampling.prompts_per_update", &G::prompts_per_update).positive()
+            .add("sampling.group_size", &G::group_size)
+            .add("sampling.temperature", &G::temperature)
+            .add("sampling.top_k", &G::top_k).non_negative()
+            .add("sampling.max_new_tokens", &G::max_new_tokens).positive();
+        f.add("advantage.std_normalize", &G::std_normalize).add("advantage.std_eps", &G::std_eps).positive();
+        f.add("kl_coef", &G::kl_coef).non_negative();
+        f.add("optimizer.lr", &G::adamw, &A::lr).positive()
+            .add("optimizer.beta1", &G::adamw, &A::beta1)
+            .add("optimizer.beta2", &G::adamw, &A::beta2)
+            .add("optimizer.eps", &G::adamw, &A::eps)
+            .add("optimizer.weight_decay", &G::adamw, &A::weight_decay)
+            .add("optimizer.max_grad_norm", &G::max_grad_norm);
+        f.add("updates", &G::updates).non_negative().add("seq_len", &G::seq_len).positive();
+        f.add("micro_batch_size", &G::micro_batch_size).positive();
+        f.add("eval.examples", &G::eval_examples).non_negative()
+            .add("eval.every", &G::eval_every).non_negative()
+            .add("eval.max_new_tokens", &G::eval_max_new_tokens).positive()
+            .add("eval.samples", &G::eval_samples).non_negative();
+        f.add("log_every", &G::log_every).non_negative().add("invariants", &G::invariants).add("bugs", &G::bugs);
+        return f;
+    }();
+    return fields;
+}
+
+}  // namespace
+
 json default_grpo_config() {
-    const GrpoConfig c;
-    return json{
-        {"algorithm", "grpo"},
-        {"run_dir", c.run_dir},
-        {"init", c.init},
-        {"seed", c.seed},
-        {"threads", c.threads},
-        {"data", {{"task", c.task}, {"task_options", c.task_options}}},
-        {"reward", {{"correct", c.reward_correct}, {"format", c.reward_format}}},
-        {"sampling",
-         {{"prompts_per_update", c.prompts_per_update},
-          {"group_size", c.group_size},
-          {"temperature", c.temperature},
-          {"top_k", c.top_k},
-          {"max_new_tokens", c.max_new_tokens}}},
-        {"advantage", {{"std_normalize", c.std_normalize}, {"std_eps", c.std_eps}}},
-        {"kl_coef", c.kl_coef},
-        {"optimizer",
-         {{"lr", c.adamw.lr},
-          {"beta1", c.adamw.beta1},
-          {"beta2", c.adamw.beta2},
-          {"eps", c.adamw.eps},
-          {"weight_decay", c.adamw.weight_decay},
-          {"max_grad_norm", c.max_grad_norm}}},
-        {"updates", c.updates},
-        {"seq_len", c.seq_len},
-        {"micro_batch_size", c.micro_batch_size},
-        {"eval",
-         {{"examples", c.eval_examples},
-          {"every", c.eval_every},
-          {"max_new_tokens", c.eval_max_new_tokens},
-          {"samples", c.eval_samples}}},
-        {"log_every", c.log_every},
-        {"invariants", c.invariants},
-        {"bugs", c.bugs},
-    };
+    json j = grpo_fields().write(GrpoConfig{});
+    j["algorithm"] = "grpo";
+    return j;
 }
 
 GrpoConfig load_grpo_config(const std::string& path, const std::vector<std::string>& sets) {
@@ -98,77 +104,17 @@ GrpoConfig parse_grpo_config(const json& j, const std::string& source) {
     c.resolved = j;
     const std::string algorithm = j.at("algorithm").get<std::string>();
     check(algorithm == "grpo", source, ": 'algorithm' is \"", algorithm, "\"; this loader reads \"grpo\" configs");
-    c.run_dir = j.at("run_dir").get<std::string>();
-    c.init = j.at("init").get<std::string>();
-    c.seed = j.at("seed").get<uint64_t>();
-    c.threads = j.at("threads").get<int64_t>();
-    const json& d = j.at("data");
-    c.task = d.at("task").get<std::string>();
-    c.task_options = d.at("task_options");
-    const json& r = j.at("reward");
-    c.reward_correct = r.at("correct").get<double>();
-    c.reward_format = r.at("format").get<double>();
-    const json& s = j.at("sampling");
-    c.prompts_per_update = s.at("prompts_per_update").get<int64_t>();
-    c.group_size = s.at("group_size").get<int64_t>();
-    c.temperature = s.at("temperature").get<double>();
-    c.top_k = s.at("top_k").get<int64_t>();
-    c.max_new_tokens = s.at("max_new_tokens").get<int64_t>();
-    const json& a = j.at("advantage");
-    c.std_normalize = a.at("std_normalize").get<bool>();
-    c.std_eps = a.at("std_eps").get<double>();
-    c.kl_coef = j.at("kl_coef").get<double>();
-    const json& o = j.at("optimizer");
-    c.adamw.lr = o.at("lr").get<double>();
-    c.adamw.beta1 = o.at("beta1").get<double>();
-    c.adamw.beta2 = o.at("beta2").get<double>();
-    c.adamw.eps = o.at("eps").get<double>();
-    c.adamw.weight_decay = o.at("weight_decay").get<double>();
-    c.max_grad_norm = o.at("max_grad_norm").get<double>();
-    c.updates = j.at("updates").get<int64_t>();
-    c.seq_len = j.at("seq_len").get<int64_t>();
-    c.micro_batch_size = j.at("micro_batch_size").get<int64_t>();
-    const json& e = j.at("eval");
-    c.eval_examples = e.at("examples").get<int64_t>();
-    c.eval_every = e.at("every").get<int64_t>();
-    c.eval_max_new_tokens = e.at("max_new_tokens").get<int64_t>();
-    c.eval_samples = e.at("samples").get<int64_t>();
-    c.log_every = j.at("log_every").get<int64_t>();
-    c.invariants = j.at("invariants");
-    c.bugs = j.at("bugs");
-    for (const auto& [name, on] : c.bugs.items()) {
-        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
-    }
+    grpo_fields().read(j, c, source);
+    check_bug_switches(c.bugs, source);
 
-    auto positive = [&](int64_t v, const char* key) { check(v > 0, source, ": '", key, "' must be > 0, got ", v); };
-    auto non_negative = [&](int64_t v, const char* key) {
-        check(v >= 0, source, ": '", key, "' must be >= 0, got ", v);
-    };
     check(!c.run_dir.empty(), source, ": 'run_dir' must not be empty");
     check(!c.init.empty(), source, ": 'init' must name an SFT checkpoint (a run directory of `reftrain train` or ",
           "one of its checkpoints/step_NNNNNNN)");
-    non_negative(c.threads, "threads");
-    positive(c.prompts_per_update, "sampling.prompts_per_update");
     check(c.group_size >= 2, source, ": 'sampling.group_size' must be >= 2 (a group of one has no baseline), got ",
           c.group_size);
-    check(std::isfinite(c.temperature) && c.temperature > 0.0, source,
+    check(c.temperature > 0.0, source,
           ": 'sampling.temperature' must be > 0 (greedy samples are all alike: every group would carry no signal), got ",
           c.temperature);
-    non_negative(c.top_k, "sampling.top_k");
-    positive(c.max_new_tokens, "sampling.max_new_tokens");
-    check(std::isfinite(c.std_eps) && c.std_eps > 0.0, source, ": 'advantage.std_eps' must be > 0, got ", c.std_eps);
-    check(std::isfinite(c.kl_coef) && c.kl_coef >= 0.0, source, ": 'kl_coef' must be >= 0, got ", c.kl_coef);
-    check(std::isfinite(c.adamw.lr) && c.adamw.lr > 0.0, source, ": 'optimizer.lr' must be > 0, got ", c.adamw.lr);
-    check(std::isfinite(c.reward_correct) && std::isfinite(c.reward_format), source,
-          ": 'reward.correct' and 'reward.format' must be finite");
-    non_negative(c.updates, "updates");
-    positive(c.seq_len, "seq_len");
-    positive(c.micro_batch_size, "micro_batch_size");
-    non_negative(c.eval_examples, "eval.examples");
-    non_negative(c.eval_every, "eval.every");
-    positive(c.eval_max_new_tokens, "eval.max_new_tokens");
-    non_negative(c.eval_samples, "eval.samples");
-    non_negative(c.log_every, "log_every");
     return c;
 }
 

@@ -35,6 +35,7 @@
 #include "model/mlp.h"
 #include "probes/envs.h"
 #include "train/adamw.h"
+#include "train/config_fields.h"
 #include "train/grad_clip.h"
 #include "train/run_config.h"
 
@@ -209,34 +210,33 @@ PpoLossTerms ppo_loss(std::span<const double> logits, std::span<const double> va
 
 // ---- config --------------------------------------------------------------------------------------------
 
-json to_json(const PpoConfig& c) {
-    return json{{"env", c.env},
-                {"num_envs", c.num_envs},
-                {"num_steps", c.num_steps},
-                {"total_timesteps", c.total_timesteps},
-                {"learning_rate", c.learning_rate},
-                {"anneal_lr", c.anneal_lr},
-                {"gamma", c.gamma},
-                {"gae_lambda", c.gae_lambda},
-                {"num_minibatches", c.num_minibatches},
-                {"update_epochs", c.update_epochs},
-                {"norm_adv", c.norm_adv},
-                {"clip_coef", c.clip_coef},
-                {"clip_vloss", c.clip_vloss},
-                {"ent_coef", c.ent_coef},
-                {"vf_coef", c.vf_coef},
-                {"max_grad_norm", c.max_grad_norm},
-                {"adam_eps", c.adam_eps},
-                {"target_kl", c.target_kl},
-                {"normalize_reward", c.normalize_reward},
-                {"hidden", c.hidden},
-                {"max_episode_steps", c.max_episode_steps},
-                {"seed", c.seed},
-                {"threads", c.threads},
-                {"run_dir", c.run_dir},
-                {"log_every", c.log_every},
-                {"bugs", c.bugs}};
+namespace {
+
+// Every key of a PPO config once (cleanrl's names): path, then the member it sets.
+const ConfigFields<PpoConfig>& ppo_fields() {
+    using P = PpoConfig;
+    static const ConfigFields<PpoConfig> fields = [] {
+        ConfigFields<PpoConfig> f;
+        f.add("env", &P::env).add("num_envs", &P::num_envs).positive().add("num_steps", &P::num_steps).positive();
+        f.add("total_timesteps", &P::total_timesteps).add("learning_rate", &P::learning_rate).positive();
+        f.add("anneal_lr", &P::anneal_lr).add("gamma", &P::gamma).between(0, 1);
+        f.add("gae_lambda", &P::gae_lambda).between(0, 1);
+        f.add("num_minibatches", &P::num_minibatches).positive().add("update_epochs", &P::update_epochs).positive();
+        f.add("norm_adv", &P::norm_adv).add("clip_coef", &P::clip_coef).positive().add("clip_vloss", &P::clip_vloss);
+        f.add("ent_coef", &P::ent_coef).non_negative().add("vf_coef", &P::vf_coef).non_negative();
+        f.add("max_grad_norm", &P::max_grad_norm);
+        f.add("adam_eps", &P::adam_eps).positive().add("target_kl", &P::target_kl);
+        f.add("normalize_reward", &P::normalize_reward).add("hidden", &P::hidden);
+        f.add("max_episode_steps", &P::max_episode_steps).add("seed", &P::seed).add("threads", &P::threads).non_negative();
+        f.add("run_dir", &P::run_dir).add("log_every", &P::log_every).non_negative().add("bugs", &P::bugs);
+        return f;
+    }();
+    return fields;
 }
+
+}  // namespace
+
+json to_json(const PpoConfig& c) { return ppo_fields().write(c); }
 
 namespace {
 
@@ -253,58 +253,14 @@ json read_ppo_json(const std::string& path) {
 
 PpoConfig parse_ppo_config(const json& j, const std::string& source) {
     PpoConfig c;
-    auto get = [&](const char* key, auto& slot) {
-        try {
-            slot = j.at(key).get<std::remove_reference_t<decltype(slot)>>();
-        } catch (const json::exception& e) {
-            fail(source, ": '", key, "' has the wrong type (", j.at(key).dump(), "): ", e.what());
-        }
-    };
-    get("env", c.env);
-    get("num_envs", c.num_envs);
-    get("num_steps", c.num_steps);
-    get("total_timesteps", c.total_timesteps);
-    get("learning_rate", c.learning_rate);
-    get("anneal_lr", c.anneal_lr);
-    get("gamma", c.gamma);
-    get("gae_lambda", c.gae_lambda);
-    get("num_minibatches", c.num_minibatches);
-    get("update_epochs", c.update_epochs);
-    get("norm_adv", c.norm_adv);
-    get("clip_coef", c.clip_coef);
-    get("clip_vloss", c.clip_vloss);
-    get("ent_coef", c.ent_coef);
-    get("vf_coef", c.vf_coef);
-    get("max_grad_norm", c.max_grad_norm);
-    get("adam_eps", c.adam_eps);
-    get("target_kl", c.target_kl);
-    get("normalize_reward", c.normalize_reward);
-    get("max_episode_steps", c.max_episode_steps);
-    check(j.at("seed").is_number_unsigned(), source, ": 'seed' must be an integer >= 0, got ", j.at("seed").dump());
-    get("seed", c.seed);
-    get("threads", c.threads);
-    get("run_dir", c.run_dir);
-    get("log_every", c.log_every);
     const json& hidden = j.at("hidden");
-    c.hidden.clear();
-    for (const json& h : hidden) {
-        check(h.is_number_integer() && h.get<int64_t>() > 0, source,
-              ": 'hidden' must be a list of positive integers (layer widths), got ", hidden.dump());
-        c.hidden.push_back(h.get<int64_t>());
-    }
+    const bool widths = hidden.is_array() && std::all_of(hidden.begin(), hidden.end(), [](const json& h) {
+        return h.is_number_integer() && h.get<int64_t>() > 0;
+    });
+    check(widths, source, ": 'hidden' must be a list of positive integers (layer widths), got ", hidden.dump());
+    ppo_fields().read(j, c, source);
     check(!c.hidden.empty(), source, ": 'hidden' must name at least one layer width, got []");
-    c.bugs = j.at("bugs");
-    for (const auto& [name, on] : c.bugs.items()) {
-        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
-        std::string id = name;
-        std::replace(id.begin(), id.end(), '_', '-');
-        const std::vector<std::string> known = bug_names();
-        if (std::find(known.begin(), known.end(), id) == known.end()) {
-            const std::string closest = closest_name(id, known);
-            fail(source, ": unknown bug switch 'bugs.", name, "'",
-                 closest.empty() ? std::string() : concat(" (did you mean '", closest, "'?)"));
-        }
-    }
+    check_bug_switches(c.bugs, source);
 
     const std::vector<std::string> envs = env_names();
     if (std::find(envs.begin(), envs.end(), c.env) == envs.end()) {
@@ -314,25 +270,11 @@ PpoConfig parse_ppo_config(const json& j, const std::string& source) {
         fail(source, ": 'env' is \"", c.env, "\", not an environment",
              closest.empty() ? std::string() : concat(" (did you mean '", closest, "'?)"), "; known: ", known);
     }
-    auto positive = [&](int64_t v, const char* key) { check(v > 0, source, ": '", key, "' must be > 0, got ", v); };
-    positive(c.num_envs, "num_envs");
-    positive(c.num_steps, "num_steps");
-    positive(c.num_minibatches, "num_minibatches");
-    positive(c.update_epochs, "update_epochs");
     const int64_t batch = c.num_envs * c.num_steps;
     check(c.total_timesteps >= batch, source, ": 'total_timesteps' = ", c.total_timesteps,
           " is less than one rollout (num_envs * num_steps = ", batch, ")");
     check(batch % c.num_minibatches == 0, source, ": 'num_minibatches' = ", c.num_minibatches,
           " must divide the batch num_envs * num_steps = ", batch);
-    check(c.learning_rate > 0.0, source, ": 'learning_rate' must be > 0, got ", c.learning_rate);
-    check(c.gamma >= 0.0 && c.gamma <= 1.0, source, ": 'gamma' must be in [0, 1], got ", c.gamma);
-    check(c.gae_lambda >= 0.0 && c.gae_lambda <= 1.0, source, ": 'gae_lambda' must be in [0, 1], got ", c.gae_lambda);
-    check(c.clip_coef > 0.0, source, ": 'clip_coef' must be > 0, got ", c.clip_coef);
-    check(c.ent_coef >= 0.0 && c.vf_coef >= 0.0, source, ": 'ent_coef' and 'vf_coef' must be >= 0, got ", c.ent_coef,
-          " and ", c.vf_coef);
-    check(c.adam_eps > 0.0, source, ": 'adam_eps' must be > 0, got ", c.adam_eps);
-    check(c.threads >= 0, source, ": 'threads' must be >= 0 (0 = the OpenMP default), got ", c.threads);
-    check(c.log_every >= 0, source, ": 'log_every' must be >= 0, got ", c.log_every);
     return c;
 }
 

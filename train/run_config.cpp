@@ -9,81 +9,106 @@
 #include "kernels/bugs.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
+#include "train/config_fields.h"
 
 namespace reftrain {
 
 using json = nlohmann::json;
 
+namespace {
+
+// Every key of a run config but `model` (HF's fields, from ModelConfig) once: path, then where it lives.
+const ConfigFields<RunConfig>& run_fields() {
+    using R = RunConfig;
+    using D = DataConfig;
+    using T = TrainConfig;
+    using S = ScheduleConfig;
+    using E = EvalConfig;
+    static const ConfigFields<RunConfig> fields = [] {
+        ConfigFields<RunConfig> f;
+        f.add("run_dir", &R::run_dir).add("seed", &R::seed).add("threads", &R::threads).non_negative();
+        f.add("data.task", &R::data, &D::task)
+            .add("data.task_options", &R::data, &D::task_options)
+            .add("data.jsonl", &R::data, &D::jsonl)
+            .add("data.val_jsonl", &R::data, &D::val_jsonl)
+            .add("data.template", &R::data, &D::template_name)
+            .add("data.tokenizer", &R::data, &D::tokenizer)
+            .add("data.tokenizer_vocab_size", &R::data, &D::tokenizer_vocab_size)
+            .add("data.tokenizer_cache", &R::data, &D::tokenizer_cache)
+            .add("data.system_prompt", &R::data, &D::system_prompt)
+            .add("data.train_examples", &R::data, &D::train_examples).positive()
+            .add("data.val_examples", &R::data, &D::val_examples).non_negative()
+            .add("data.test_examples", &R::data, &D::test_examples).non_negative()
+            .add("data.bos_aligned", &R::data, &D::bos_aligned);
+        f.add("train.batch_size", &R::train, &T::batch_size).positive()
+            .add("train.seq_len", &R::train, &T::seq_len).positive()
+            .add("train.grad_accum", &R::train, &T::grad_accum).positive()
+            .add("train.max_steps", &R::train, &T::max_steps).positive()
+            .add("train.grad_clip", &R::train, &T::grad_clip)
+            .add("train.loss_normalization", &R::train, &T::loss_normalization).one_of({"tokens", "micro_batches"})
+            .add("train.precision", &R::train, &T::precision).one_of({"fp32", "bf16", "fp16"})
+            .add("train.device", &R::train, &T::device).one_of({"cpu", "cuda"})
+            .add("train.deterministic", &R::train, &T::deterministic)
+            .add("train.beta1", &R::train, &T::adamw, &AdamWConfig::beta1)   // AdamW's lr is the schedule's
+            .add("train.beta2", &R::train, &T::adamw, &AdamWConfig::beta2)
+            .add("train.eps", &R::train, &T::adamw, &AdamWConfig::eps)
+            .add("train.weight_decay", &R::train, &T::adamw, &AdamWConfig::weight_decay);
+        f.add("schedule.kind", &R::schedule, &S::kind)
+            .add("schedule.lr", &R::schedule, &S::lr)
+            .add("schedule.warmup_steps", &R::schedule, &S::warmup_steps)
+            .add("schedule.total_steps", &R::schedule, &S::total_steps)
+            .add("schedule.final_lr_fraction", &R::schedule, &S::final_lr_fraction)
+            .add("schedule.decay_fraction", &R::schedule, &S::decay_fraction)
+            .add("schedule.decay_shape", &R::schedule, &S::decay_shape);
+        f.add("eval.every", &R::eval, &E::every).non_negative()
+            .add("eval.exact_match_examples", &R::eval, &E::exact_match_examples).non_negative()
+            .add("eval.samples", &R::eval, &E::samples).non_negative()
+            .add("eval.max_new_tokens", &R::eval, &E::max_new_tokens).positive()
+            .add("eval.final_test", &R::eval, &E::final_test);
+        f.add("tracer.enabled", &R::tracer, &TracerConfig::enabled)
+            .add("tracer.frames", &R::tracer, &TracerConfig::frames).positive()
+            .add("tracer.policy", &R::tracer, &TracerConfig::policy).one_of({"stop", "skip"});
+        f.add("loss_scaler.init_scale", &R::loss_scaler, &LossScalerSettings::init_scale)
+            .add("loss_scaler.growth_factor", &R::loss_scaler, &LossScalerSettings::growth_factor)
+            .add("loss_scaler.backoff_factor", &R::loss_scaler, &LossScalerSettings::backoff_factor)
+            .add("loss_scaler.growth_interval", &R::loss_scaler, &LossScalerSettings::growth_interval);
+        f.add("log_every", &R::log_every).positive()
+            .add("checkpoint_every", &R::checkpoint_every).non_negative()
+            .add("resume", &R::resume)
+            .add("invariants", &R::invariants)
+            .add("bugs", &R::bugs);
+        return f;
+    }();
+    return fields;
+}
+
+}  // namespace
+
 json default_run_config() {
-    const DataConfig d;
-    const TrainConfig t;
-    const ScheduleConfig s;
-    const EvalConfig e;
-    const RunConfig r;
+    json j = run_fields().write(RunConfig{});
     json model = ModelConfig{}.to_json();
     // These two are written by to_json() for HF but are not settings of a run.
     model.erase("architectures");
     model.erase("model_type");
     model["vocab_size"] = 0;
-    return json{
-        {"run_dir", r.run_dir},
-        {"seed", r.seed},
-        {"threads", r.threads},
-        {"model", model},
-        {"data",
-         {{"task", d.task},
-          {"task_options", d.task_options},
-          {"jsonl", d.jsonl},
-          {"val_jsonl", d.val_jsonl},
-          {"template", d.template_name},
-          {"tokenizer", d.tokenizer},
-          {"tokenizer_vocab_size", d.tokenizer_vocab_size},
-          {"tokenizer_cache", d.tokenizer_cache},
-          {"system_prompt", d.system_prompt},
-          {"train_examples", d.train_examples},
-          {"val_examples", d.val_examples},
-          {"test_examples", d.test_examples},
-          {"bos_aligned", d.bos_aligned}}},
-        {"train",
-         {{"batch_size", t.batch_size},
-          {"seq_len", t.seq_len},
-          {"grad_accum", t.grad_accum},
-          {"max_steps", t.max_steps},
-          {"grad_clip", t.grad_clip},
-          {"loss_normalization", t.loss_normalization},
-          {"precision", t.precision},
-          {"device", t.device},
-          {"deterministic", t.deterministic},
-          {"beta1", t.adamw.beta1},
-          {"beta2", t.adamw.beta2},
-          {"eps", t.adamw.eps},
-          {"weight_decay", t.adamw.weight_decay}}},
-        {"schedule",
-         {{"kind", s.kind},
-          {"lr", s.lr},
-          {"warmup_steps", s.warmup_steps},
-          {"total_steps", s.total_steps},
-          {"final_lr_fraction", s.final_lr_fraction},
-          {"decay_fraction", s.decay_fraction},
-          {"decay_shape", s.decay_shape}}},
-        {"eval",
-         {{"every", e.every},
-          {"exact_match_examples", e.exact_match_examples},
-          {"samples", e.samples},
-          {"max_new_tokens", e.max_new_tokens},
-          {"final_test", e.final_test}}},
-        {"tracer", {{"enabled", r.tracer.enabled}, {"frames", r.tracer.frames}, {"policy", r.tracer.policy}}},
-        {"loss_scaler",
-         {{"init_scale", r.loss_scaler.init_scale},
-          {"growth_factor", r.loss_scaler.growth_factor},
-          {"backoff_factor", r.loss_scaler.backoff_factor},
-          {"growth_interval", r.loss_scaler.growth_interval}}},
-        {"log_every", r.log_every},
-        {"checkpoint_every", r.checkpoint_every},
-        {"resume", r.resume},
-        {"invariants", r.invariants},
-        {"bugs", r.bugs},
-    };
+    j["model"] = model;
+    return j;
+}
+
+void check_bug_switches(const json& bugs, const std::string& source) {
+    check(bugs.is_object(), source, ": 'bugs' must be an object of switches, e.g. {\"forgot-zero-grad\": true}, got ",
+          bugs.dump());
+    const std::vector<std::string> known = bug_names();
+    for (const auto& [name, on] : bugs.items()) {
+        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
+        std::string id = name;
+        std::replace(id.begin(), id.end(), '_', '-');
+        if (std::find(known.begin(), known.end(), id) == known.end()) {
+            const std::string closest = closest_name(id, known);
+            fail(source, ": unknown bug switch 'bugs.", name, "'",
+                 closest.empty() ? std::string() : concat(" (did you mean '", closest, "'?)"));
+        }
+    }
 }
 
 namespace {
@@ -149,29 +174,9 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
     }
 }
 
-
-template <class T>
-T get(const json& j, const char* key) {
-    return j.at(key).get<T>();
-}
-
 }  // namespace
 
-json read_config_json(const std::string& path, const std::string& what) {
-    std::ifstream in(path, std::ios::binary);
-    check(static_cast<bool>(in), path, ": cannot open the ", what);
-    std::stringstream text;
-    text << in.rdbuf();
-    DuplicateKey duplicate;
-    json j;
-    try {
-        j = parse_json_noting_duplicates(text.str(), &duplicate);
-    } catch (const json::parse_error& e) {
-        fail(path, ": not valid JSON: ", e.what());
-    }
-    check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice (which one did you mean?)");
-    return j;
-}
+json read_config_json(const std::string& path, const std::string& what) { return read_json_file(path, what); }
 
 void merge_config(json& base, const json& overrides, const std::string& source) {
     merge_at(base, overrides, "", source);
@@ -227,114 +232,14 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
 RunConfig parse_run_config(const json& j, const std::string& source) {
     RunConfig r;
     r.resolved = j;
-    r.run_dir = get<std::string>(j, "run_dir");
-    check(!r.run_dir.empty(), source, ": 'run_dir' must not be empty");
-    r.seed = get<uint64_t>(j, "seed");
-    r.threads = get<int64_t>(j, "threads");
+    run_fields().read(j, r, source);
     r.model = j.at("model");
-    r.log_every = get<int64_t>(j, "log_every");
-    r.checkpoint_every = get<int64_t>(j, "checkpoint_every");
-    r.resume = get<std::string>(j, "resume");
-    r.invariants = j.at("invariants");
-    r.bugs = j.at("bugs");
-    for (const auto& [name, on] : r.bugs.items()) {
-        check(on.is_boolean(), source, ": 'bugs.", name, "' must be true or false, got ", on.dump());
-        const std::vector<std::string> known = bug_names();
-        std::string id = name;
-        std::replace(id.begin(), id.end(), '_', '-');
-        if (std::find(known.begin(), known.end(), id) == known.end()) {
-            const std::string closest = closest_name(id, known);
-            fail(source, ": unknown bug switch 'bugs.", name, "'",
-                 closest.empty() ? std::string() : concat(" (did you mean '", closest, "'?)"));
-        }
-    }
-
-    const json& d = j.at("data");
-    r.data.task = get<std::string>(d, "task");
-    r.data.task_options = d.at("task_options");
-    r.data.jsonl = get<std::string>(d, "jsonl");
-    r.data.val_jsonl = get<std::string>(d, "val_jsonl");
-    r.data.template_name = get<std::string>(d, "template");
-    r.data.tokenizer = get<std::string>(d, "tokenizer");
-    r.data.tokenizer_vocab_size = get<int64_t>(d, "tokenizer_vocab_size");
-    r.data.tokenizer_cache = get<std::string>(d, "tokenizer_cache");
-    r.data.system_prompt = get<std::string>(d, "system_prompt");
-    r.data.train_examples = get<int64_t>(d, "train_examples");
-    r.data.val_examples = get<int64_t>(d, "val_examples");
-    r.data.test_examples = get<int64_t>(d, "test_examples");
-    r.data.bos_aligned = get<bool>(d, "bos_aligned");
-
-    const json& t = j.at("train");
-    r.train.batch_size = get<int64_t>(t, "batch_size");
-    r.train.seq_len = get<int64_t>(t, "seq_len");
-    r.train.grad_accum = get<int64_t>(t, "grad_accum");
-    r.train.max_steps = get<int64_t>(t, "max_steps");
-    r.train.grad_clip = get<double>(t, "grad_clip");
-    r.train.loss_normalization = get<std::string>(t, "loss_normalization");
-    r.train.precision = get<std::string>(t, "precision");
-    r.train.device = get<std::string>(t, "device");
-    r.train.deterministic = get<bool>(t, "deterministic");
-    const json& tr = j.at("tracer");
-    r.tracer.enabled = get<bool>(tr, "enabled");
-    r.tracer.frames = get<int64_t>(tr, "frames");
-    r.tracer.policy = get<std::string>(tr, "policy");
-    const json& ls = j.at("loss_scaler");
-    r.loss_scaler.init_scale = get<double>(ls, "init_scale");
-    r.loss_scaler.growth_factor = get<double>(ls, "growth_factor");
-    r.loss_scaler.backoff_factor = get<double>(ls, "backoff_factor");
-    r.loss_scaler.growth_interval = get<int64_t>(ls, "growth_interval");
-    r.train.adamw.beta1 = get<double>(t, "beta1");
-    r.train.adamw.beta2 = get<double>(t, "beta2");
-    r.train.adamw.eps = get<double>(t, "eps");
-    r.train.adamw.weight_decay = get<double>(t, "weight_decay");
-
-    const json& s = j.at("schedule");
-    r.schedule.kind = get<std::string>(s, "kind");
-    r.schedule.lr = get<double>(s, "lr");
-    r.schedule.warmup_steps = get<int64_t>(s, "warmup_steps");
-    r.schedule.total_steps = get<int64_t>(s, "total_steps");
-    r.schedule.final_lr_fraction = get<double>(s, "final_lr_fraction");
-    r.schedule.decay_fraction = get<double>(s, "decay_fraction");
-    r.schedule.decay_shape = get<std::string>(s, "decay_shape");
+    check(!r.run_dir.empty(), source, ": 'run_dir' must not be empty");
+    check_bug_switches(r.bugs, source);
     if (r.schedule.total_steps == 0) r.schedule.total_steps = r.train.max_steps;
     r.train.adamw.lr = r.schedule.lr;
 
-    const json& e = j.at("eval");
-    r.eval.every = get<int64_t>(e, "every");
-    r.eval.exact_match_examples = get<int64_t>(e, "exact_match_examples");
-    r.eval.samples = get<int64_t>(e, "samples");
-    r.eval.max_new_tokens = get<int64_t>(e, "max_new_tokens");
-    r.eval.final_test = get<bool>(e, "final_test");
-
-    // Ranges. Each message names the key and what is expected.
-    auto positive = [&](int64_t v, const char* key) { check(v > 0, source, ": '", key, "' must be > 0, got ", v); };
-    auto non_negative = [&](int64_t v, const char* key) {
-        check(v >= 0, source, ": '", key, "' must be >= 0, got ", v);
-    };
-    positive(r.train.batch_size, "train.batch_size");
-    positive(r.train.seq_len, "train.seq_len");
-    positive(r.train.grad_accum, "train.grad_accum");
-    positive(r.train.max_steps, "train.max_steps");
-    positive(r.log_every, "log_every");
-    non_negative(r.threads, "threads");
-    non_negative(r.checkpoint_every, "checkpoint_every");
-    non_negative(r.eval.every, "eval.every");
-    non_negative(r.eval.exact_match_examples, "eval.exact_match_examples");
-    non_negative(r.eval.samples, "eval.samples");
-    positive(r.eval.max_new_tokens, "eval.max_new_tokens");
-    positive(r.data.train_examples, "data.train_examples");
-    non_negative(r.data.val_examples, "data.val_examples");
-    non_negative(r.data.test_examples, "data.test_examples");
-    check(r.train.loss_normalization == "tokens" || r.train.loss_normalization == "micro_batches", source,
-          ": 'train.loss_normalization' must be \"tokens\" or \"micro_batches\", got \"", r.train.loss_normalization,
-          "\"");
-    check(r.train.precision == "fp32" || r.train.precision == "bf16" || r.train.precision == "fp16", source,
-          ": 'train.precision' must be \"fp32\", \"bf16\" or \"fp16\", got \"", r.train.precision, "\"");
-    check(r.train.device == "cpu" || r.train.device == "cuda", source, ": 'train.device' must be \"cpu\" or \"cuda\", got \"",
-          r.train.device, "\"");
-    check(r.tracer.policy == "stop" || r.tracer.policy == "skip", source,
-          ": 'tracer.policy' must be \"stop\" or \"skip\", got \"", r.tracer.policy, "\"");
-    positive(r.tracer.frames, "tracer.frames");
+    // Rules that tie keys together, or that the table cannot say.
     check(r.data.task.empty() != r.data.jsonl.empty(), source,
           ": set exactly one of 'data.task' (a toy task) and 'data.jsonl' (your conversations); got task=\"",
           r.data.task, "\", jsonl=\"", r.data.jsonl, "\"");

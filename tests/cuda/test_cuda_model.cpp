@@ -274,7 +274,7 @@ TEST(CudaTrainer, RejectsAnUnknownDevice) {
         load_run_config("", {"train.device=\"tpu\""});
         FAIL() << "expected an error";
     } catch (const std::exception& e) {
-        EXPECT_NE(std::string(e.what()).find("'train.device' must be \"cpu\" or \"cuda\""), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("'train.device' must be one of \"cpu\", \"cuda\", got \"tpu\""), std::string::npos) << e.what();
     }
 }
 
