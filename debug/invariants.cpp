@@ -1,7 +1,7 @@
 // debug/invariants.cpp — the invariant registry, the text of every built-in invariant, and the checks.
 //
 // The texts below are what a user reads when a run stops or warns, so each says what is wrong in
-// terms of the run, the cause we have seen produce it (FAILURES.md), and the first place to look.
+// terms of the run, the cause we have seen produce it (docs/failures/README.md), and the first place to look.
 // The checks only compute a yes/no and the numbers for `details`; everything about modes, counting,
 // printing and throwing is in Invariants::report, so all invariants behave the same way.
 #include "debug/invariants.h"

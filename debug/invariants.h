@@ -134,7 +134,7 @@ bool check_mask_aligned(Invariants& inv, std::span<const int64_t> ids, std::span
 //      (what follows a turn is never the model's to learn), and every run of supervised targets
 //      that ends inside the row ends by predicting the end-of-turn token (the model learns to stop).
 // Rule 1 catches targets shifted by the wrong amount; rule 2 catches a loss mask that was not
-// shifted with the targets (FAILURES.md mask-off-by-one), which rule 1 cannot see.
+// shifted with the targets (docs/failures/README.md mask-off-by-one), which rule 1 cannot see.
 bool check_mask_aligned_batch(Invariants& inv, std::span<const int64_t> input_ids, std::span<const int64_t> targets,
                               int64_t B, int64_t T, int64_t end_of_turn_id, int64_t step);
 

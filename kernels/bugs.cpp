@@ -12,7 +12,7 @@ namespace {
 
 Bugs g_bugs;
 
-// Catalog id -> switch. Ids use dashes as in FAILURES.md.
+// Catalog id -> switch. Ids use dashes as in docs/failures/README.md.
 const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
     static const std::vector<std::pair<std::string, bool Bugs::*>> entries = {
         {"labels-all-masked", &Bugs::labels_all_masked},

@@ -1,4 +1,4 @@
-// kernels/bugs.h — the bug switches of the runnable-failure catalog (FAILURES.md, docs/failures/).
+// kernels/bugs.h — the bug switches of the runnable-failure catalog (docs/failures/README.md).
 //
 // Each switch is a named, default-off toggle that sits in the code right beside the correct line:
 //     if (bugs().causal_leak) { ...the buggy line... } else { ...the correct line... }

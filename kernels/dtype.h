@@ -3,7 +3,7 @@
 // bf16 and fp16 are stored as raw uint16_t bit patterns. Conversions from fp32 round to nearest,
 // ties to even (what PyTorch's .to(torch.bfloat16 / torch.float16) does); fp16 overflows to ±inf and
 // keeps subnormals. These are the only rounding functions in the project, so the CPU emulation of
-// mixed precision (a later issue) and the safetensors loader agree by construction.
+// mixed precision (docs/precision.md) and the safetensors loader agree by construction.
 #pragma once
 
 #include <cstdint>

@@ -311,7 +311,7 @@ std::vector<FailureScenario> build_catalog() {
                  "frame tracer: names the first tensor that went non-finite, with the frames before it",
                  "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or fix the scale that "
                  "made the activations that large", false, fp16_overflow});
-    // Reinforcement learning (FAILURES.md, second table): PPO on the probe environments and CartPole
+    // Reinforcement learning (docs/failures/README.md, second table): PPO on the probe environments and CartPole
     // (probes/failures_ppo.cpp), GRPO on the chat model (probes/failures_grpo.cpp).
     for (FailureScenario& s : ppo_failure_scenarios()) c.push_back(std::move(s));
     for (FailureScenario& s : grpo_failure_scenarios()) c.push_back(std::move(s));

@@ -1,4 +1,4 @@
-// probes/failures.h — the catalog of runnable failures (FAILURES.md): folklore you can run.
+// probes/failures.h — the catalog of runnable failures (docs/failures/README.md): folklore you can run.
 //
 // A scenario trains a toy task twice from the same seed: once with its bug switch on (kernels/bugs.h)
 // and once without. Each half reports a symptom curve (loss, LR, grad norm, ...) and whether the
@@ -31,7 +31,7 @@ struct FailureContext {
 };
 
 struct FailureScenario {
-    std::string id;        // FAILURES.md id, e.g. "forgot-zero-grad"
+    std::string id;        // docs/failures/README.md id, e.g. "forgot-zero-grad"
     std::string title;
     std::string source;    // who told the world about it (cited; our own words in the doc page)
     std::string bug;       // what the switch does

@@ -1,4 +1,4 @@
-// probes/failures_ppo.cpp — the PPO entries of the failure catalog (FAILURES.md, RL table).
+// probes/failures_ppo.cpp — the PPO entries of the failure catalog (docs/failures/README.md, RL table).
 //
 // Six of the seven train PPO on one of Andy Jones' probe environments (probes/envs.h), where the
 // correct value and policy are known in closed form, so the detector is the probe's own verdict: V

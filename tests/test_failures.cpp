@@ -1,5 +1,5 @@
 // tests/test_failures.cpp — every runnable failure in both directions: its detector fires with the bug
-// switched on and stays silent with it off, from the same seed (FAILURES.md, probes/failures.h).
+// switched on and stays silent with it off, from the same seed (docs/failures/README.md, probes/failures.h).
 #include <gtest/gtest.h>
 
 #include <filesystem>

@@ -1,6 +1,6 @@
 // tests/test_schedule.cpp — train/schedule.h: the value of every kind at chosen steps against the
 // formulas of the header, validation messages naming their field, and the rule that the schedule is
-// indexed by optimizer step under gradient accumulation (FAILURES.md: scheduler-per-microbatch).
+// indexed by optimizer step under gradient accumulation (docs/failures/README.md: scheduler-per-microbatch).
 #include <gtest/gtest.h>
 
 #include <cmath>

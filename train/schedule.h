@@ -1,7 +1,7 @@
 // train/schedule.h — learning-rate schedules, indexed by OPTIMIZER step.
 //
 // `step` counts optimizer updates from 0, never micro-batches: with gradient accumulation over k
-// micro-batches the schedule advances once per k forward/backward passes (FAILURES.md:
+// micro-batches the schedule advances once per k forward/backward passes (docs/failures/README.md:
 // scheduler-per-microbatch is the bug of stepping it per micro-batch).
 //
 //   constant       lr

@@ -15,7 +15,7 @@
 // the only one that writes its dk and dv. A GEMM inside the parallel loop runs single-threaded
 // (OpenBLAS's OpenMP build checks omp_in_parallel), so threads are never oversubscribed.
 //
-// Two bug switches (kernels/bugs.h, FAILURES.md) sit beside the correct lines, each applied to the
+// Two bug switches (kernels/bugs.h, docs/failures/README.md) sit beside the correct lines, each applied to the
 // forward and the backward alike, so the backward stays the exact gradient of the buggy forward and a
 // run trains normally with the bug in (tests/test_diagnostics.cpp gradchecks both):
 //   causal_leak      row t of the mask also admits s = t + 1                 (causality diagnostic)

@@ -12,7 +12,7 @@
 // - Forward functions OVERWRITE their outputs.
 // - Backward functions ADD (+=) into every gradient they produce, inputs and parameters alike, the
 //   way autograd accumulates. Callers zero gradient buffers at the start of a cycle; forgetting to
-//   is a classic bug (FAILURES.md: forgot-zero-grad) that a later issue detects.
+//   is a classic bug (docs/failures/README.md: forgot-zero-grad), which `reftrain failure run forgot-zero-grad` shows.
 // - A backward argument whose data pointer is null is skipped (no gradient wanted).
 // - Work is split over output elements so every sum is computed by one thread in a fixed order:
 //   results are bitwise identical for any OpenMP thread count (BLAS calls aside).
