@@ -38,6 +38,8 @@ struct Bugs {
     bool negative_kl = false;               // KL's log-ratio is log p_ref - log p (kl_log_ratio): k1 < 0
     bool grpo_zero_signal = false;          // group stats in fp32, eps 1e-8, no uniform-group rule
                                             // (group_advantages): uniform groups get O(1) advantages
+
+    bool operator==(const Bugs&) const = default;   // every switch compared (tests: "all off" is Bugs{})
 };
 
 Bugs& bugs();
