@@ -6,8 +6,8 @@
 //                    and --set lines against (unknown key, wrong type: train/run_config.cpp);
 //   read(json)       the typed struct, after the merge. A value the merge let through that the struct
 //                    cannot hold (a negative seed) fails naming the source and the key.
-// A key's own range goes on its line (.positive(), .non_negative(), .between(a, b), .one_of({...})); rules that tie
-// keys together (num_minibatches divides the batch) stay with each config.
+// A key's own range goes on its line (.positive(), .non_negative(), .between(a, b), .one_of({...}));
+// rules that tie keys together (num_minibatches divides the batch) stay with each config.
 //
 //   ConfigFields<GrpoConfig> f;
 //   f.add("seed", &GrpoConfig::seed)
