@@ -39,7 +39,7 @@ public:
         field.path = std::move(path);
         field.pointer = nlohmann::json::json_pointer(pointer_of(field.path));
         field.write = [members...](const Config& c) {
-            return nlohmann::json(slot(const_cast<Config&>(c), members...));
+            return nlohmann::json(slot(c, members...));
         };
         field.read = [members...](const nlohmann::json& value, Config& c, const std::string& where) {
             if constexpr (std::is_unsigned_v<Slot> && !std::is_same_v<Slot, bool>) {

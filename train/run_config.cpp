@@ -137,23 +137,14 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
                                                           closest, "'?)"));
         }
         json& slot = base[key];
-        // Free-form objects (a task's own options; their owner checks them) are replaced whole by a
-        // config file, but a --set updates only the keys it names: `--set data.task_options.answer=x`
-        // keeps the file's other task options.
-        const bool from_set = source.rfind("--set ", 0) == 0;
-        if (dotted == "data.task_options" || dotted == "invariants" || dotted == "bugs") {
-            check(value.is_object(), source, ": '", dotted, "' must be an object, got ", value.type_name());
-            if (from_set && slot.is_object()) {
-                slot.update(value);
-            } else {
-                slot = value;
-            }
-            continue;
-        }
-        // HF's RoPE scaling object (null = none), likewise; ModelConfig::from_json checks it.
-        if (dotted == "model.rope_scaling") {
-            check(value.is_object() || value.is_null(), source, ": '", dotted,
-                  "' must be an HF rope_scaling object or null, got ", value.type_name());
+        // Free-form objects (a task's own options, HF's rope_scaling; their owner checks them) are
+        // replaced whole by a config file, but a --set updates only the keys it names:
+        // `--set data.task_options.answer=x` keeps the file's other task options.
+        const bool rope_scaling = dotted == "model.rope_scaling";   // null = none
+        if (rope_scaling || dotted == "data.task_options" || dotted == "invariants" || dotted == "bugs") {
+            check(value.is_object() || (rope_scaling && value.is_null()), source, ": '", dotted, "' must be ",
+                  rope_scaling ? "an HF rope_scaling object or null" : "an object", ", got ", value.type_name());
+            const bool from_set = source.rfind("--set ", 0) == 0;
             if (from_set && slot.is_object() && value.is_object()) {
                 slot.update(value);
             } else {
