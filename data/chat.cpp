@@ -199,17 +199,21 @@ std::string ChatTemplate::fingerprint() const {
     return buffer;
 }
 
+void shift_targets(std::span<const int64_t> ids, std::span<const uint8_t> supervised, std::span<int64_t> targets) {
+    check(ids.size() == supervised.size() && targets.size() + 1 == ids.size(), "shift_targets: ", ids.size(),
+          " ids, ", supervised.size(), " supervision flags and ", targets.size(), " targets (want n, n and n - 1)");
+    for (size_t t = 0; t < targets.size(); ++t) {
+        // BUG mask-off-by-one: the ids are shifted but the flags are not (position t reads its own flag).
+        const bool counts = bugs().mask_off_by_one ? supervised[t] : supervised[t + 1];
+        targets[t] = counts ? ids[t + 1] : cpu::kIgnoreIndex;
+    }
+}
+
 std::vector<int64_t> shifted_targets(const RenderedConversation& rendered) {
     check(rendered.ids.size() == rendered.supervised.size(), "shifted_targets: ", rendered.ids.size(),
           " ids but ", rendered.supervised.size(), " supervision flags");
-    const size_t n = rendered.ids.size();
-    std::vector<int64_t> targets(n, cpu::kIgnoreIndex);
-    // The flag of the token being PREDICTED decides: position t predicts token t + 1.
-    for (size_t t = 0; t + 1 < n; ++t) {
-        // BUG mask-off-by-one: the ids are shifted but the flags are not (position t reads its own flag).
-        const bool supervised = bugs().mask_off_by_one ? rendered.supervised[t] : rendered.supervised[t + 1];
-        if (supervised) targets[t] = rendered.ids[t + 1];
-    }
+    std::vector<int64_t> targets(rendered.ids.size(), cpu::kIgnoreIndex);
+    if (!targets.empty()) shift_targets(rendered.ids, rendered.supervised, std::span(targets).first(targets.size() - 1));
     return targets;
 }
 

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -73,7 +74,12 @@ private:
     int64_t bos_id_ = -1, end_of_turn_id_ = -1;
 };
 
-// targets[t] = ids[t + 1] when supervised[t + 1], else kIgnoreIndex (-100); targets.back() = -100.
+// The one rule of next-token supervision, used by the packer, the mask invariant and GRPO's batches:
+// position t predicts ids[t + 1], and counts only when THAT token is supervised:
+//   targets[t] = ids[t + 1] if supervised[t + 1] else kIgnoreIndex (-100),   t = 0 .. n - 2.
+// n = ids.size() = supervised.size() tokens give n - 1 targets (targets.size() must be n - 1).
+void shift_targets(std::span<const int64_t> ids, std::span<const uint8_t> supervised, std::span<int64_t> targets);
+// One conversation's targets, the same length as its ids: shift_targets, then targets.back() = -100.
 std::vector<int64_t> shifted_targets(const RenderedConversation& rendered);
 
 // The visualiser (`reftrain data show`): every token's piece, supervised ones marked — green on a

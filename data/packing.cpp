@@ -2,8 +2,8 @@
 //
 // What is not obvious:
 // - A row is T+1 tokens so that inputs (row[0:T]) and targets (row[1:T+1]) come from one slice; the
-//   supervision flag of the PREDICTED token (row[t+1]) decides whether targets[t] counts, exactly as
-//   shifted_targets() does for a single conversation.
+//   supervision flag of the PREDICTED token (row[t+1]) decides whether targets[t] counts: the rule of
+//   shift_targets() (data/chat.h), shared with a single conversation and GRPO's batches.
 // - Stream mode: row r covers stream tokens [r*T, r*T + T], so consecutive rows share one token. Every
 //   stream token but the very first is then predicted exactly once; cutting T+1 fresh tokens per row
 //   would silently drop one target per row.
@@ -129,17 +129,12 @@ void Packer::next_batch(int64_t batch_size, std::vector<int64_t>& input_ids, std
             row[T_] = next.ids[position_.offset];
             supervised[T_] = next.supervised[position_.offset];
         }
-        int64_t* inputs_out = input_ids.data() + b * T_;
-        int64_t* targets_out = targets.data() + b * T_;
-        for (int64_t t = 0; t < T_; ++t) {
-            inputs_out[t] = row[t];
-            // BUG mask-off-by-one: the ids are shifted but the flags are not (position t reads its own flag).
-            const bool target_supervised = bugs().mask_off_by_one ? supervised[t] : supervised[t + 1];
-            targets_out[t] = target_supervised ? row[t + 1] : cpu::kIgnoreIndex;
-            // BUG labels-all-masked: the collator masks every label (e.g. its response template never
-            // matched the tokenized text), so nothing is supervised.
-            if (bugs().labels_all_masked) targets_out[t] = cpu::kIgnoreIndex;
-        }
+        std::copy_n(row.begin(), T_, input_ids.begin() + b * T_);
+        const std::span<int64_t> targets_out(targets.data() + b * T_, static_cast<size_t>(T_));
+        shift_targets(row, supervised, targets_out);
+        // BUG labels-all-masked: the collator masks every label (e.g. its response template never
+        // matched the tokenized text), so nothing is supervised.
+        if (bugs().labels_all_masked) std::fill(targets_out.begin(), targets_out.end(), cpu::kIgnoreIndex);
     }
 }
 

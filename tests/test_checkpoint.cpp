@@ -26,15 +26,13 @@ namespace {
 namespace fs = std::filesystem;
 
 ModelConfig tiny_config() {
-    ModelConfig c;
-    c.vocab_size = 19;
-    c.hidden_size = 8;
+    ModelConfig c = testing::tiny_model_config();
+    c.hidden_size = 8;  // smaller still: checkpoints are written and read many times
     c.intermediate_size = 12;
-    c.num_hidden_layers = 2;
     c.num_attention_heads = 2;
     c.num_key_value_heads = 1;
     c.head_dim = 4;
-    c.max_position_embeddings = 8;
+    c.initializer_range = 0.02;
     return c;
 }
 

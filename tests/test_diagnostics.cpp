@@ -26,15 +26,12 @@ protected:
 };
 
 ModelConfig tiny_config() {
-    ModelConfig c;
+    ModelConfig c = testing::tiny_model_config();
     c.vocab_size = 40;
-    c.hidden_size = 16;
     c.intermediate_size = 32;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
     c.head_dim = 4;
     c.max_position_embeddings = 16;
+    c.initializer_range = 0.02;  // the usual init: the diagnostics judge a model as a fresh run has it
     return c;
 }
 

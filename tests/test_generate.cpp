@@ -17,22 +17,15 @@
 #include "kernels/random.h"
 #include "model/generate.h"
 #include "model/transformer.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
 
 // GQA (4 query heads on 2 KV heads) with QK-norm; head_dim 6 != 16 / 4.
 ModelConfig gqa_config() {
-    ModelConfig c;
-    c.vocab_size = 23;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 6;
+    ModelConfig c = testing::tiny_model_config();
     c.max_position_embeddings = 12;
-    c.initializer_range = 0.3;  // large enough that attention is far from uniform
     return c;
 }
 

@@ -17,6 +17,7 @@
 #include "kernels/cpu/ops.h"
 #include "tests/gradcheck.h"
 #include "tests/test_util.h"
+#include "train/checkpoint.h"
 #include "train/grpo.h"
 #include "train/trainer.h"
 
@@ -114,16 +115,8 @@ TEST_F(Grpo, WeightedBackwardRefusesAWeightOnAnIgnoredRow) {
 
 // The whole model: backward_weighted against finite differences of -sum_n w_n log p_n, in fp64.
 TEST_F(Grpo, TransformerWeightedBackwardMatchesFiniteDifferences) {
-    ModelConfig c;
+    ModelConfig c = testing::tiny_model_config();
     c.vocab_size = 19;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 6;
-    c.max_position_embeddings = 8;
-    c.initializer_range = 0.3;
     const int64_t B = 2, T = 5;
     Transformer model(c, B, T, DType::F64);
     model.init_weights(5);

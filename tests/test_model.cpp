@@ -17,19 +17,6 @@
 namespace reftrain {
 namespace {
 
-ModelConfig small_config() {
-    ModelConfig c;
-    c.vocab_size = 23;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 6;  // != 16 / 4, and not a multiple of 8
-    c.max_position_embeddings = 8;
-    c.initializer_range = 0.3;  // large enough that attention is far from uniform
-    return c;
-}
 
 struct Data {
     std::vector<int64_t> ids, targets;
@@ -78,10 +65,10 @@ void gradcheck_model(ModelConfig config, const std::string& label) {
     }
 }
 
-TEST(ModelGradcheck, GQAWithQKNorm) { gradcheck_model(small_config(), "gqa+qk_norm"); }
+TEST(ModelGradcheck, GQAWithQKNorm) { gradcheck_model(testing::tiny_model_config(), "gqa+qk_norm"); }
 
 TEST(ModelGradcheck, LlamaStyleNoQKNormTiedEmbeddings) {
-    ModelConfig c = small_config();
+    ModelConfig c = testing::tiny_model_config();
     c.qk_norm = false;
     c.tie_word_embeddings = true;
     c.num_key_value_heads = 4;
@@ -147,7 +134,7 @@ TEST(Model, FreshModelLossIsNearLogVocab) {
 }
 
 TEST(Model, ZeroSupervisedTokensGiveZeroLossAndZeroGrads) {
-    ModelConfig c = small_config();
+    ModelConfig c = testing::tiny_model_config();
     Transformer model(c, 2, 5);
     model.init_weights(3);
     Data data(2, 5, c.vocab_size, 4, 1.0);  // every target ignored
@@ -161,7 +148,7 @@ TEST(Model, ZeroSupervisedTokensGiveZeroLossAndZeroGrads) {
 }
 
 TEST(Model, WeightsRoundTripThroughSafetensors) {
-    ModelConfig c = small_config();
+    ModelConfig c = testing::tiny_model_config();
     auto path = (temp_dir("roundtrip") / "w.safetensors").string();
     Transformer a(c, 1, 4), b(c, 1, 4);
     a.init_weights(1);
@@ -179,7 +166,7 @@ TEST(Model, WeightsRoundTripThroughSafetensors) {
 }
 
 TEST(Model, LoadRefusesMissingAndUnexpectedNames) {
-    ModelConfig with_qk = small_config(), without_qk = small_config();
+    ModelConfig with_qk = testing::tiny_model_config(), without_qk = testing::tiny_model_config();
     without_qk.qk_norm = false;
     auto path = (temp_dir("names") / "w.safetensors").string();
     Transformer llama(without_qk, 1, 4);
@@ -208,7 +195,7 @@ TEST(Model, LoadRefusesMissingAndUnexpectedNames) {
 }
 
 TEST(Model, TiedCheckpointWithEqualLmHeadLoads) {
-    ModelConfig tied = small_config(), untied = small_config();
+    ModelConfig tied = testing::tiny_model_config(), untied = testing::tiny_model_config();
     tied.tie_word_embeddings = true;
     auto path = (temp_dir("tied") / "w.safetensors").string();
     Transformer src(untied, 1, 4);

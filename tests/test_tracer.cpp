@@ -24,20 +24,14 @@
 #include "kernels/safetensors.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "tests/test_util.h"
 
 namespace reftrain {
 namespace {
 
 ModelConfig small_config() {
-    ModelConfig c;
-    c.vocab_size = 23;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
+    ModelConfig c = testing::tiny_model_config();
     c.head_dim = 8;
-    c.max_position_embeddings = 8;
     c.initializer_range = 0.1;
     return c;
 }

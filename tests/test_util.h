@@ -12,8 +12,26 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "model/config.h"
 
 namespace reftrain::testing {
+
+// The tiny model the unit tests share: GQA (4 query heads on 2 KV heads), QK-norm, head_dim 6 (not
+// 16 / 4 and not a multiple of 8, so no code may assume either), 2 layers, and an init std of 0.3,
+// large enough that attention is far from uniform. A test that needs another shape changes fields.
+inline ModelConfig tiny_model_config() {
+    ModelConfig c;
+    c.vocab_size = 23;
+    c.hidden_size = 16;
+    c.intermediate_size = 24;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 6;
+    c.max_position_embeddings = 8;
+    c.initializer_range = 0.3;
+    return c;
+}
 
 // The message of the reftrain::Error that `body` throws; a test failure (and "") if it throws none.
 inline std::string error_of(const std::function<void()>& body) {

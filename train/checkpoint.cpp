@@ -497,4 +497,30 @@ TrainState read_checkpoint_state(const std::string& dir) {
     return read_state_file((fs::path(d) / "state.bin").string()).state;
 }
 
+std::string save_run_checkpoint(const std::string& run_dir, const Transformer& model, AdamW& optimizer,
+                                const TrainState& state, const nlohmann::json& run_config,
+                                const std::string& tokenizer_model_path) {
+    const fs::path root = fs::path(run_dir) / "checkpoints";
+    fs::create_directories(root);
+    char name[32];
+    std::snprintf(name, sizeof name, "step_%07lld", static_cast<long long>(state.step));
+    const fs::path dir = root / name;
+    save_checkpoint(dir.string(), model, optimizer, state, run_config, tokenizer_model_path, /*overwrite=*/true);
+    const std::string latest = std::string(name) + "\n";
+    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
+    return dir.string();
+}
+
+std::string resolve_checkpoint_dir(const std::string& path) {
+    const fs::path p(path);
+    if (fs::exists(p / "state.bin")) return p.string();
+    const fs::path latest = p / "checkpoints" / "latest";
+    std::ifstream in(latest);
+    check(static_cast<bool>(in), path, ": neither a checkpoint (no state.bin) nor a run directory with ",
+          "checkpoints/latest (no checkpoint saved yet); train one with `reftrain train` first");
+    std::string name;
+    std::getline(in, name);
+    return (latest.parent_path() / name).string();
+}
+
 }  // namespace reftrain

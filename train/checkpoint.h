@@ -44,6 +44,16 @@ void save_checkpoint(const std::string& dir, const Transformer& model, AdamW& op
                      const nlohmann::json& run_config, const std::string& tokenizer_model_path,
                      bool overwrite = false);
 
+// The checkpoints of a run directory: run_dir/checkpoints/step_NNNNNNN (NNNNNNN = state.step), and
+// run_dir/checkpoints/latest, one line naming the newest. Saves there (a checkpoint of the same step is
+// overwritten), then points latest at it, atomically; returns the checkpoint directory.
+std::string save_run_checkpoint(const std::string& run_dir, const Transformer& model, AdamW& optimizer,
+                                const TrainState& state, const nlohmann::json& run_config,
+                                const std::string& tokenizer_model_path);
+// The checkpoint directory `path` names: itself when it holds state.bin, else the one its
+// checkpoints/latest names (fails, naming `path`, when there is neither).
+std::string resolve_checkpoint_dir(const std::string& path);
+
 // Reads and verifies everything, then fills model parameters, optimizer moments + step count (when
 // optimizer is non-null) and state. Throws reftrain::Error naming the file and what is wrong.
 void load_checkpoint(const std::string& dir, Transformer& model, AdamW* optimizer, TrainState& state);

@@ -199,25 +199,12 @@ void build_policy_batch(std::span<const PolicyRow> rows, int64_t B, int64_t T, i
               "), more than seq_len + 1 = ", T + 1);
         check(row.prompt_tokens >= 1 && row.prompt_tokens <= n, "build_policy_batch: row ", b, " has a prompt of ",
               row.prompt_tokens, " tokens out of ", n);
-        int64_t* x = inputs.data() + b * T;
-        int64_t* y = targets.data() + b * T;
-        for (int64_t t = 0; t + 1 < n; ++t) {
-            x[t] = row.ids[t];
-            if (t + 1 >= row.prompt_tokens) y[t] = row.ids[t + 1];  // a sampled token, predicted at t
-        }
+        // Exactly the sampled tokens are supervised; the shift is data/chat.h's one rule.
+        std::vector<uint8_t> sampled(static_cast<size_t>(n), uint8_t{0});
+        std::fill(sampled.begin() + row.prompt_tokens, sampled.end(), uint8_t{1});
+        std::copy_n(row.ids.begin(), n - 1, inputs.begin() + b * T);
+        shift_targets(row.ids, sampled, std::span(targets).subspan(static_cast<size_t>(b * T), static_cast<size_t>(n - 1)));
     }
-}
-
-std::string resolve_checkpoint_dir(const std::string& path) {
-    const fs::path p(path);
-    if (fs::exists(p / "state.bin")) return p.string();
-    const fs::path latest = p / "checkpoints" / "latest";
-    std::ifstream in(latest);
-    check(static_cast<bool>(in), path, ": neither a checkpoint (no state.bin) nor a run directory with ",
-          "checkpoints/latest; train one with `reftrain train` first");
-    std::string name;
-    std::getline(in, name);
-    return (latest.parent_path() / name).string();
 }
 
 // ---- the trainer ------------------------------------------------------------------------------------
@@ -425,11 +412,6 @@ GrpoEval GrpoTrainer::evaluate(int64_t show) {
 }
 
 std::string GrpoTrainer::save_checkpoint() {
-    const fs::path root = fs::path(config_.run_dir) / "checkpoints";
-    fs::create_directories(root);
-    std::ostringstream name;
-    name << "step_" << std::setw(7) << std::setfill('0') << update_;
-    const fs::path dir = root / name.str();
     TrainState state;
     state.step = update_;
     state.rng_states = {prompt_rng_.state(), sample_rng_.state()};
@@ -438,11 +420,7 @@ std::string GrpoTrainer::save_checkpoint() {
     state.extra = {{"grpo", config_.resolved}, {"init", init_dir_}};
     // run.json stays the SFT run's: it describes the model, tokenizer and template, which is what
     // `reftrain sample` and a later GRPO run read from it.
-    reftrain::save_checkpoint(dir.string(), *policy_, *optimizer_, state, init_run_config_, tokenizer_model_path_,
-                              /*overwrite=*/true);
-    const std::string latest = name.str() + "\n";
-    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
-    return dir.string();
+    return save_run_checkpoint(config_.run_dir, *policy_, *optimizer_, state, init_run_config_, tokenizer_model_path_);
 }
 
 GrpoRunResult GrpoTrainer::run() {

@@ -166,9 +166,6 @@ struct GrpoRunResult {
     double seconds = 0.0;                // wall time of the whole run, evals included
 };
 
-// The checkpoint directory `path` names: itself when it holds state.bin, else its checkpoints/latest.
-std::string resolve_checkpoint_dir(const std::string& path);
-
 class GrpoTrainer {
 public:
     // Loads the checkpoint into the policy and the (frozen) reference, builds task, prompts and optimizer.

@@ -286,6 +286,24 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
 
 Trainer::~Trainer() = default;
 
+namespace {
+
+// Micro-batch i's weight in the step's loss and gradient (train.loss_normalization; train/trainer.h).
+double micro_batch_weight(const TrainConfig& train, int64_t supervised, int64_t step_supervised) {
+    if (train.loss_normalization != "tokens") return 1.0 / static_cast<double>(train.grad_accum);
+    return step_supervised > 0 ? static_cast<double>(supervised) / static_cast<double>(step_supervised) : 0.0;
+}
+
+// tracer.policy = stop: the run ends at the first non-finite value, naming it.
+[[noreturn]] void stop_at_first_nonfinite(const FrameTracer& tracer, int64_t step) {
+    const FrameTracer::Incident& incident = *tracer.incident();
+    fail("step ", step + 1, ": the first non-finite value is in '", incident.tensor, "' (written by ", incident.op,
+         "); the run-up is printed above", incident.report_path.empty() ? "" : ", the report is in " + incident.report_path,
+         ". Stopping (tracer.policy = stop; \"skip\" drops such steps instead)");
+}
+
+}  // namespace
+
 StepMetrics Trainer::train_step() {
     const auto start = std::chrono::steady_clock::now();
     const int64_t k = config_.train.grad_accum, B = config_.train.batch_size, T = config_.train.seq_len;
@@ -321,9 +339,7 @@ StepMetrics Trainer::train_step() {
         const Tensor ids(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
         const Tensor targets(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
         const ForwardResult r = model_->forward(ids, targets);
-        double weight = config_.train.loss_normalization == "tokens"
-                            ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
-                            : 1.0 / static_cast<double>(k);
+        double weight = micro_batch_weight(config_.train, counts[i], total);
         if (bugs().grad_accum_not_divided) weight = 1.0;  // BUG grad-accum-not-divided: k micro-batches summed
         if (r.supervised_tokens > 0) model_->backward(weight * scale);
         m.loss += weight * r.loss;
@@ -332,12 +348,9 @@ StepMetrics Trainer::train_step() {
     const bool nonfinite_grads = loss_scaler_.enabled() && unscale_and_check(model_->grads(), scale);
     m.skipped = loss_scaler_.update(nonfinite_grads);  // fp16: skip the step and back off the scale
     if (tracer_ && tracer_->tripped()) {
-        const FrameTracer::Incident& incident = *tracer_->incident();
         if (!m.skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
             tracer_->end_step();
-            fail("step ", step_ + 1, ": the first non-finite value is in '", incident.tensor, "' (written by ", incident.op,
-                 "); the run-up is printed above", incident.report_path.empty() ? "" : ", the report is in " + incident.report_path,
-                 ". Stopping (tracer.policy = stop; \"skip\" drops such steps instead)");
+            stop_at_first_nonfinite(*tracer_, step_);
         }
         m.skipped = true;  // tracer.policy = skip, or the loss scaler already skips it
     }
@@ -375,9 +388,7 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
     for (int64_t i = 0; i < k; ++i) {
         micro[i].input_ids = Tensor(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
         micro[i].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
-        micro[i].weight = config_.train.loss_normalization == "tokens"
-                              ? (total > 0 ? static_cast<double>(counts[i]) / static_cast<double>(total) : 0.0)
-                              : 1.0 / static_cast<double>(k);
+        micro[i].weight = micro_batch_weight(config_.train, counts[i], total);
     }
     check_schedule_counts_optimizer_steps(invariants_, step_, step_ * k, k, step_);
     m.lr = lr_at(config_.schedule, step_);
@@ -389,10 +400,7 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
     m.grad_norm = r.grad_norm;
     if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, gpu_->model->config().vocab_size);
     if (tracer_ && tracer_->tripped() && !r.scaler_skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
-        const FrameTracer::Incident& incident = *tracer_->incident();
-        fail("step ", step_ + 1, ": the first non-finite value is in '", incident.tensor, "' (written by ", incident.op,
-             "); the run-up is printed above", incident.report_path.empty() ? "" : ", the report is in " + incident.report_path,
-             ". Stopping (tracer.policy = stop; \"skip\" drops such steps instead)");
+        stop_at_first_nonfinite(*tracer_, step_);
     }
     if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
     ++step_;
@@ -450,11 +458,6 @@ EvalMetrics Trainer::evaluate(int64_t show_samples) {
 }
 
 std::string Trainer::save_checkpoint() {
-    const fs::path root = fs::path(config_.run_dir) / "checkpoints";
-    fs::create_directories(root);
-    std::ostringstream name;
-    name << "step_" << std::setw(7) << std::setfill('0') << step_;
-    const fs::path dir = root / name.str();
     sync_from_gpu();
     TrainState state;
     state.step = step_;
@@ -463,23 +466,11 @@ std::string Trainer::save_checkpoint() {
     state.template_fingerprint = data_.chat->fingerprint();
     if (loss_scaler_.enabled()) state.extra["loss_scaler"] = loss_scaler_.to_json();
     state.tokenizer_fingerprint = data_.tokenizer->fingerprint();
-    reftrain::save_checkpoint(dir.string(), *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path,
-                              /*overwrite=*/true);
-    const std::string latest = name.str() + "\n";
-    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
-    return dir.string();
+    return save_run_checkpoint(config_.run_dir, *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path);
 }
 
 void Trainer::resume(const std::string& checkpoint_dir) {
-    std::string dir = checkpoint_dir;
-    if (dir == "latest") {
-        const fs::path latest = fs::path(config_.run_dir) / "checkpoints" / "latest";
-        std::ifstream in(latest);
-        check(static_cast<bool>(in), "resume=latest: ", latest.string(), " does not exist (no checkpoint saved yet)");
-        std::string name;
-        std::getline(in, name);
-        dir = (latest.parent_path() / name).string();
-    }
+    const std::string dir = resolve_checkpoint_dir(checkpoint_dir == "latest" ? config_.run_dir : checkpoint_dir);
     // The template check comes first: another template usually means another vocabulary too, and
     // "wrong template" is the message that tells the user what to fix.
     const TrainState saved = read_checkpoint_state(dir);
