@@ -2,8 +2,8 @@
 //
 // Six of the seven train PPO on one of Andy Jones' probe environments (probes/envs.h), where the
 // correct value and policy are known in closed form, so the detector is the probe's own verdict: V
-// and pi against probe_cases() within the stated tolerances (train/ppo.h, run_probe). Each half takes
-// well under a second on one core. reward-mean-shift needs a task with a "will to live", so it trains
+// and pi against probe_cases() within the stated tolerances (probes/probe_runs.h, run_probe). Each
+// half takes well under a second on one core. reward-mean-shift needs a task with a "will to live", so it trains
 // on CartPole for 64k steps; its detector is the trainer's check rl.reward_scale_only.
 #include "probes/failures.h"
 
@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "probes/probe_runs.h"
 #include "train/ppo.h"
 
 namespace reftrain {
@@ -120,80 +121,94 @@ FailureHalf reward_mean_shift(const FailureContext& ctx) {
 
 std::vector<FailureScenario> ppo_failure_scenarios() {
     std::vector<FailureScenario> c;
-    c.push_back({"probe-value-loss", "The value loss regresses V onto the wrong target",
-                 "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 1",
-                 "the value loss uses the advantages A = R - V as the target instead of the returns R",
-                 "on probe1 (one step, reward +1, V(0) = 1) V settles at 0.5, the fixed point of V = 1 - V",
-                 "probe1 verdict: |V(0) - 1| <= 0.05 (reftrain probe run probe1)",
-                 "regress V onto the returns (advantages + old values), never onto the advantages", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe1", "V(0) (correct: 1)",
-                                       [](PpoTrainer& t) { return t.value({0.0}); });
-                 }});
-    c.push_back({"probe-backprop", "The critic never sees the observation",
-                 "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 2",
-                 "the critic reads a cleared (all-zero) input buffer instead of the observation",
-                 "on probe2 (reward = observation = +-1) V is the same for both observations, near their mean 0",
-                 "probe2 verdict: |V(o) - o| <= 0.05 for o = +1 and -1",
-                 "feed the critic the observation (check with a backprop-to-input test: dV/dobs must not be 0)", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe2", "V(+1) - V(-1) (correct: 2)",
-                                       [](PpoTrainer& t) { return t.value({1.0}) - t.value({-1.0}); });
-                 }});
-    c.push_back({"discount-across-reset", "Discounting runs across episode boundaries",
-                 "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 3",
-                 "GAE ignores the done flags: the last step of an episode bootstraps from the next episode's "
-                 "first value",
-                 "on probe3 (two steps, reward 0 then +1, gamma 0.9) V(0) and V(1) climb far above 0.9 and 1",
-                 "probe3 verdict: |V(0) - gamma| and |V(1) - 1| <= 0.05",
-                 "stop the GAE recursion at every episode end and the bootstrap at every termination", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe3", "V(0) (correct: 0.9)",
-                                       [](PpoTrainer& t) { return t.value({0.0}); });
-                 }});
-    c.push_back({"advantage-sign", "The policy gradient has the advantage's sign flipped",
-                 "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 4",
-                 "the clipped surrogate uses -A instead of A",
-                 "on probe4 (+1 for action 1, -1 for action 0) the policy learns action 0 and V goes to -1",
-                 "probe4 verdict: |pi(1|0) - 1| <= 0.02 and |V(0) - 1| <= 0.05",
-                 "minimise -A * ratio (maximise the advantage-weighted likelihood), and test the sign on probe4", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe4", "pi(1 | 0) (correct: 1)",
-                                       [](PpoTrainer& t) { return t.action_probs({0.0})[1]; });
-                 }});
-    c.push_back({"stale-experience", "Observations are paired with the wrong actions and rewards",
-                 "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 5",
-                 "the rollout stores the observation after the step, beside the action and reward of the step",
-                 "on probe5 (reward +1 when the action matches the observation's sign) the policy cannot condition on "
-                 "the observation and stays near 50/50, V near 0",
-                 "probe5 verdict: pi(correct action | o) within 0.02 of 1 and V(o) within 0.05 of 1 for o = +-1",
-                 "store the observation the action was chosen from, before stepping the environment", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe5", "mean pi(correct action | o) (correct: 1)", [](PpoTrainer& t) {
-                         return 0.5 * (t.action_probs({1.0})[1] + t.action_probs({-1.0})[0]);
-                     });
-                 }});
-    c.push_back({"reward-mean-shift", "Reward normalisation subtracts the mean",
-                 "John Schulman, 'The Nuts and Bolts of Deep RL Research' (2016): rescale rewards, don't shift them",
-                 "the reward normaliser standardises rewards (subtracts their running mean) instead of only "
-                 "scaling them",
-                 "CartPole pays +1 every step; minus the running mean (~1) every reward is ~0, surviving is worth "
-                 "nothing, and the return stays at the random policy's ~22",
-                 "check rl.reward_scale_only in the trainer: the normaliser must map a reward of 0 to 0",
-                 "divide rewards by the running std of the discounted return; never subtract a mean", false,
-                 reward_mean_shift});
-    c.push_back({"truncation-as-termination", "A time limit is treated as the end of the task",
-                 "Huang et al., 'The 37 Implementation Details of PPO' (2022) and cleanrl's ppo.py, which both "
-                 "note it; Pardo et al., 'Time Limits in Reinforcement Learning' (2018)",
-                 "GAE treats a truncation like a termination: no bootstrap from V(final observation)",
-                 "on probe-timelimit (+1 forever, cut at 10 steps, the observation does not show the time) V(0) "
-                 "settles near 4.1 (the mean truncated return) instead of 1 / (1 - 0.9) = 10",
-                 "probe-timelimit verdict: |V(0) - 1 / (1 - gamma)| <= 0.5",
-                 "bootstrap a truncated episode with gamma * V(final observation); stop only the GAE recursion", false,
-                 [](const FailureContext& ctx) {
-                     return probe_half(ctx, "probe-timelimit", "V(0) (correct: 10)",
-                                       [](PpoTrainer& t) { return t.value({0.0}); });
-                 }});
+    c.push_back({
+        .id = "probe-value-loss",
+        .title = "The value loss regresses V onto the wrong target",
+        .source = "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 1",
+        .bug = "the value loss uses the advantages A = R - V as the target instead of the returns R",
+        .symptom = "on probe1 (one step, reward +1, V(0) = 1) V settles at 0.5, the fixed point of V = 1 - V",
+        .detector = "probe1 verdict: |V(0) - 1| <= 0.05 (reftrain probe run probe1)",
+        .fix = "regress V onto the returns (advantages + old values), never onto the advantages",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe1", "V(0) (correct: 1)",
+                                     [](PpoTrainer& t) { return t.value({0.0}); });
+               }});
+    c.push_back({
+        .id = "probe-backprop",
+        .title = "The critic never sees the observation",
+        .source = "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 2",
+        .bug = "the critic reads a cleared (all-zero) input buffer instead of the observation",
+        .symptom = "on probe2 (reward = observation = +-1) V is the same for both observations, near their mean 0",
+        .detector = "probe2 verdict: |V(o) - o| <= 0.05 for o = +1 and -1",
+        .fix = "feed the critic the observation (check with a backprop-to-input test: dV/dobs must not be 0)",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe2", "V(+1) - V(-1) (correct: 2)",
+                                     [](PpoTrainer& t) { return t.value({1.0}) - t.value({-1.0}); });
+               }});
+    c.push_back({
+        .id = "discount-across-reset",
+        .title = "Discounting runs across episode boundaries",
+        .source = "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 3",
+        .bug = "GAE ignores the done flags: the last step of an episode bootstraps from the next episode's "
+               "first value",
+        .symptom = "on probe3 (two steps, reward 0 then +1, gamma 0.9) V(0) and V(1) climb far above 0.9 and 1",
+        .detector = "probe3 verdict: |V(0) - gamma| and |V(1) - 1| <= 0.05",
+        .fix = "stop the GAE recursion at every episode end and the bootstrap at every termination",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe3", "V(0) (correct: 0.9)",
+                                     [](PpoTrainer& t) { return t.value({0.0}); });
+               }});
+    c.push_back({
+        .id = "advantage-sign",
+        .title = "The policy gradient has the advantage's sign flipped",
+        .source = "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 4",
+        .bug = "the clipped surrogate uses -A instead of A",
+        .symptom = "on probe4 (+1 for action 1, -1 for action 0) the policy learns action 0 and V goes to -1",
+        .detector = "probe4 verdict: |pi(1|0) - 1| <= 0.02 and |V(0) - 1| <= 0.05",
+        .fix = "minimise -A * ratio (maximise the advantage-weighted likelihood), and test the sign on probe4",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe4", "pi(1 | 0) (correct: 1)",
+                                     [](PpoTrainer& t) { return t.action_probs({0.0})[1]; });
+               }});
+    c.push_back({
+        .id = "stale-experience",
+        .title = "Observations are paired with the wrong actions and rewards",
+        .source = "Andy Jones, 'Debugging RL, Without the Agonizing Pain' (2021): probe environment 5",
+        .bug = "the rollout stores the observation after the step, beside the action and reward of the step",
+        .symptom = "on probe5 (reward +1 when the action matches the observation's sign) the policy cannot condition on "
+                   "the observation and stays near 50/50, V near 0",
+        .detector = "probe5 verdict: pi(correct action | o) within 0.02 of 1 and V(o) within 0.05 of 1 for o = +-1",
+        .fix = "store the observation the action was chosen from, before stepping the environment",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe5", "mean pi(correct action | o) (correct: 1)", [](PpoTrainer& t) {
+                       return 0.5 * (t.action_probs({1.0})[1] + t.action_probs({-1.0})[0]);
+                   });
+               }});
+    c.push_back({
+        .id = "reward-mean-shift",
+        .title = "Reward normalisation subtracts the mean",
+        .source = "John Schulman, 'The Nuts and Bolts of Deep RL Research' (2016): rescale rewards, don't shift them",
+        .bug = "the reward normaliser standardises rewards (subtracts their running mean) instead of only "
+               "scaling them",
+        .symptom = "CartPole pays +1 every step; minus the running mean (~1) every reward is ~0, surviving is worth "
+                   "nothing, and the return stays at the random policy's ~22",
+        .detector = "check rl.reward_scale_only in the trainer: the normaliser must map a reward of 0 to 0",
+        .fix = "divide rewards by the running std of the discounted return; never subtract a mean",
+        .run = reward_mean_shift});
+    c.push_back({
+        .id = "truncation-as-termination",
+        .title = "A time limit is treated as the end of the task",
+        .source = "Huang et al., 'The 37 Implementation Details of PPO' (2022) and cleanrl's ppo.py, which both "
+                  "note it; Pardo et al., 'Time Limits in Reinforcement Learning' (2018)",
+        .bug = "GAE treats a truncation like a termination: no bootstrap from V(final observation)",
+        .symptom = "on probe-timelimit (+1 forever, cut at 10 steps, the observation does not show the time) V(0) "
+                   "settles near 4.1 (the mean truncated return) instead of 1 / (1 - 0.9) = 10",
+        .detector = "probe-timelimit verdict: |V(0) - 1 / (1 - gamma)| <= 0.5",
+        .fix = "bootstrap a truncated episode with gamma * V(final observation); stop only the GAE recursion",
+        .run = [](const FailureContext& ctx) {
+                   return probe_half(ctx, "probe-timelimit", "V(0) (correct: 10)",
+                                     [](PpoTrainer& t) { return t.value({0.0}); });
+               }});
     return c;
 }
 

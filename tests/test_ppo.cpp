@@ -17,6 +17,7 @@
 #include "kernels/random.h"
 #include "model/mlp.h"
 #include "tests/test_util.h"
+#include "probes/probe_runs.h"
 #include "train/ppo.h"
 
 namespace reftrain {
@@ -40,8 +41,9 @@ Gae gae(const std::vector<double>& rewards, const std::vector<double>& values, c
         const std::vector<uint8_t>& truncated, const std::vector<double>& final_values,
         const std::vector<double>& last_values, int64_t T, int64_t N, double gamma, double lambda) {
     Gae g;
-    compute_gae(rewards, values, terminated, truncated, final_values, last_values, T, N, gamma, lambda, g.advantages,
-                g.returns);
+    compute_gae({.T = T, .N = N, .rewards = rewards, .values = values, .terminated = terminated, .truncated = truncated,
+                 .final_values = final_values, .last_values = last_values},
+                gamma, lambda, g.advantages, g.returns);
     return g;
 }
 
@@ -108,8 +110,10 @@ TEST_F(Ppo, GaeKeepsCopiesApartInTimeMajorStorage) {
 
 TEST_F(Ppo, GaeRefusesMismatchedSizes) {
     std::vector<double> a, r;
-    expect_error([&] { compute_gae(std::vector<double>{1, 2}, std::vector<double>{1}, std::vector<uint8_t>{0, 0},
-                                   std::vector<uint8_t>{0, 0}, std::vector<double>{0, 0}, std::vector<double>{0}, 2, 1,
+    const std::vector<double> rewards = {1, 2}, values = {1}, final_values = {0, 0}, last_values = {0};
+    const std::vector<uint8_t> flags = {0, 0};
+    expect_error([&] { compute_gae({.T = 2, .N = 1, .rewards = rewards, .values = values, .terminated = flags,
+                                    .truncated = flags, .final_values = final_values, .last_values = last_values},
                                    0.9, 0.9, a, r); },
                  {"compute_gae", "T*N = 2"});
 }
@@ -199,12 +203,15 @@ TEST_F(Ppo, KlEstimatorsOnSamplesFromTheOldPolicy) {
 // policy term max(-1 * 2, -1 * 1.2) = -1.2 (the clipped one, flat: no policy gradient). Value: v = 1,
 // v_old = 0.5, R = 3: v_clip = 0.7, max((1 - 3)^2, (0.7 - 3)^2) = 5.29, loss 2.645, flat in v.
 TEST_F(Ppo, LossOfOneRowByHand) {
-    std::vector<double> dlogits, dvalues, log_ratio;
     const std::vector<double> logits = {0.0, 0.0}, values = {1.0}, old_logprobs = {std::log(0.25)}, adv = {1.0},
                               targets = {3.0}, old_values = {0.5};
     const std::vector<int64_t> actions = {1};
-    const PpoLossTerms t = ppo_loss(logits, values, 1, 2, actions, old_logprobs, adv, targets, old_values,
-                                    PpoLossCoefficients{0.2, 0.0, 0.5, true}, dlogits, dvalues, log_ratio);
+    const PpoMinibatch row{.M = 1, .A = 2, .logits = logits, .values = values, .actions = actions,
+                           .old_logprobs = old_logprobs, .advantages = adv, .value_targets = targets,
+                           .old_values = old_values};
+    PpoLossGradients g;
+    const std::vector<double>&dlogits = g.dlogits, &dvalues = g.dvalues, &log_ratio = g.log_ratio;
+    const PpoLossTerms t = ppo_loss(row, PpoLossCoefficients{0.2, 0.0, 0.5, true}, g);
     EXPECT_NEAR(t.policy_loss, -1.2, 1e-12);
     EXPECT_NEAR(t.value_loss, 2.645, 1e-12);
     EXPECT_NEAR(t.entropy, std::log(2.0), 1e-12);
@@ -215,8 +222,7 @@ TEST_F(Ppo, LossOfOneRowByHand) {
     EXPECT_EQ(dvalues[0], 0.0);
     // The advantage-sign bug flips A: max(2, 1.2) = 2, the unclipped term, with gradient -(-1) * 2 * (1 - 0.5).
     ScopedBug bug("advantage-sign");
-    const PpoLossTerms flipped = ppo_loss(logits, values, 1, 2, actions, old_logprobs, adv, targets, old_values,
-                                          PpoLossCoefficients{0.2, 0.0, 0.5, true}, dlogits, dvalues, log_ratio);
+    const PpoLossTerms flipped = ppo_loss(row, PpoLossCoefficients{0.2, 0.0, 0.5, true}, g);
     EXPECT_NEAR(flipped.policy_loss, 2.0, 1e-12);
     EXPECT_NEAR(dlogits[1], 1.0, 1e-12);
 }
@@ -241,16 +247,19 @@ TEST_F(Ppo, LossGradientMatchesFiniteDifferences) {
     }
     for (bool clip_vloss : {true, false}) {
         const PpoLossCoefficients k{0.2, 0.01, 0.5, clip_vloss};
-        std::vector<double> dlogits, dvalues, log_ratio, unused_dz, unused_dv, unused_lr;
-        const PpoLossTerms terms = ppo_loss(logits, values, M, A, actions, old_logprobs, advantages, targets,
-                                            old_values, k, dlogits, dvalues, log_ratio);
+        auto minibatch = [&](const std::vector<double>& z, const std::vector<double>& v) {
+            return PpoMinibatch{.M = M, .A = A, .logits = z, .values = v, .actions = actions,
+                                .old_logprobs = old_logprobs, .advantages = advantages, .value_targets = targets,
+                                .old_values = old_values};
+        };
+        PpoLossGradients g, unused;
+        const std::vector<double>&dlogits = g.dlogits, &dvalues = g.dvalues;
+        const PpoLossTerms terms = ppo_loss(minibatch(logits, values), k, g);
         EXPECT_GT(terms.clipped, 2);
         EXPECT_LT(terms.clipped, M - 2);
         EXPECT_NEAR(terms.total, terms.policy_loss - 0.01 * terms.entropy + 0.5 * terms.value_loss, 1e-12);
         auto total = [&](const std::vector<double>& z, const std::vector<double>& v) {
-            return ppo_loss(z, v, M, A, actions, old_logprobs, advantages, targets, old_values, k, unused_dz,
-                            unused_dv, unused_lr)
-                .total;
+            return ppo_loss(minibatch(z, v), k, unused).total;
         };
         const double h = 1e-6;
         for (size_t i = 0; i < logits.size(); ++i) {

@@ -371,14 +371,14 @@ TEST(Trainer, TooLongConversationsAreSkippedAndCountedNeverCut) {
     }
     std::ostringstream log;
     const RunConfig config = tiny_config(dir, {"data.task=\"\"", "data.jsonl=" + jsonl});
-    const RunData data = prepare_run_data(config, log);
+    const RunData data = prepare_run_data(config.data, config.train.seq_len, config.seed, log);
     EXPECT_EQ(data.train_docs.size(), 1u);
     EXPECT_EQ(data.skipped_too_long, 1);
     EXPECT_NE(log.str().find("skipped 1 conversations longer than seq_len + 1 = 49 tokens"), std::string::npos)
         << log.str();
     // Nothing usable at all is an error, not an empty run.
     const RunConfig tiny_context = tiny_config(dir, {"data.task=\"\"", "data.jsonl=" + jsonl, "train.seq_len=8"});
-    EXPECT_NE(error_of([&] { prepare_run_data(tiny_context, log); }).find("no training conversation is usable"),
+    EXPECT_NE(error_of([&] { prepare_run_data(tiny_context.data, tiny_context.train.seq_len, tiny_context.seed, log); }).find("no training conversation is usable"),
               std::string::npos);
 }
 

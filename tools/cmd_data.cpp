@@ -94,7 +94,7 @@ void run_show_config(const std::string& config_path, const std::vector<std::stri
     check(count > 0, "--count must be > 0, got ", count);
     const bool color = color_mode == "always" || (color_mode == "auto" && ::isatty(STDOUT_FILENO));
     const RunConfig config = load_run_config(config_path, sets);
-    const RunData data = prepare_run_data(config, std::cout);
+    const RunData data = prepare_run_data(config.data, config.train.seq_len, config.seed, std::cout);
     std::printf("tokenizer fingerprint %s, template fingerprint %s\n", data.tokenizer->fingerprint().c_str(),
                 data.chat->fingerprint().c_str());
     const int64_t n = std::min<int64_t>(count, static_cast<int64_t>(data.train_docs.size()));

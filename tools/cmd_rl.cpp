@@ -14,6 +14,7 @@
 #include "probes/envs.h"
 #include "tools/commands.h"
 #include "train/grpo.h"
+#include "probes/probe_runs.h"
 #include "train/ppo.h"
 #include "train/run_config.h"
 

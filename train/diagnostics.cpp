@@ -764,7 +764,7 @@ DiagnosticResult run_diagnostic(const std::string& name, const RunConfig& config
     }
     check(known, "diagnose: unknown diagnostic '", name, "' (known: ", names, ")");
     if (config.threads > 0) omp_set_num_threads(static_cast<int>(config.threads));
-    const RunData data = prepare_run_data(config, log);
+    const RunData data = prepare_run_data(config.data, config.train.seq_len, config.seed, log);
     const ModelConfig model_config = model_config_for_run(config, data.tokenizer->vocab_size());
 
     if (name == "mask") {

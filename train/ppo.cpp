@@ -50,10 +50,9 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // ---- pure functions ----------------------------------------------------------------------------------
 
-void compute_gae(std::span<const double> rewards, std::span<const double> values,
-                 std::span<const uint8_t> terminated, std::span<const uint8_t> truncated,
-                 std::span<const double> final_values, std::span<const double> last_values, int64_t T, int64_t N,
-                 double gamma, double lambda, std::vector<double>& advantages, std::vector<double>& returns) {
+void compute_gae(const RolloutView& rollout, double gamma, double lambda, std::vector<double>& advantages,
+                 std::vector<double>& returns) {
+    const auto [T, N, rewards, values, terminated, truncated, final_values, last_values] = rollout;
     const size_t n = static_cast<size_t>(T * N);
     check(T > 0 && N > 0, "compute_gae: T and N must be > 0, got T=", T, " N=", N);
     check(rewards.size() == n && values.size() == n && terminated.size() == n && truncated.size() == n &&
@@ -144,11 +143,9 @@ double explained_variance(std::span<const double> values, std::span<const double
 
 // ---- the PPO loss ----------------------------------------------------------------------------------------
 
-PpoLossTerms ppo_loss(std::span<const double> logits, std::span<const double> values, int64_t M, int64_t A,
-                      std::span<const int64_t> actions, std::span<const double> old_logprobs,
-                      std::span<const double> advantages, std::span<const double> value_targets,
-                      std::span<const double> old_values, const PpoLossCoefficients& coefficients,
-                      std::vector<double>& dlogits, std::vector<double>& dvalues, std::vector<double>& log_ratio) {
+PpoLossTerms ppo_loss(const PpoMinibatch& batch, const PpoLossCoefficients& coefficients, PpoLossGradients& out) {
+    const auto [M, A, logits, values, actions, old_logprobs, advantages, value_targets, old_values] = batch;
+    auto& [dlogits, dvalues, log_ratio] = out;
     const size_t rows = static_cast<size_t>(M);
     check(M > 0 && A > 0 && logits.size() >= rows * static_cast<size_t>(A) && values.size() >= rows &&
               actions.size() == rows && old_logprobs.size() == rows && advantages.size() == rows &&
@@ -295,6 +292,10 @@ PpoConfig load_ppo_config(const std::string& path, const std::vector<std::string
     return parse_ppo_config(load_ppo_json(path, sets, to_json(PpoConfig{})), config_source(path, sets));
 }
 
+PpoConfig apply_ppo_sets(const PpoConfig& base, const std::vector<std::string>& sets, const std::string& source) {
+    return parse_ppo_config(load_ppo_json("", sets, to_json(base)), sets.empty() ? source : source + " with its --set overrides");
+}
+
 // ---- reward normalisation --------------------------------------------------------------------------
 
 namespace {
@@ -417,7 +418,8 @@ struct PpoTrainer::Impl {
 
     // Scratch for forward / backward.
     std::vector<double> logits, step_values, logp, zeros, unused_logits, unused_values;
-    std::vector<double> mb_obs, mb_adv, mb_logprobs, mb_targets, mb_values, dlogits, dvalues, log_ratio;
+    std::vector<double> mb_obs, mb_adv, mb_logprobs, mb_targets, mb_values;
+    PpoLossGradients loss_grads;
     std::vector<int64_t> mb_actions;
 
     Impl(const PpoConfig& c, std::ostream& out)
@@ -564,8 +566,12 @@ struct PpoTrainer::Impl {
         agent.zero_grad();
         forward(mb_obs.data(), M, logits, step_values);
         const PpoLossCoefficients coefficients{config.clip_coef, config.ent_coef, config.vf_coef, config.clip_vloss};
-        const PpoLossTerms loss = ppo_loss(logits, step_values, M, A, mb_actions, mb_logprobs, mb_adv, mb_targets,
-                                           mb_values, coefficients, dlogits, dvalues, log_ratio);
+        const PpoLossTerms loss = ppo_loss({.M = M, .A = A, .logits = logits, .values = step_values, .actions = mb_actions,
+                                            .old_logprobs = mb_logprobs, .advantages = mb_adv,
+                                            .value_targets = mb_targets, .old_values = mb_values},
+                                           coefficients, loss_grads);
+        const std::vector<double>&dlogits = loss_grads.dlogits, &dvalues = loss_grads.dvalues;
+        const std::vector<double>& log_ratio = loss_grads.log_ratio;
         if (bugs().probe_backprop) {
             agent.backward(dlogits, {});                                   // through the actor's forward
             agent.forward(zeros.data(), M, unused_logits, unused_values);  // the critic's (cleared) input again
@@ -594,8 +600,9 @@ struct PpoTrainer::Impl {
         rollout(m);
         m.global_step = envs.total_steps();
         // Detail 5: GAE, bootstrapped at the rollout's end and at truncations.
-        compute_gae(rewards, values, terminated, truncated, final_values, last_values, T, N, config.gamma,
-                    config.gae_lambda, advantages, returns);
+        compute_gae({.T = T, .N = N, .rewards = rewards, .values = values, .terminated = terminated,
+                     .truncated = truncated, .final_values = final_values, .last_values = last_values},
+                    config.gamma, config.gae_lambda, advantages, returns);
 
         std::vector<int64_t> order(static_cast<size_t>(batch));
         std::iota(order.begin(), order.end(), 0);
@@ -710,98 +717,6 @@ std::vector<double> PpoTrainer::action_probs(const std::vector<double>& obs) {
     log_softmax_rows(logits, 1, impl_->A, logp);
     for (double& p : logp) p = std::exp(p);
     return logp;
-}
-
-// ---- probe runs ------------------------------------------------------------------------------------
-
-PpoConfig probe_ppo_config(const std::string& env, const std::vector<std::string>& sets) {
-    PpoConfig c;
-    c.env = env;
-    // Small and fast: 8 copies x 16 steps, two minibatches, a high constant LR, no entropy bonus (an
-    // entropy bonus would hold the policy away from the deterministic answer the probe checks), no
-    // value clipping (it limits V's move per update to clip_coef, slow for V = 10).
-    c.num_envs = 8;
-    c.num_steps = 16;
-    c.num_minibatches = 2;
-    c.update_epochs = 4;
-    c.learning_rate = 2.5e-3;
-    c.anneal_lr = false;
-    c.ent_coef = 0.0;
-    c.clip_vloss = false;
-    c.hidden = {64, 64};
-    c.threads = 1;
-    c.log_every = 0;
-    c.gamma = 0.9;  // probe3 and probe-timelimit: V(0) = 0.9 and 1 / (1 - 0.9) = 10
-    c.total_timesteps = 128 * 60;
-    if (env == "probe3") c.total_timesteps = 128 * 100;
-    if (env == "probe-timelimit") c.total_timesteps = 128 * 150;
-    if (env == "probe4" || env == "probe5") c.total_timesteps = 128 * 100;
-    if (env == "bandit") c.total_timesteps = 128 * 100;
-    const std::string source = concat("the probe config of ", env);
-    return parse_ppo_config(load_ppo_json("", sets, to_json(c)),
-                            sets.empty() ? source : source + " with its --set overrides");
-}
-
-ProbeReport run_probe(const PpoConfig& config, std::ostream& log,
-                      const std::function<void(PpoTrainer&, const PpoUpdateMetrics&)>& after_update) {
-    const auto start = std::chrono::steady_clock::now();
-    const std::vector<ProbeCase> cases = probe_cases(config.env, config.gamma);
-    ProbeReport report;
-    report.env = config.env;
-    double largest = 1.0;
-    for (const ProbeCase& c : cases) largest = std::max(largest, std::fabs(c.value));
-    report.value_tolerance = 0.05 * largest;
-    report.prob_tolerance = 0.02;
-    PpoTrainer trainer(config, log);
-    for (int64_t u = 0; u < trainer.num_updates(); ++u) {
-        report.updates.push_back(trainer.update());
-        if (after_update) after_update(trainer, report.updates.back());
-    }
-    report.solved = true;
-    for (const ProbeCase& c : cases) {
-        ProbeCheck check;
-        check.obs = c.obs;
-        check.value = trainer.value(c.obs);
-        check.expected_value = c.value;
-        check.probs = trainer.action_probs(c.obs);
-        check.expected_probs = c.action_probs;
-        check.ok = std::fabs(check.value - check.expected_value) <= report.value_tolerance;
-        for (size_t a = 0; a < check.expected_probs.size() && a < check.probs.size(); ++a) {
-            check.ok = check.ok && std::fabs(check.probs[a] - check.expected_probs[a]) <= report.prob_tolerance;
-        }
-        report.solved = report.solved && check.ok;
-        report.checks.push_back(std::move(check));
-    }
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return report;
-}
-
-void print_probe_report(const ProbeReport& report, std::ostream& out) {
-    auto list = [](const std::vector<double>& v) {
-        std::ostringstream s;
-        s << std::fixed << std::setprecision(3) << "(";
-        for (size_t i = 0; i < v.size(); ++i) s << (i ? ", " : "") << v[i];
-        s << ")";
-        return s.str();
-    };
-    out << "probe " << report.env << ": " << report.updates.size() << " updates in " << std::fixed
-        << std::setprecision(2) << report.seconds << " s\n";
-    out << "  " << std::left << std::setw(14) << "observation" << std::setw(10) << "V" << std::setw(10) << "V*"
-        << std::setw(36) << "pi" << std::setw(36) << "pi*" << "ok\n";
-    for (const ProbeCheck& c : report.checks) {
-        std::ostringstream v, ve;
-        v << std::fixed << std::setprecision(3) << c.value;
-        ve << std::fixed << std::setprecision(3) << c.expected_value;
-        out << "  " << std::setw(14) << list(c.obs) << std::setw(10) << v.str() << std::setw(10) << ve.str()
-            << std::setw(36) << list(c.probs) << std::setw(36)
-            << (c.expected_probs.empty() ? std::string("(any)") : list(c.expected_probs)) << (c.ok ? "yes" : "NO")
-            << "\n";
-    }
-    out << std::right;
-    out << "tolerances: |V - V*| <= " << std::setprecision(3) << report.value_tolerance
-        << ", |pi(a) - pi*(a)| <= " << report.prob_tolerance << "\n";
-    out.unsetf(std::ios::floatfield);
-    out << "verdict: " << (report.solved ? "SOLVED" : "NOT SOLVED") << "\n";
 }
 
 }  // namespace reftrain

@@ -37,10 +37,16 @@ namespace reftrain {
 // or truncated); the bootstrap stops only at terminations. Under bugs.discount_across_reset the
 // recursion and the bootstrap ignore the flags; under bugs.truncation_as_termination a truncation
 // is treated exactly like a termination.
-void compute_gae(std::span<const double> rewards, std::span<const double> values,
-                 std::span<const uint8_t> terminated, std::span<const uint8_t> truncated,
-                 std::span<const double> final_values, std::span<const double> last_values, int64_t T, int64_t N,
-                 double gamma, double lambda, std::vector<double>& advantages, std::vector<double>& returns);
+// One rollout of T steps of N environment copies, time-major: index t * N + i is step t of copy i.
+struct RolloutView {
+    int64_t T = 0, N = 0;
+    std::span<const double> rewards, values;          // (T N)
+    std::span<const uint8_t> terminated, truncated;   // (T N) flags
+    std::span<const double> final_values;             // (T N) V of the episode's last observation; read where truncated
+    std::span<const double> last_values;              // (N) V of the observation after the rollout
+};
+void compute_gae(const RolloutView& rollout, double gamma, double lambda, std::vector<double>& advantages,
+                 std::vector<double>& returns);
 
 // (x - mean) / (std + eps) with the unbiased std (torch's .std()), in place. n = 1 leaves x - mean.
 void normalize_advantages(std::span<double> x, double eps = 1e-8);
@@ -69,15 +75,24 @@ struct PpoLossCoefficients {
     double clip_coef = 0.2, ent_coef = 0.01, vf_coef = 0.5;
     bool clip_vloss = true;
 };
-// The loss of M rows from the new logits (M, A) and values (M), given the rollout's actions (M), old
-// log-probs (M), advantages (M, already normalised if they are to be), value targets (M, the returns)
-// and old values (M). Writes d total / d logits (M, A), d total / d values (M) and the log-ratios (M).
-// Under bugs.advantage_sign the policy term uses -A.
-PpoLossTerms ppo_loss(std::span<const double> logits, std::span<const double> values, int64_t M, int64_t A,
-                      std::span<const int64_t> actions, std::span<const double> old_logprobs,
-                      std::span<const double> advantages, std::span<const double> value_targets,
-                      std::span<const double> old_values, const PpoLossCoefficients& coefficients,
-                      std::vector<double>& dlogits, std::vector<double>& dvalues, std::vector<double>& log_ratio);
+// M rows of a minibatch: the new network's outputs, and what the rollout stored for them.
+struct PpoMinibatch {
+    int64_t M = 0, A = 0;                              // rows, actions
+    std::span<const double> logits, values;            // new: (M, A), (M)
+    std::span<const int64_t> actions;                  // (M)
+    std::span<const double> old_logprobs;              // (M) log pi_old(a)
+    std::span<const double> advantages;                // (M) already normalised if they are to be
+    std::span<const double> value_targets;             // (M) the returns
+    std::span<const double> old_values;                // (M)
+};
+struct PpoLossGradients {
+    std::vector<double> dlogits;    // (M, A) d total / d logits
+    std::vector<double> dvalues;    // (M)    d total / d values
+    std::vector<double> log_ratio;  // (M)    log pi_new(a) - log pi_old(a)
+};
+// The loss of a minibatch, with its gradients written to `out`. Under bugs.advantage_sign the policy
+// term uses -A.
+PpoLossTerms ppo_loss(const PpoMinibatch& batch, const PpoLossCoefficients& coefficients, PpoLossGradients& out);
 
 // ---- the trainer -----------------------------------------------------------------------------------
 
@@ -117,6 +132,8 @@ struct PpoConfig {
 // "algorithm": "ppo" in the file is accepted and dropped (`reftrain rl` dispatches on it); any other
 // algorithm is refused.
 PpoConfig load_ppo_config(const std::string& path, const std::vector<std::string>& sets);
+// `base` with the "key=value" overrides applied and the whole checked; `source` names it in errors.
+PpoConfig apply_ppo_sets(const PpoConfig& base, const std::vector<std::string>& sets, const std::string& source);
 nlohmann::json to_json(const PpoConfig& config);
 
 // What one update logs (metrics.jsonl has one JSON object per update with these names).
@@ -170,31 +187,5 @@ private:
     Bugs bugs_before_;               // the switches as they were before config.bugs; restored at the end
     std::unique_ptr<Impl> impl_;
 };
-
-// ---- probe runs ------------------------------------------------------------------------------------
-
-struct ProbeCheck {
-    std::vector<double> obs;
-    double value = 0.0, expected_value = 0.0;
-    std::vector<double> probs, expected_probs;   // expected empty = any policy is fine
-    bool ok = false;
-};
-struct ProbeReport {
-    std::string env;
-    std::vector<ProbeCheck> checks;
-    double value_tolerance = 0.0, prob_tolerance = 0.0;  // the epsilons the verdict used
-    bool solved = false;                                 // every check ok
-    std::vector<PpoUpdateMetrics> updates;
-    double seconds = 0.0;
-};
-// The PPO config a probe environment is trained with (small, seconds on one core), then `sets`.
-PpoConfig probe_ppo_config(const std::string& env, const std::vector<std::string>& sets);
-// Trains PPO on a probe environment and checks V and pi against probe_cases() within the tolerances:
-// |V - V*| <= 0.05 * max(1, max |V*|) and every |pi(a) - pi*(a)| <= 0.02. `after_update`, when given,
-// is called after every update (the failure catalog records its curves through it).
-ProbeReport run_probe(const PpoConfig& config, std::ostream& log,
-                      const std::function<void(PpoTrainer&, const PpoUpdateMetrics&)>& after_update = {});
-// Prints the table of learned vs correct values and probabilities, and the verdict.
-void print_probe_report(const ProbeReport& report, std::ostream& out);
 
 }  // namespace reftrain

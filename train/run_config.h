@@ -17,28 +17,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/prepare.h"
 #include "model/config.h"
 #include "train/adamw.h"
 #include "train/schedule.h"
 
 namespace reftrain {
-
-struct DataConfig {
-    std::string task = "addition";            // a toy task (data/tasks.h), or "" when jsonl is set
-    nlohmann::json task_options = nlohmann::json::object();
-    std::string jsonl;                        // the user's own conversations (train split)
-    std::string val_jsonl;                    // optional held-out conversations for val loss
-    std::string template_name = "chatml";     // "chatml" | "nanochat"
-    std::string tokenizer = "sentencepiece";  // "sentencepiece" (BPE trained on the task, cached),
-                                              // "byte", or the path of a .model file
-    int64_t tokenizer_vocab_size = 512;
-    std::string tokenizer_cache = "runs/tokenizers";
-    std::string system_prompt;
-    int64_t train_examples = 20000;           // generated training conversations (may repeat)
-    int64_t val_examples = 200;               // distinct held-out problems for val loss + exact match
-    int64_t test_examples = 500;              // distinct test problems scored once at the end
-    bool bos_aligned = true;                  // see data/packing.h
-};
 
 struct TrainConfig {
     int64_t batch_size = 32;                  // rows per micro-batch

@@ -22,6 +22,7 @@
 #include "kernels/safetensors.h"
 #include "model/generate.h"
 #include "train/checkpoint.h"
+#include "train/evaluate.h"
 #ifdef REFTRAIN_HAVE_CUDA
 #include "kernels/cuda/device.h"
 #include "train/cuda_step.h"
@@ -33,129 +34,6 @@ namespace reftrain {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-// ---- data -------------------------------------------------------------------------------------------
-
-std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::string* model_path) {
-    const DataConfig& d = config.data;
-    const std::vector<std::string> specials = ChatTemplate::special_tokens(d.template_name);
-    model_path->clear();
-    if (d.tokenizer == "byte") return make_byte_tokenizer(specials);
-    if (d.tokenizer != "sentencepiece") {
-        *model_path = d.tokenizer;
-        return load_sentencepiece(d.tokenizer);
-    }
-    // Train a BPE model on text of the kind it will see: the task's training prompts and answers (or
-    // the user's conversations), the role names, the system prompt. Cached by content digest.
-    std::vector<std::string> corpus = {"system", "user", "assistant", "tool"};
-    if (!d.system_prompt.empty()) corpus.push_back(d.system_prompt);
-    if (!d.jsonl.empty()) {
-        for (const Conversation& c : load_conversations_jsonl(d.jsonl)) {
-            for (const Message& m : c.messages) corpus.push_back(m.content);
-        }
-    } else {
-        auto task = make_task(d.task, d.task_options);
-        for (const TaskExample& e : generate_split(*task, Split::train, std::min<int64_t>(d.train_examples, 5000),
-                                                   config.seed)) {
-            corpus.push_back(e.prompt);
-            corpus.push_back(e.answer);
-        }
-    }
-    SentencePieceTrainOptions options;
-    options.vocab_size = d.tokenizer_vocab_size;
-    options.specials = specials;
-    *model_path = cached_sentencepiece(corpus, options, d.tokenizer_cache);
-    return load_sentencepiece(*model_path);
-}
-
-RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants* invariants) {
-    const DataConfig& d = config.data;
-    RunData data;
-    data.tokenizer = make_run_tokenizer(config, &data.tokenizer_model_path);
-    data.chat = std::make_unique<ChatTemplate>(d.template_name, *data.tokenizer);
-
-    std::vector<Conversation> train, val;
-    if (!d.jsonl.empty()) {
-        train = load_conversations_jsonl(d.jsonl);
-        if (!d.val_jsonl.empty()) val = load_conversations_jsonl(d.val_jsonl);
-    } else {
-        data.task = make_task(d.task, d.task_options);
-        for (const TaskExample& e : generate_split(*data.task, Split::train, d.train_examples, config.seed)) {
-            train.push_back(to_conversation(e, d.system_prompt));
-        }
-        data.val_examples = generate_split(*data.task, Split::val, d.val_examples, config.seed, /*unique=*/true);
-        data.test_examples = generate_split(*data.task, Split::test, d.test_examples, config.seed, /*unique=*/true);
-        // Disjoint by construction; checked anyway, because a leak here makes every eval number a lie.
-        std::vector<std::string> train_prompts, val_prompts, test_prompts;
-        for (const Conversation& c : train) train_prompts.push_back(c.messages[c.messages.size() - 2].content);
-        for (const TaskExample& e : data.val_examples) val_prompts.push_back(e.prompt);
-        for (const TaskExample& e : data.test_examples) test_prompts.push_back(e.prompt);
-        if (invariants) {
-            check_split_disjoint(*invariants, train_prompts, val_prompts, "train", "val");
-            check_split_disjoint(*invariants, train_prompts, test_prompts, "train", "test");
-            check_split_disjoint(*invariants, val_prompts, test_prompts, "val", "test");
-        }
-        for (const TaskExample& e : data.val_examples) val.push_back(to_conversation(e, d.system_prompt));
-    }
-
-    // Render. A conversation that cannot be learned from is skipped and COUNTED, never cut: truncating
-    // it would silently drop its supervised tail (or all of it).
-    const int64_t max_tokens = config.train.seq_len + 1;
-    // Validation is always packed BOS-aligned (one conversation never spans two rows), so its length
-    // limit applies whatever data.bos_aligned says; its skips are counted separately.
-    int64_t val_skipped = 0;
-    auto render_all = [&](const std::vector<Conversation>& in, std::vector<RenderedConversation>& out,
-                          bool length_limit, int64_t& too_long, int64_t& unsupervised) {
-        for (const Conversation& c : in) {
-            RenderedConversation r = data.chat->render(c);
-            if (r.num_supervised() == 0) {
-                ++unsupervised;
-                continue;
-            }
-            if (length_limit && static_cast<int64_t>(r.ids.size()) > max_tokens) {
-                ++too_long;
-                continue;
-            }
-            out.push_back(std::move(r));
-        }
-    };
-    render_all(train, data.train_docs, d.bos_aligned, data.skipped_too_long, data.skipped_unsupervised);
-    if (invariants) {
-        for (size_t i = 0; i < data.train_docs.size(); ++i) {
-            const RenderedConversation& r = data.train_docs[i];
-            const std::string source = concat("training conversation ", i);
-            check_bos_exactly_once(*invariants, r.ids, data.chat->bos_id(), source);
-            const std::vector<int64_t> targets = shifted_targets(r);
-            check_mask_aligned(*invariants, r.ids, r.supervised, targets, source);
-        }
-    }
-    render_all(val, data.val_docs, true, val_skipped, val_skipped);
-    if (val_skipped > 0) {
-        log << "data: skipped " << val_skipped << " of " << val.size()
-            << " validation conversations (longer than seq_len + 1 or nothing supervised)\n";
-    }
-    const int64_t kept = static_cast<int64_t>(data.train_docs.size());
-    if (data.skipped_too_long || data.skipped_unsupervised) {
-        log << "data: skipped " << data.skipped_too_long << " conversations longer than seq_len + 1 = " << max_tokens
-            << " tokens and " << data.skipped_unsupervised << " with no assistant tokens to learn (of "
-            << train.size() << ")\n";
-    }
-    check(kept > 0, "data: no training conversation is usable (", train.size(), " read, ", data.skipped_too_long,
-          " longer than seq_len + 1 = ", max_tokens, " tokens, ", data.skipped_unsupervised,
-          " without assistant tokens): raise train.seq_len or check the data");
-    int64_t tokens = 0, supervised = 0;
-    for (const RenderedConversation& r : data.train_docs) {
-        tokens += static_cast<int64_t>(r.ids.size());
-        supervised += r.num_supervised();
-    }
-    log << "data: " << kept << " training conversations, " << tokens << " tokens (" << std::fixed
-        << std::setprecision(1) << 100.0 * supervised / std::max<int64_t>(1, tokens) << "% supervised), "
-        << data.val_docs.size() << " validation conversations; tokenizer " << data.tokenizer->kind() << " (V="
-        << data.tokenizer->vocab_size() << (data.tokenizer_model_path.empty() ? "" : ", " + data.tokenizer_model_path)
-        << "), template " << data.chat->name() << "\n";
-    log.unsetf(std::ios::floatfield);
-    return data;
-}
 
 ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_vocab_size) {
     nlohmann::json model_json = config.model;
@@ -170,46 +48,6 @@ ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_voca
     check(config.train.seq_len <= model_config.max_position_embeddings, "train.seq_len = ", config.train.seq_len,
           " exceeds model.max_position_embeddings = ", model_config.max_position_embeddings);
     return model_config;
-}
-
-// ---- evaluation -------------------------------------------------------------------------------------
-
-namespace {
-
-std::string response_text(const Tokenizer& tokenizer, const Generation& g, int64_t end_of_turn) {
-    std::vector<int64_t> ids = g.ids;
-    if (g.stopped && !ids.empty() && ids.back() == end_of_turn) ids.pop_back();
-    return tokenizer.decode(ids);
-}
-
-}  // namespace
-
-double exact_match(const Transformer& model, const ChatTemplate& chat, const Task& task,
-                   const std::vector<TaskExample>& examples, const std::string& system_prompt,
-                   int64_t max_new_tokens, int64_t show, std::ostream& out) {
-    if (examples.empty()) return -1.0;
-    InferenceSession session(model, model.config().max_position_embeddings);
-    SamplingConfig sampling;
-    sampling.temperature = 0.0;
-    sampling.max_new_tokens = max_new_tokens;
-    sampling.stop_ids = {chat.end_of_turn_id()};
-    Rng unused(0);  // greedy decoding draws nothing
-    int64_t correct = 0, shown = 0;
-    for (const TaskExample& e : examples) {
-        const std::vector<int64_t> prompt = chat.render_prompt(to_conversation(e, system_prompt, false));
-        const int64_t room = model.config().max_position_embeddings - static_cast<int64_t>(prompt.size());
-        sampling.max_new_tokens = std::min(max_new_tokens, room);
-        const Generation g = generate(session, prompt, sampling, unused);
-        const std::string response = response_text(chat.tokenizer(), g, chat.end_of_turn_id());
-        const bool ok = task.verify(e.prompt, response);
-        correct += ok;
-        if (shown < show) {
-            out << "  sample: " << e.prompt << " -> " << response << (ok ? "   [correct]" : "   [wrong, want " + e.answer + "]")
-                << "\n";
-            ++shown;
-        }
-    }
-    return static_cast<double>(correct) / static_cast<double>(examples.size());
 }
 
 // ---- the trainer --------------------------------------------------------------------------------------
@@ -232,7 +70,7 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
         set_bug(name, on.get<bool>());
         if (on.get<bool>()) out_ << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
     }
-    data_ = prepare_run_data(config_, out_, &invariants_);
+    data_ = prepare_run_data(config_.data, config_.train.seq_len, config_.seed, out_, &invariants_);
 
     const ModelConfig model_config = model_config_for_run(config_, data_.tokenizer->vocab_size());
     config_.resolved["model"]["vocab_size"] = model_config.vocab_size;
@@ -427,20 +265,10 @@ EvalMetrics Trainer::evaluate(int64_t show_samples) {
     EvalMetrics e;
     sync_from_gpu();
     if (!data_.val_docs.empty()) {
-        // One pass over the validation conversations in a fixed order (seed 0, epoch 0).
-        Packer val(data_.val_docs, config_.train.seq_len, /*bos_aligned=*/true, 0, data_.chat->bos_id());
-        std::vector<int64_t> ids, targets;
-        double weighted = 0.0;
-        while (val.position().epoch == 0) {
-            val.next_batch(config_.train.batch_size, ids, targets);
-            const Tensor ids_t(ids.data(), DType::I64, {config_.train.batch_size, config_.train.seq_len}, "input_ids");
-            const Tensor targets_t(targets.data(), DType::I64, {config_.train.batch_size, config_.train.seq_len},
-                                   "targets");
-            const ForwardResult r = model_->forward(ids_t, targets_t);
-            weighted += r.loss * static_cast<double>(r.supervised_tokens);
-            e.val_tokens += r.supervised_tokens;
-        }
-        e.val_loss = e.val_tokens > 0 ? weighted / static_cast<double>(e.val_tokens) : 0.0;
+        const ValidationLoss v =
+            validation_loss(*model_, data_.val_docs, config_.train.batch_size, config_.train.seq_len, data_.chat->bos_id());
+        e.val_loss = v.loss;
+        e.val_tokens = v.tokens;
     }
     if (data_.task && config_.eval.exact_match_examples > 0 && !data_.val_examples.empty()) {
         std::vector<TaskExample> examples = data_.val_examples;

@@ -20,37 +20,17 @@
 #include <string>
 #include <vector>
 
-#include "data/chat.h"
 #include "data/packing.h"
-#include "data/tasks.h"
-#include "data/tokenizer.h"
+#include "data/prepare.h"
 #include "debug/invariants.h"
 #include "debug/tracer.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/loss_scaler.h"
+#include "train/evaluate.h"
 #include "train/run_config.h"
 
 namespace reftrain {
-
-// What the data section of a config builds: tokenizer, template, task, rendered conversations.
-struct RunData {
-    std::unique_ptr<Tokenizer> tokenizer;
-    std::string tokenizer_model_path;           // the .model file ("" for the byte tokenizer)
-    std::unique_ptr<ChatTemplate> chat;
-    std::unique_ptr<Task> task;                 // null for JSONL data
-    std::vector<RenderedConversation> train_docs, val_docs;
-    std::vector<TaskExample> val_examples, test_examples;  // distinct held-out problems (task data)
-    int64_t skipped_too_long = 0;               // conversations longer than seq_len + 1 (bos_aligned)
-    int64_t skipped_unsupervised = 0;           // conversations without an assistant token to learn
-};
-
-// Builds the tokenizer named by config.data.tokenizer (training and caching a SentencePiece model on
-// the task's training prompts when it is "sentencepiece").
-std::unique_ptr<Tokenizer> make_run_tokenizer(const RunConfig& config, std::string* model_path);
-// With `invariants`, every rendered training conversation is checked (template.bos_exactly_once,
-// mask.aligned_with_targets) and the splits are checked disjoint (data.split_disjoint).
-RunData prepare_run_data(const RunConfig& config, std::ostream& log, Invariants* invariants = nullptr);
 
 // The run's model config: config.model with vocab_size 0 replaced by the tokenizer's size; fails when
 // an explicit vocab_size is too small or train.seq_len exceeds max_position_embeddings.
@@ -74,11 +54,6 @@ struct EvalMetrics {
     double exact_match = -1.0;        // fraction of verified answers; -1 when there is no task
     int64_t exact_match_examples = 0;
 };
-
-// Greedy answers to `examples`, scored by the task's verifier. `show` examples are printed to `out`.
-double exact_match(const Transformer& model, const ChatTemplate& chat, const Task& task,
-                   const std::vector<TaskExample>& examples, const std::string& system_prompt,
-                   int64_t max_new_tokens, int64_t show, std::ostream& out);
 
 class Trainer {
 public:
