@@ -23,66 +23,6 @@
 
 namespace reftrain {
 
-// ---- DeviceArena ------------------------------------------------------------------------------------------
-//
-// Every tensor starts at a multiple of 128 ELEMENTS of the arena's element count. Two arenas declaring
-// the same tensors in the same order (parameters in fp32, their bf16 compute copy) therefore put every
-// tensor at the same element offset, so the whole compute copy is refreshed by ONE cast over the block.
-// 128 elements are 256 bytes in bf16 and 512 in fp32: aligned for any vector load.
-namespace {
-constexpr int64_t kAlignElements = 128;
-int64_t padded(int64_t numel) { return (numel + kAlignElements - 1) / kAlignElements * kAlignElements; }
-}  // namespace
-
-DeviceArena::~DeviceArena() {
-    if (block_ != nullptr) cudaFree(block_);  // no check: destructors must not throw
-}
-
-size_t DeviceArena::add(const std::string& name, DType dtype, const std::vector<int64_t>& dims) {
-    check(block_ == nullptr, label_, ": cannot add '", name, "' after allocate()");
-    check(!index_.count(name), label_, ": tensor '", name, "' declared twice");
-    Tensor t(nullptr, dtype, dims, name);
-    t.device = Device::CUDA;
-    offsets_.push_back(total_bytes_);
-    total_bytes_ += static_cast<size_t>(padded(t.numel())) * dtype_size(dtype);
-    index_.emplace(name, tensors_.size());
-    tensors_.push_back(std::move(t));
-    return tensors_.size() - 1;
-}
-
-void DeviceArena::allocate() {
-    check(block_ == nullptr, label_, ": allocate() called twice");
-    const size_t bytes = std::max<size_t>(total_bytes_, 256);
-    void* p = nullptr;
-    const cudaError_t status = cudaMalloc(&p, bytes);
-    if (status != cudaSuccess) {
-        cudaGetLastError();
-        fail(label_, ": cudaMalloc of ", bytes, " bytes (", static_cast<double>(bytes) / (1 << 30),
-             " GiB) failed: ", cudaGetErrorString(status), " (lower the batch size or sequence length)");
-    }
-    block_ = static_cast<std::byte*>(p);
-    REFTRAIN_CUDA_CHECK(cudaMemset(block_, 0, bytes));
-    for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].data = block_ + offsets_[i];
-}
-
-Tensor& DeviceArena::get(const std::string& name) {
-    auto it = index_.find(name);
-    check(it != index_.end(), label_, ": no tensor named '", name, "'");
-    return tensors_[it->second];
-}
-
-const Tensor& DeviceArena::get(const std::string& name) const {
-    auto it = index_.find(name);
-    check(it != index_.end(), label_, ": no tensor named '", name, "'");
-    return tensors_[it->second];
-}
-
-bool DeviceArena::contains(const std::string& name) const { return index_.count(name) != 0; }
-
-void DeviceArena::zero(cudaStream_t stream) {
-    if (block_ != nullptr) REFTRAIN_CUDA_CHECK(cudaMemsetAsync(block_, 0, total_bytes_, stream));
-}
-
 std::vector<float> download_f32(const Tensor& t, cudaStream_t stream) {
     cuda::expect_on_device(t, "download_f32", "tensor");
     const int64_t n = t.numel();
@@ -535,7 +475,8 @@ void CudaTransformer::backward(double loss_weight) {
     const DType prec = options_.precision;
     cudaStream_t s = stream_;
     auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
-    auto dP = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
+    // dA(x): the gradient of activation x; dW(w): the gradient of parameter (weight) w. Both "grad:" + name.
+    auto dW = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
     auto W = [&](const Tensor* p) -> const Tensor& { return prec == DType::F32 ? *p : m.compute.get(p->name); };
     auto op = [&](std::string_view name, std::initializer_list<const Tensor*> rounded,
                   std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs,
@@ -570,16 +511,16 @@ void CudaTransformer::backward(double loss_weight) {
     Tensor& normed = acts_.get("model.norm.out");
     const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const Tensor& lm_head = W(lm_head_param);
-    op("linear_backward", {&dA(&normed)}, {&dP(lm_head_param)}, {&dA(&logits), &normed, &lm_head}, [&] {
-        cuda::linear_backward(dA(&normed).reshaped({N, d}), dP(lm_head_param), dA(&logits).reshaped({N, V}),
+    op("linear_backward", {&dA(&normed)}, {&dW(lm_head_param)}, {&dA(&logits), &normed, &lm_head}, [&] {
+        cuda::linear_backward(dA(&normed).reshaped({N, d}), dW(lm_head_param), dA(&logits).reshaped({N, V}),
                               normed.reshaped({N, d}), lm_head, s);
     });
     const Tensor* last = m.layers.empty() ? &acts_.get("model.embed_tokens.out") : m.layers.back().out;
     const Tensor* norm_param = &params_.get("model.norm.weight");
     const Tensor& norm_weight = W(norm_param);
     const Tensor& norm_rstd = acts_.get("model.norm.rstd");
-    op("rmsnorm_backward", {&dA(last)}, {&dP(norm_param)}, {&dA(&normed), last, &norm_weight, &norm_rstd}, [&] {
-        cuda::rmsnorm_backward(dA(last).reshaped({N, d}), dP(norm_param), dA(&normed).reshaped({N, d}),
+    op("rmsnorm_backward", {&dA(last)}, {&dW(norm_param)}, {&dA(&normed), last, &norm_weight, &norm_rstd}, [&] {
+        cuda::rmsnorm_backward(dA(last).reshaped({N, d}), dW(norm_param), dA(&normed).reshaped({N, d}),
                                last->reshaped({N, d}), norm_weight, norm_rstd.reshaped({N}), s);
     });
 
@@ -590,32 +531,32 @@ void CudaTransformer::backward(double loss_weight) {
         const Tensor &ln1_weight = W(l.input_layernorm), &ln2_weight = W(l.post_attention_layernorm);
         op("residual_backward", {&dA(l.attn_residual), &dA(l.down)}, {}, {&dA(l.out)},
            [&] { cuda::residual_backward(dA(l.attn_residual), dA(l.down), dA(l.out), s); });
-        op("linear_backward", {&dA(l.act)}, {&dP(l.down_proj)}, {&dA(l.down), l.act, &wdown}, [&] {
-            cuda::linear_backward(dA(l.act).reshaped({N, F}), dP(l.down_proj), dA(l.down).reshaped({N, d}),
+        op("linear_backward", {&dA(l.act)}, {&dW(l.down_proj)}, {&dA(l.down), l.act, &wdown}, [&] {
+            cuda::linear_backward(dA(l.act).reshaped({N, F}), dW(l.down_proj), dA(l.down).reshaped({N, d}),
                                   l.act->reshaped({N, F}), wdown, s);
         });
         op("swiglu_backward", {&dA(l.gate), &dA(l.up)}, {}, {&dA(l.act), l.gate, l.up}, [&] {
             cuda::swiglu_backward(dA(l.gate).reshaped({N, F}), dA(l.up).reshaped({N, F}), dA(l.act).reshaped({N, F}),
                                   l.gate->reshaped({N, F}), l.up->reshaped({N, F}), s);
         });
-        op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.gate_proj)}, {&dA(l.gate), l.ln2_out, &wgate}, [&] {
-            cuda::linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.gate_proj), dA(l.gate).reshaped({N, F}),
+        op("linear_backward", {&dA(l.ln2_out)}, {&dW(l.gate_proj)}, {&dA(l.gate), l.ln2_out, &wgate}, [&] {
+            cuda::linear_backward(dA(l.ln2_out).reshaped({N, d}), dW(l.gate_proj), dA(l.gate).reshaped({N, F}),
                                   l.ln2_out->reshaped({N, d}), wgate, s);
         });
-        op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.up_proj)}, {&dA(l.up), l.ln2_out, &wup}, [&] {
-            cuda::linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.up_proj), dA(l.up).reshaped({N, F}),
+        op("linear_backward", {&dA(l.ln2_out)}, {&dW(l.up_proj)}, {&dA(l.up), l.ln2_out, &wup}, [&] {
+            cuda::linear_backward(dA(l.ln2_out).reshaped({N, d}), dW(l.up_proj), dA(l.up).reshaped({N, F}),
                                   l.ln2_out->reshaped({N, d}), wup, s);
         });
-        op("rmsnorm_backward", {&dA(l.attn_residual)}, {&dP(l.post_attention_layernorm)},
+        op("rmsnorm_backward", {&dA(l.attn_residual)}, {&dW(l.post_attention_layernorm)},
            {&dA(l.ln2_out), l.attn_residual, &ln2_weight, l.ln2_rstd}, [&] {
-               cuda::rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dP(l.post_attention_layernorm),
+               cuda::rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dW(l.post_attention_layernorm),
                                       dA(l.ln2_out).reshaped({N, d}), l.attn_residual->reshaped({N, d}), ln2_weight,
                                       l.ln2_rstd->reshaped({N}), s);
            });
         op("residual_backward", {&dA(l.input), &dA(l.o_out)}, {}, {&dA(l.attn_residual)},
            [&] { cuda::residual_backward(dA(l.input), dA(l.o_out), dA(l.attn_residual), s); });
-        op("linear_backward", {&dA(l.attn_out)}, {&dP(l.o_proj)}, {&dA(l.o_out), l.attn_out, &wo}, [&] {
-            cuda::linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dP(l.o_proj), dA(l.o_out).reshaped({N, d}),
+        op("linear_backward", {&dA(l.attn_out)}, {&dW(l.o_proj)}, {&dA(l.o_out), l.attn_out, &wo}, [&] {
+            cuda::linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dW(l.o_proj), dA(l.o_out).reshaped({N, d}),
                                   l.attn_out->reshaped({N, Hq * D}), wo, s);
         });
         op("attention_backward", {&dA(l.q_rotary), &dA(l.k_rotary), &dA(l.v)}, {},
@@ -630,38 +571,38 @@ void CudaTransformer::backward(double loss_weight) {
         op("rope_backward", {&dA(k)}, {}, {&dA(l.k_rotary)}, [&] { cuda::rope_backward(dA(k), dA(l.k_rotary), cos, sin, s); });
         if (c.qk_norm) {
             const Tensor &q_norm = W(l.q_norm), &k_norm = W(l.k_norm);
-            op("rmsnorm_backward", {&dA(l.q)}, {&dP(l.q_norm)}, {&dA(l.q_normed), l.q, &q_norm, l.q_rstd}, [&] {
-                cuda::rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dP(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
+            op("rmsnorm_backward", {&dA(l.q)}, {&dW(l.q_norm)}, {&dA(l.q_normed), l.q, &q_norm, l.q_rstd}, [&] {
+                cuda::rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dW(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
                                        l.q->reshaped({N * Hq, D}), q_norm, l.q_rstd->reshaped({N * Hq}), s);
             });
-            op("rmsnorm_backward", {&dA(l.k)}, {&dP(l.k_norm)}, {&dA(l.k_normed), l.k, &k_norm, l.k_rstd}, [&] {
-                cuda::rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dP(l.k_norm),
+            op("rmsnorm_backward", {&dA(l.k)}, {&dW(l.k_norm)}, {&dA(l.k_normed), l.k, &k_norm, l.k_rstd}, [&] {
+                cuda::rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dW(l.k_norm),
                                        dA(l.k_normed).reshaped({N * Hkv, D}), l.k->reshaped({N * Hkv, D}), k_norm,
                                        l.k_rstd->reshaped({N * Hkv}), s);
             });
         }
-        op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.q_proj)}, {&dA(l.q), l.ln1_out, &wq}, [&] {
-            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
+        op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.q_proj)}, {&dA(l.q), l.ln1_out, &wq}, [&] {
+            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
                                   l.ln1_out->reshaped({N, d}), wq, s);
         });
-        op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.k_proj)}, {&dA(l.k), l.ln1_out, &wk}, [&] {
-            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
+        op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.k_proj)}, {&dA(l.k), l.ln1_out, &wk}, [&] {
+            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
                                   l.ln1_out->reshaped({N, d}), wk, s);
         });
-        op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.v_proj)}, {&dA(l.v), l.ln1_out, &wv}, [&] {
-            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
+        op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.v_proj)}, {&dA(l.v), l.ln1_out, &wv}, [&] {
+            cuda::linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
                                   l.ln1_out->reshaped({N, d}), wv, s);
         });
-        op("rmsnorm_backward", {&dA(l.input)}, {&dP(l.input_layernorm)}, {&dA(l.ln1_out), l.input, &ln1_weight, l.ln1_rstd},
+        op("rmsnorm_backward", {&dA(l.input)}, {&dW(l.input_layernorm)}, {&dA(l.ln1_out), l.input, &ln1_weight, l.ln1_rstd},
            [&] {
-               cuda::rmsnorm_backward(dA(l.input).reshaped({N, d}), dP(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
+               cuda::rmsnorm_backward(dA(l.input).reshaped({N, d}), dW(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
                                       l.input->reshaped({N, d}), ln1_weight, l.ln1_rstd->reshaped({N}), s);
            });
     }
     Tensor& embedded = acts_.get("model.embed_tokens.out");
     const Tensor* embed_param = &params_.get("model.embed_tokens.weight");
-    op("embedding_backward", {}, {&dP(embed_param)}, {&dA(&embedded), &ids},
-       [&] { cuda::embedding_backward(dP(embed_param), dA(&embedded).reshaped({N, d}), ids, s); });
+    op("embedding_backward", {}, {&dW(embed_param)}, {&dA(&embedded), &ids},
+       [&] { cuda::embedding_backward(dW(embed_param), dA(&embedded).reshaped({N, d}), ids, s); });
     if (tracing(tracer_)) end_trace_pass(tracer_, m.pass, m.stats_device, m.stats_host, s);
 }
 

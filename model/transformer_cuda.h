@@ -31,41 +31,12 @@
 #include <vector>
 
 #include "debug/tracer.h"
+#include "kernels/cuda/arena.h"
 #include "kernels/tensor.h"
 #include "model/config.h"
 #include "model/transformer.h"
 
 namespace reftrain {
-
-// Named tensors in ONE device allocation, declared then allocated once (the device twin of Arena).
-class DeviceArena {
-public:
-    explicit DeviceArena(std::string label) : label_(std::move(label)) {}
-    ~DeviceArena();
-    DeviceArena(const DeviceArena&) = delete;
-    DeviceArena& operator=(const DeviceArena&) = delete;
-
-    size_t add(const std::string& name, DType dtype, const std::vector<int64_t>& dims);
-    void allocate();  // cudaMalloc + cudaMemset 0; tensors get Device::CUDA views
-    bool allocated() const { return block_ != nullptr; }
-    Tensor& get(const std::string& name);
-    const Tensor& get(const std::string& name) const;
-    bool contains(const std::string& name) const;
-    size_t size() const { return tensors_.size(); }
-    const std::vector<Tensor>& tensors() const { return tensors_; }
-    void zero(cudaStream_t stream);  // one cudaMemsetAsync over the block
-    std::byte* data() const { return block_; }
-    size_t nbytes() const { return total_bytes_; }
-    const std::string& label() const { return label_; }
-
-private:
-    std::string label_;
-    std::vector<Tensor> tensors_;
-    std::vector<size_t> offsets_;
-    std::unordered_map<std::string, size_t> index_;
-    std::byte* block_ = nullptr;
-    size_t total_bytes_ = 0;
-};
 
 // Copies a float device tensor (F32, BF16 or F16) to the host as fp32; synchronises `stream`.
 std::vector<float> download_f32(const Tensor& device_tensor, cudaStream_t stream = 0);
