@@ -243,74 +243,101 @@ FailureHalf fp16_overflow(const FailureContext& ctx) {
 
 std::vector<FailureScenario> build_catalog() {
     std::vector<FailureScenario> c;
-    c.push_back({"labels-all-masked", "Every label masked: the loss is a perfect, meaningless 0",
-                 "Unsloth, Troubleshooting & FAQs (all labels -100 gives a training loss of 0)",
-                 "the collator sets every target to the ignore index (-100)",
-                 "loss exactly 0 from the first step, weights never move",
-                 "invariant mask.has_supervised_tokens (every step)",
-                 "make sure the loss mask marks the assistant tokens: `reftrain data show` shows them in [[brackets]]",
-                 false, labels_all_masked});
-    c.push_back({"mask-off-by-one", "The loss mask is not shifted with the targets",
-                 "HF LLM Course ch. 8.4 (Gugger et al.): walk the pipeline and check each stage",
-                 "targets are the next tokens but the supervision flags are read at the current position",
-                 "the supervised span slides by one token: the answer's first token is never a target and the "
-                 "template's token after the end-of-turn is, so the model learns to talk past its own end of turn",
-                 "invariant mask.aligned_with_targets (at data preparation and on every batch)",
-                 "shift the flags together with the ids: target[t] = ids[t+1] where supervised[t+1]", false,
-                 mask_off_by_one});
-    c.push_back({"bos-twice", "BOS added twice (template and tokenizer both add one)",
-                 "Unsloth, Troubleshooting & FAQs (check both the extra-BOS and the missing-BOS hypotheses)",
-                 "the template writes BOS and the tokenizer adds another",
-                 "train/deploy mismatch: the model learns a prefix that inference never sends",
-                 "invariant template.bos_exactly_once (every rendered conversation)",
-                 "let exactly one party add BOS: reftrain's templates add it, its tokenizers never do", false, bos_twice});
-    c.push_back({"scheduler-per-microbatch", "The LR schedule stepped per micro-batch",
-                 "HF transformers practice (scheduler units under gradient accumulation)",
-                 "the schedule is indexed by micro-batches seen instead of optimizer steps (grad_accum = 4)",
-                 "warmup ends 4x too early and the decay finishes a quarter of the way into the run",
-                 "invariant schedule.counts_optimizer_steps (every step)",
-                 "step the schedule once per optimizer step", false, scheduler_per_microbatch});
-    c.push_back({"grad-accum-not-divided", "Accumulated micro-batch losses not divided",
-                 "nanochat (Karpathy): the loss is divided by the number of accumulation steps",
-                 "each of the 4 micro-batch losses is backpropagated at weight 1 instead of its share",
-                 "gradients 4x too large: the effective learning rate is multiplied by grad_accum (hidden by clipping)",
-                 "check: one accumulated step equals one big batch with the same rows",
-                 "weight each micro-batch by its share of the step's supervised tokens (or 1/k)", true,
-                 grad_accum_not_divided});
-    c.push_back({"forgot-zero-grad", "Gradients never zeroed between steps",
-                 "Andrej Karpathy, 'most common neural net mistakes' (2018), #3: forgot to zero_grad before backward",
-                 "the gradient buffers are not cleared at the start of each optimizer step",
-                 "every step adds the whole history of gradients: the norm grows and the updates drift",
-                 "invariant grad.zeroed_at_cycle_start (every step)", "zero the gradients once per optimizer step",
-                 true, forgot_zero_grad});
-    c.push_back({"causal-leak", "The causal mask lets position t see t+1",
-                 "backprop-to-input dependency check (ml-debug refs/diagnostics); Neel Nanda on disbelieving good results",
-                 "attention lets every position also attend to the next one",
-                 "a too-good training loss (the answer is copied from the future) and useless generation",
-                 "diagnostic causality: the gradient of position t's loss reaches inputs after t",
-                 "mask scores with s <= t, never s <= t + 1", false,
-                 [](const FailureContext& ctx) { return diagnostic_half(ctx, "causality"); }});
-    c.push_back({"view-vs-permute", "Heads split with a reshape that mixes batch rows",
-                 "Andrej Karpathy, 'most common neural net mistakes' (2018), #6: view() where permute() was needed",
-                 "attention runs on rows regrouped as if the (B, T) layout were (T, B)",
-                 "training still runs and the loss still falls, but each sequence reads other sequences",
-                 "diagnostic batch-independence: the loss of one row has a gradient in the other rows",
-                 "permute to (B, H, T, D) before the split; never view a (B, T) tensor as (T, B)", false,
-                 [](const FailureContext& ctx) { return diagnostic_half(ctx, "batch-independence"); }});
-    c.push_back({"attn-logit-growth", "Attention logits grow without QK-norm at a high learning rate",
-                 "Phil Wang (lucidrains), x-transformers README: QK RMSNorm removes a source of instability",
-                 "QK-norm off (model.qk_norm = false, Llama-style) at lr 0.03 with no clipping; the fix keeps QK-norm on",
-                 "q and k grow, attention logits run into softmax saturation, then the loss spikes",
-                 "frame tracer: model.layers.*.self_attn.attn_logits_max over the limit of 30",
-                 "normalise q and k per head before RoPE (QK-norm), or lower the learning rate / clip", true,
-                 attn_logit_growth});
-    c.push_back({"fp16-overflow", "fp16 activations past 65504 become inf, then NaN",
-                 "Stas Bekman, DebugUnderflowOverflow in HF transformers: keep a buffer of frames before the first inf",
-                 "compute in fp16 (emulated) with a model whose MLP products exceed 65504; the fix computes in bf16",
-                 "inf in an activation, NaN in the loss, skipped or destroyed steps",
-                 "frame tracer: names the first tensor that went non-finite, with the frames before it",
-                 "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or fix the scale that "
-                 "made the activations that large", false, fp16_overflow});
+    c.push_back({
+        .id = "labels-all-masked",
+        .title = "Every label masked: the loss is a perfect, meaningless 0",
+        .source = "Unsloth, Troubleshooting & FAQs (all labels -100 gives a training loss of 0)",
+        .bug = "the collator sets every target to the ignore index (-100)",
+        .symptom = "loss exactly 0 from the first step, weights never move",
+        .detector = "invariant mask.has_supervised_tokens (every step)",
+        .fix = "make sure the loss mask marks the assistant tokens: `reftrain data show` shows them in [[brackets]]",
+        .run = labels_all_masked});
+    c.push_back({
+        .id = "mask-off-by-one",
+        .title = "The loss mask is not shifted with the targets",
+        .source = "HF LLM Course ch. 8.4 (Gugger et al.): walk the pipeline and check each stage",
+        .bug = "targets are the next tokens but the supervision flags are read at the current position",
+        .symptom = "the supervised span slides by one token: the answer's first token is never a target and the "
+                   "template's token after the end-of-turn is, so the model learns to talk past its own end of turn",
+        .detector = "invariant mask.aligned_with_targets (at data preparation and on every batch)",
+        .fix = "shift the flags together with the ids: target[t] = ids[t+1] where supervised[t+1]",
+        .run = mask_off_by_one});
+    c.push_back({
+        .id = "bos-twice",
+        .title = "BOS added twice (template and tokenizer both add one)",
+        .source = "Unsloth, Troubleshooting & FAQs (check both the extra-BOS and the missing-BOS hypotheses)",
+        .bug = "the template writes BOS and the tokenizer adds another",
+        .symptom = "train/deploy mismatch: the model learns a prefix that inference never sends",
+        .detector = "invariant template.bos_exactly_once (every rendered conversation)",
+        .fix = "let exactly one party add BOS: reftrain's templates add it, its tokenizers never do",
+        .run = bos_twice});
+    c.push_back({
+        .id = "scheduler-per-microbatch",
+        .title = "The LR schedule stepped per micro-batch",
+        .source = "HF transformers practice (scheduler units under gradient accumulation)",
+        .bug = "the schedule is indexed by micro-batches seen instead of optimizer steps (grad_accum = 4)",
+        .symptom = "warmup ends 4x too early and the decay finishes a quarter of the way into the run",
+        .detector = "invariant schedule.counts_optimizer_steps (every step)",
+        .fix = "step the schedule once per optimizer step",
+        .run = scheduler_per_microbatch});
+    c.push_back({
+        .id = "grad-accum-not-divided",
+        .title = "Accumulated micro-batch losses not divided",
+        .source = "nanochat (Karpathy): the loss is divided by the number of accumulation steps",
+        .bug = "each of the 4 micro-batch losses is backpropagated at weight 1 instead of its share",
+        .symptom = "gradients 4x too large: the effective learning rate is multiplied by grad_accum (hidden by clipping)",
+        .detector = "check: one accumulated step equals one big batch with the same rows",
+        .fix = "weight each micro-batch by its share of the step's supervised tokens (or 1/k)",
+        .log_scale = true,
+        .run = grad_accum_not_divided});
+    c.push_back({
+        .id = "forgot-zero-grad",
+        .title = "Gradients never zeroed between steps",
+        .source = "Andrej Karpathy, 'most common neural net mistakes' (2018), #3: forgot to zero_grad before backward",
+        .bug = "the gradient buffers are not cleared at the start of each optimizer step",
+        .symptom = "every step adds the whole history of gradients: the norm grows and the updates drift",
+        .detector = "invariant grad.zeroed_at_cycle_start (every step)",
+        .fix = "zero the gradients once per optimizer step",
+        .log_scale = true,
+        .run = forgot_zero_grad});
+    c.push_back({
+        .id = "causal-leak",
+        .title = "The causal mask lets position t see t+1",
+        .source = "backprop-to-input dependency check (ml-debug refs/diagnostics); Neel Nanda on disbelieving good results",
+        .bug = "attention lets every position also attend to the next one",
+        .symptom = "a too-good training loss (the answer is copied from the future) and useless generation",
+        .detector = "diagnostic causality: the gradient of position t's loss reaches inputs after t",
+        .fix = "mask scores with s <= t, never s <= t + 1",
+        .run = [](const FailureContext& ctx) { return diagnostic_half(ctx, "causality"); }});
+    c.push_back({
+        .id = "view-vs-permute",
+        .title = "Heads split with a reshape that mixes batch rows",
+        .source = "Andrej Karpathy, 'most common neural net mistakes' (2018), #6: view() where permute() was needed",
+        .bug = "attention runs on rows regrouped as if the (B, T) layout were (T, B)",
+        .symptom = "training still runs and the loss still falls, but each sequence reads other sequences",
+        .detector = "diagnostic batch-independence: the loss of one row has a gradient in the other rows",
+        .fix = "permute to (B, H, T, D) before the split; never view a (B, T) tensor as (T, B)",
+        .run = [](const FailureContext& ctx) { return diagnostic_half(ctx, "batch-independence"); }});
+    c.push_back({
+        .id = "attn-logit-growth",
+        .title = "Attention logits grow without QK-norm at a high learning rate",
+        .source = "Phil Wang (lucidrains), x-transformers README: QK RMSNorm removes a source of instability",
+        .bug = "QK-norm off (model.qk_norm = false, Llama-style) at lr 0.03 with no clipping; the fix keeps QK-norm on",
+        .symptom = "q and k grow, attention logits run into softmax saturation, then the loss spikes",
+        .detector = "frame tracer: model.layers.*.self_attn.attn_logits_max over the limit of 30",
+        .fix = "normalise q and k per head before RoPE (QK-norm), or lower the learning rate / clip",
+        .log_scale = true,
+        .run = attn_logit_growth});
+    c.push_back({
+        .id = "fp16-overflow",
+        .title = "fp16 activations past 65504 become inf, then NaN",
+        .source = "Stas Bekman, DebugUnderflowOverflow in HF transformers: keep a buffer of frames before the first inf",
+        .bug = "compute in fp16 (emulated) with a model whose MLP products exceed 65504; the fix computes in bf16",
+        .symptom = "inf in an activation, NaN in the loss, skipped or destroyed steps",
+        .detector = "frame tracer: names the first tensor that went non-finite, with the frames before it",
+        .fix = "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or fix the scale that "
+               "made the activations that large",
+        .run = fp16_overflow});
     // Reinforcement learning (docs/failures/README.md, second table): PPO on the probe environments and CartPole
     // (probes/failures_ppo.cpp), GRPO on the chat model (probes/failures_grpo.cpp).
     for (FailureScenario& s : ppo_failure_scenarios()) c.push_back(std::move(s));

@@ -113,27 +113,31 @@ FailureHalf negative_kl(const FailureContext& ctx) {
 
 std::vector<FailureScenario> grpo_failure_scenarios() {
     std::vector<FailureScenario> c;
-    c.push_back({"grpo-zero-signal", "GRPO groups with identical rewards get advantages from rounding noise",
-                 "nanochat RL (Karpathy): groups whose rewards are all equal carry no signal; Liu et al. 2025, "
-                 "'Understanding R1-Zero-Like Training' (Dr. GRPO), on dividing by the group std",
-                 "group statistics in fp32 with (r - mean) / (std + 1e-8) and no rule for uniform groups; the reward "
-                 "gives 0.1 to a wrong answer that ends its turn",
-                 "groups whose samples all earned 0.1 get advantages of -0.41 instead of 0: every such sample "
-                 "is pushed down although nothing distinguished it",
-                 "invariant rl.uniform_group_zero_advantage (every update); the zero-advantage group fraction "
-                 "falls below the uniform-reward fraction",
-                 "group statistics in fp64, a group with max == min gets advantage exactly 0, and a std eps that is "
-                 "not tiny (1e-4)",
-                 false, grpo_zero_signal});
-    c.push_back({"negative-kl", "The KL to the reference computed with the log-probs paired the wrong way round",
-                 "John Schulman, 'Approximating KL Divergence' (2020): k1 = log p - log q on samples from p",
-                 "the log-ratio is log p_ref - log p instead of log p - log p_ref (kl_coef 0.5)",
-                 "the logged KL goes negative as the policy moves, and the KL penalty's gradient pushes the policy "
-                 "away from the reference instead of back to it",
-                 "invariant rl.kl_nonnegative (every update): k1's mean over sampled sequences + 3 standard errors "
-                 "< 0",
-                 "form the log-ratio in one place, policy first: log p(x) - log p_ref(x) on tokens sampled from p",
-                 false, negative_kl});
+    c.push_back({
+        .id = "grpo-zero-signal",
+        .title = "GRPO groups with identical rewards get advantages from rounding noise",
+        .source = "nanochat RL (Karpathy): groups whose rewards are all equal carry no signal; Liu et al. 2025, "
+                  "'Understanding R1-Zero-Like Training' (Dr. GRPO), on dividing by the group std",
+        .bug = "group statistics in fp32 with (r - mean) / (std + 1e-8) and no rule for uniform groups; the reward "
+               "gives 0.1 to a wrong answer that ends its turn",
+        .symptom = "groups whose samples all earned 0.1 get advantages of -0.41 instead of 0: every such sample "
+                   "is pushed down although nothing distinguished it",
+        .detector = "invariant rl.uniform_group_zero_advantage (every update); the zero-advantage group fraction "
+                    "falls below the uniform-reward fraction",
+        .fix = "group statistics in fp64, a group with max == min gets advantage exactly 0, and a std eps that is "
+               "not tiny (1e-4)",
+        .run = grpo_zero_signal});
+    c.push_back({
+        .id = "negative-kl",
+        .title = "The KL to the reference computed with the log-probs paired the wrong way round",
+        .source = "John Schulman, 'Approximating KL Divergence' (2020): k1 = log p - log q on samples from p",
+        .bug = "the log-ratio is log p_ref - log p instead of log p - log p_ref (kl_coef 0.5)",
+        .symptom = "the logged KL goes negative as the policy moves, and the KL penalty's gradient pushes the policy "
+                   "away from the reference instead of back to it",
+        .detector = "invariant rl.kl_nonnegative (every update): k1's mean over sampled sequences + 3 standard errors "
+                    "< 0",
+        .fix = "form the log-ratio in one place, policy first: log p(x) - log p_ref(x) on tokens sampled from p",
+        .run = negative_kl});
     return c;
 }
 

@@ -120,6 +120,26 @@ GrpoConfig parse_grpo_config(const json& j, const std::string& source) {
 
 // ---- the pieces ---------------------------------------------------------------------------------------
 
+namespace {
+
+// a = (r - mean) / (std + eps) over one group of G rewards (or r - mean without std_normalize), the
+// statistics computed in T; the sample std (G - 1).
+template <class T>
+void normalize_group(const double* r, int64_t G, bool std_normalize, T eps, double* a) {
+    T mean = 0;
+    for (int64_t i = 0; i < G; ++i) mean += static_cast<T>(r[i]);
+    mean /= static_cast<T>(G);
+    T squares = 0;
+    for (int64_t i = 0; i < G; ++i) squares += (static_cast<T>(r[i]) - mean) * (static_cast<T>(r[i]) - mean);
+    const T std = G > 1 ? std::sqrt(squares / static_cast<T>(G - 1)) : T(0);
+    for (int64_t i = 0; i < G; ++i) {
+        const T centred = static_cast<T>(r[i]) - mean;
+        a[i] = static_cast<double>(std_normalize ? centred / (std + eps) : centred);
+    }
+}
+
+}  // namespace
+
 GroupAdvantages group_advantages(std::span<const double> rewards, int64_t group_size, bool std_normalize,
                                  double std_eps) {
     check(group_size >= 1 && rewards.size() % static_cast<size_t>(group_size) == 0, "group_advantages: ",
@@ -133,33 +153,12 @@ GroupAdvantages group_advantages(std::span<const double> rewards, int64_t group_
         double* a = out.advantages.data() + g * G;
         const auto [lo, hi] = std::minmax_element(r, r + G);
         const bool uniform = *lo == *hi;
-        if (bugs().grpo_zero_signal) {
-            // BUG grpo-zero-signal: fp32 statistics, eps 1e-8 and no uniform-group rule. Eight rewards of
-            // 0.1f have an fp32 mean 7.45e-9 above 0.1f; the std is that residue, and (r - mean) / (std +
-            // 1e-8) = -0.41 for every member of a group that carries no signal at all.
-            float sum = 0.0f;
-            for (int64_t i = 0; i < G; ++i) sum += static_cast<float>(r[i]);
-            const float mean = sum / static_cast<float>(G);
-            float squares = 0.0f;
-            for (int64_t i = 0; i < G; ++i) {
-                const float d = static_cast<float>(r[i]) - mean;
-                squares += d * d;
-            }
-            const float std = G > 1 ? std::sqrt(squares / static_cast<float>(G - 1)) : 0.0f;
-            for (int64_t i = 0; i < G; ++i) {
-                const float centred = static_cast<float>(r[i]) - mean;
-                a[i] = std_normalize ? static_cast<double>(centred / (std + 1e-8f)) : static_cast<double>(centred);
-            }
-        } else if (!uniform) {
-            double mean = 0.0;
-            for (int64_t i = 0; i < G; ++i) mean += r[i];
-            mean /= static_cast<double>(G);
-            double squares = 0.0;
-            for (int64_t i = 0; i < G; ++i) squares += (r[i] - mean) * (r[i] - mean);
-            const double std = G > 1 ? std::sqrt(squares / static_cast<double>(G - 1)) : 0.0;
-            for (int64_t i = 0; i < G; ++i) a[i] = std_normalize ? (r[i] - mean) / (std + std_eps) : r[i] - mean;
-        }
-        // else: a group with max == min carries no signal; its advantages stay exactly 0.
+        // The group's statistics in double; a group with max == min carries no signal, and its
+        // advantages stay exactly 0. BUG grpo-zero-signal: fp32 statistics, eps 1e-8 and no such rule.
+        // Eight rewards of 0.1f have an fp32 mean 7.45e-9 above 0.1f; the std is that residue, and
+        // (r - mean) / (std + 1e-8) = -0.41 for every member of a group that carries no signal at all.
+        if (bugs().grpo_zero_signal) normalize_group<float>(r, G, std_normalize, 1e-8f, a);
+        else if (!uniform) normalize_group<double>(r, G, std_normalize, std_eps, a);
         bool all_zero = true;
         for (int64_t i = 0; i < G; ++i) all_zero = all_zero && a[i] == 0.0;
         out.zero_advantage_groups += all_zero;

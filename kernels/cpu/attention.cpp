@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <functional>
+#include <initializer_list>
 #include <vector>
 
 #include "kernels/bugs.h"
@@ -136,41 +138,52 @@ void check_args(const Tensor& out, const Tensor& probs, const Tensor& q, const T
     expect_same_dtype(q, probs, op);
 }
 
-// ---- the view_vs_permute bug: token rows regrouped as if (B, T) were (T, B) ----------------------------
-// The (B*T) token rows of a (B, T, H, D) tensor, read as a (T, B) grid: regrouped row b*T + t is original
+// ---- BUG view-vs-permute: token rows regrouped as if (B, T) were (T, B) -------------------------------
+// Every (B, T, H, D) tensor's (B*T) token rows read as a (T, B) grid: regrouped row b*T + t is original
 // row t*B + b. A bijection, so the buggy attention is the correct attention of a permuted input, with
-// its exact gradient; it only mixes batch rows (and positions) into each "sequence".
-struct Regrouped {
-    std::vector<std::byte> storage;
-    Tensor tensor;
-};
-
-// dst = src with its token rows regrouped (inverse = false) or put back (inverse = true).
-void regroup_rows(std::byte* dst, const std::byte* src, int64_t B, int64_t Tn, int64_t row_bytes, bool inverse) {
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t t = 0; t < Tn; ++t) {
-            const int64_t grouped = b * Tn + t, original = t * B + b;
-            if (inverse) std::copy_n(src + grouped * row_bytes, row_bytes, dst + original * row_bytes);
-            else std::copy_n(src + original * row_bytes, row_bytes, dst + grouped * row_bytes);
+// its exact gradient; it only mixes batch rows (and positions) into each "sequence". Runs `op` on
+// regrouped copies of outputs then inputs, and puts the outputs' rows back (they accumulate, so their
+// current contents travel through the regrouping too). Tensors without data pass through.
+void on_regrouped_rows(std::initializer_list<const Tensor*> outputs, std::initializer_list<const Tensor*> inputs,
+                       const std::function<void(const std::vector<Tensor>&)>& op) {
+    std::vector<const Tensor*> all(outputs);
+    all.insert(all.end(), inputs);
+    std::vector<std::vector<std::byte>> copies(all.size());
+    std::vector<Tensor> views;
+    auto for_each_row = [](const Tensor& x, auto&& copy_row) {
+        const int64_t B = x.dim(0), Tn = x.dim(1), row = static_cast<int64_t>(x.nbytes()) / (B * Tn);
+        for (int64_t b = 0; b < B; ++b) {
+            for (int64_t t = 0; t < Tn; ++t) copy_row((b * Tn + t) * row, (t * B + b) * row, row);
         }
+    };
+    for (size_t i = 0; i < all.size(); ++i) {
+        views.push_back(*all[i]);
+        if (!all[i]->data) continue;
+        copies[i].resize(all[i]->nbytes());
+        const auto* src = static_cast<const std::byte*>(all[i]->data);
+        for_each_row(*all[i], [&](int64_t grouped, int64_t original, int64_t n) {
+            std::copy_n(src + original, n, copies[i].data() + grouped);
+        });
+        views.back().data = copies[i].data();
+    }
+    op(views);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+        if (!all[i]->data) continue;
+        auto* dst = static_cast<std::byte*>(all[i]->data);
+        for_each_row(*all[i], [&](int64_t grouped, int64_t original, int64_t n) {
+            std::copy_n(copies[i].data() + grouped, n, dst + original);
+        });
     }
 }
 
-Regrouped regrouped_copy(const Tensor& x) {
-    Regrouped r;
-    r.storage.resize(x.nbytes());
-    if (x.data) {
-        regroup_rows(r.storage.data(), static_cast<const std::byte*>(x.data), x.dim(0), x.dim(1),
-                     static_cast<int64_t>(x.nbytes()) / (x.dim(0) * x.dim(1)), /*inverse=*/false);
-        r.tensor = Tensor(r.storage.data(), x.dtype, {x.dim(0), x.dim(1), x.dim(2), x.dim(3)}, x.name);
-    }
-    return r;
+void forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
+    dispatch_float(q.dtype, "attention_forward", [&](auto t) { forward_impl<decltype(t)>(out, probs, q, k, v); });
 }
 
-void regroup_back(const Tensor& dst, const Regrouped& r) {
-    if (!dst.data) return;
-    regroup_rows(static_cast<std::byte*>(dst.data), r.storage.data(), dst.dim(0), dst.dim(1),
-                 static_cast<int64_t>(dst.nbytes()) / (dst.dim(0) * dst.dim(1)), /*inverse=*/true);
+void backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& probs,
+              const Tensor& q, const Tensor& k, const Tensor& v) {
+    dispatch_float(q.dtype, "attention_backward",
+                   [&](auto t) { backward_impl<decltype(t)>(dq, dk, dv, dout, probs, q, k, v); });
 }
 
 }  // namespace
@@ -178,13 +191,9 @@ void regroup_back(const Tensor& dst, const Regrouped& r) {
 void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
     check_args(out, probs, q, k, v, "attention_forward", "out");
     if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: heads split over a (T, B) view
-        Regrouped rq = regrouped_copy(q), rk = regrouped_copy(k), rv = regrouped_copy(v), ro = regrouped_copy(out);
-        dispatch_float(q.dtype, "attention_forward",
-                       [&](auto t) { forward_impl<decltype(t)>(ro.tensor, probs, rq.tensor, rk.tensor, rv.tensor); });
-        regroup_back(out, ro);
-        return;
+        return on_regrouped_rows({&out}, {&q, &k, &v}, [&](auto& r) { forward(r[0], probs, r[1], r[2], r[3]); });
     }
-    dispatch_float(q.dtype, "attention_forward", [&](auto t) { forward_impl<decltype(t)>(out, probs, q, k, v); });
+    forward(out, probs, q, k, v);
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
@@ -193,22 +202,11 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
     if (dq.data) expect_shape(dq, {q.dim(0), q.dim(1), q.dim(2), q.dim(3)}, "attention_backward", "dq");
     if (dk.data) expect_shape(dk, {k.dim(0), k.dim(1), k.dim(2), k.dim(3)}, "attention_backward", "dk");
     if (dv.data) expect_shape(dv, {v.dim(0), v.dim(1), v.dim(2), v.dim(3)}, "attention_backward", "dv");
-    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: the same regrouping as the forward
-        // probs were stored in the regrouped layout by the forward; dq, dk, dv accumulate, so their
-        // current contents travel through the regrouping too.
-        Regrouped rq = regrouped_copy(q), rk = regrouped_copy(k), rv = regrouped_copy(v), rdo = regrouped_copy(dout);
-        Regrouped rdq = regrouped_copy(dq), rdk = regrouped_copy(dk), rdv = regrouped_copy(dv);
-        dispatch_float(q.dtype, "attention_backward", [&](auto t) {
-            backward_impl<decltype(t)>(rdq.tensor, rdk.tensor, rdv.tensor, rdo.tensor, probs, rq.tensor, rk.tensor,
-                                       rv.tensor);
-        });
-        regroup_back(dq, rdq);
-        regroup_back(dk, rdk);
-        regroup_back(dv, rdv);
-        return;
+    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: the forward's regrouping, undone after
+        return on_regrouped_rows({&dq, &dk, &dv}, {&dout, &q, &k, &v},
+                                 [&](auto& r) { backward(r[0], r[1], r[2], r[3], probs, r[4], r[5], r[6]); });
     }
-    dispatch_float(q.dtype, "attention_backward",
-                   [&](auto t) { backward_impl<decltype(t)>(dq, dk, dv, dout, probs, q, k, v); });
+    backward(dq, dk, dv, dout, probs, q, k, v);
 }
 
 }  // namespace reftrain::cpu

@@ -16,6 +16,7 @@
 //   dz[n,v] += w[n] * (exp(z[n, v] - lse[n]) - [v == y])
 // With w[n] = dloss / M on every supervised row it is the backward above.
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
 
@@ -47,25 +48,6 @@ double forward_impl(const Tensor& logsumexp, const Tensor& logits, const Tensor&
     }
     *supervised = count;
     return count > 0 ? total / static_cast<double>(count) : 0.0;
-}
-
-template <class T>
-void backward_impl(const Tensor& dlogits, const Tensor& logits, const Tensor& logsumexp, const Tensor& targets,
-                   double dloss, int64_t supervised) {
-    const int64_t N = logits.dim(0), V = logits.dim(1);
-    const T* z = logits.ptr<T>();
-    const T* lse = logsumexp.ptr<T>();
-    const int64_t* y = targets.ptr<int64_t>();
-    T* dz = dlogits.ptr<T>();
-    const T scale = static_cast<T>(dloss / static_cast<double>(supervised));
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-        if (y[n] == kIgnoreIndex) continue;
-        const T* row = z + n * V;
-        T* drow = dz + n * V;
-        for (int64_t v = 0; v < V; ++v) drow[v] += scale * std::exp(row[v] - lse[n]);
-        drow[y[n]] -= scale;
-    }
 }
 
 template <class T>
@@ -128,6 +110,7 @@ CrossEntropyResult cross_entropy_forward(const Tensor& logsumexp, const Tensor& 
     return result;
 }
 
+// The mean loss's gradient is the weighted one with weight dloss / M on each of the M supervised rows.
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& logsumexp,
                             const Tensor& targets, double dloss) {
     const int64_t N = logits.dim(0), V = logits.dim(1);
@@ -139,8 +122,13 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
     const int64_t* y = targets.ptr<int64_t>();
     for (int64_t n = 0; n < N; ++n) supervised += y[n] != kIgnoreIndex;
     if (supervised == 0) return;  // nothing supervised: no gradient, and no division by zero
+    std::vector<double> weights(static_cast<size_t>(N), 0.0);
+    for (int64_t n = 0; n < N; ++n) {
+        if (y[n] != kIgnoreIndex) weights[n] = dloss / static_cast<double>(supervised);
+    }
+    const Tensor weights_view(weights.data(), DType::F64, {N}, "row_weights");
     dispatch_float(logits.dtype, "cross_entropy_backward", [&](auto t) {
-        backward_impl<decltype(t)>(dlogits, logits, logsumexp, targets, dloss, supervised);
+        weighted_backward_impl<decltype(t)>(dlogits, logits, logsumexp, targets, weights_view);
     });
 }
 
