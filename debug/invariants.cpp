@@ -522,6 +522,10 @@ uint64_t hash_token_ids(std::span<const int64_t> ids) {
     return h;
 }
 
+bool init_loss_near_log_vocab(double first_loss, int64_t vocab_size, double tolerance) {
+    return std::isfinite(first_loss) && std::abs(first_loss - std::log(static_cast<double>(vocab_size))) <= tolerance;
+}
+
 bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, double tolerance) {
     const char* name = "init.loss_near_log_vocab";
     if (!inv.enabled(name)) return true;
@@ -529,7 +533,7 @@ bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, dou
     check(tolerance > 0.0, "check_init_loss: tolerance must be positive, got ", tolerance);
     const double uniform = std::log(static_cast<double>(vocab_size));
     const double gap = first_loss - uniform;
-    if (std::isfinite(first_loss) && std::abs(gap) <= tolerance) return inv.report(name, true);
+    if (init_loss_near_log_vocab(first_loss, vocab_size, tolerance)) return inv.report(name, true);
     return inv.report(name, false,
                       concat("first loss ", first_loss, " vs ln(", vocab_size, ") = ", uniform, ": ",
                              std::isfinite(gap) ? concat(std::abs(gap), gap > 0 ? " nats above" : " nats below")

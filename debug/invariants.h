@@ -176,7 +176,9 @@ uint64_t hash_token_ids(std::span<const int64_t> ids);
 // init scale 10x too large (bad-init-scale) lands many nats above. A loss far BELOW ln V before any
 // update is as wrong: the targets leak into the inputs or the mean runs over ignored positions.
 // Do not call it for a run that starts from trained weights (fine-tuning starts far below ln V).
+// The one rule, shared with the init-loss diagnostic (train/diagnostics.h).
 inline constexpr double kInitLossTolerance = 1.0;
+bool init_loss_near_log_vocab(double first_loss, int64_t vocab_size, double tolerance = kInitLossTolerance);
 bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, double tolerance = kInitLossTolerance);
 
 // ---- reinforcement learning (train/grpo.cpp) --------------------------------------------------------

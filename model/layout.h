@@ -44,10 +44,18 @@ std::string layer_prefix(int64_t i);
 
 // The weights of decoder layer i, looked up by their HF names. TensorPtr is Tensor* for the training
 // models and const Tensor* for inference (model/generate.cpp); q_norm and k_norm are null without QK-norm.
+// Shapes (d = hidden_size, Hq / Hkv = query / key-value heads, D = head_dim, F = intermediate_size),
+// as HF stores them: a linear layer's weight is (out, in).
 template <class TensorPtr>
 struct LayerWeights {
-    TensorPtr input_layernorm{}, q_proj{}, k_proj{}, v_proj{}, o_proj{}, q_norm{}, k_norm{};
-    TensorPtr post_attention_layernorm{}, gate_proj{}, up_proj{}, down_proj{};
+    TensorPtr input_layernorm{};            // (d)
+    TensorPtr q_proj{};                     // (Hq D, d)
+    TensorPtr k_proj{}, v_proj{};           // (Hkv D, d)
+    TensorPtr o_proj{};                     // (d, Hq D)
+    TensorPtr q_norm{}, k_norm{};           // (D), shared by every head; null without QK-norm
+    TensorPtr post_attention_layernorm{};   // (d)
+    TensorPtr gate_proj{}, up_proj{};       // (F, d)
+    TensorPtr down_proj{};                  // (d, F)
 };
 
 // `param(name)` returns the tensor of that full name (Tensor* or const Tensor*).
@@ -74,12 +82,24 @@ auto resolve_layer_weights(const ModelConfig& c, int64_t i, const Lookup& param)
 // Pointers into the arenas for one decoder layer, in the order of the forward. `input` is the previous
 // layer's `out` (or the embedding output for layer 0): the residual stream is never copied. Exactly one
 // of probs / lse is set (AttentionSaves); attn_logits_max is the CPU tracer's diagnostic, set later.
+// Activation shapes: B rows of T tokens.
 struct DecoderLayer : LayerWeights<Tensor*> {
     // activations, in execution order
-    Tensor *input, *ln1_out, *ln1_rstd, *q, *k, *v, *q_normed = nullptr, *q_rstd = nullptr;
-    Tensor *k_normed = nullptr, *k_rstd = nullptr, *q_rotary, *k_rotary, *probs = nullptr, *lse = nullptr;
-    Tensor *attn_out, *o_out, *attn_residual, *ln2_out, *ln2_rstd, *gate, *up, *act, *down, *out;
-    Tensor* attn_logits_max = nullptr;
+    Tensor* input;                                  // (B, T, d) the residual stream entering the layer
+    Tensor *ln1_out, *ln1_rstd;                     // (B, T, d), (B, T)
+    Tensor* q;                                      // (B, T, Hq, D)
+    Tensor *k, *v;                                  // (B, T, Hkv, D)
+    Tensor *q_normed = nullptr, *q_rstd = nullptr;  // (B, T, Hq, D), (B, T, Hq)   QK-norm only
+    Tensor *k_normed = nullptr, *k_rstd = nullptr;  // (B, T, Hkv, D), (B, T, Hkv) QK-norm only
+    Tensor *q_rotary, *k_rotary;                    // (B, T, Hq, D), (B, T, Hkv, D)
+    Tensor* probs = nullptr;                        // (B, Hq, T, T) softmax probabilities (CPU)
+    Tensor* lse = nullptr;                          // (B, Hq, T) their log-sum-exp (GPU)
+    Tensor* attn_out;                               // (B, T, Hq D)
+    Tensor *o_out, *attn_residual, *ln2_out;        // (B, T, d)
+    Tensor* ln2_rstd;                               // (B, T)
+    Tensor *gate, *up, *act;                        // (B, T, F); act = silu(gate) * up
+    Tensor *down, *out;                             // (B, T, d); out = attn_residual + down
+    Tensor* attn_logits_max = nullptr;              // (B, Hq) the tracer's diagnostic (CPU)
 };
 
 // `param(name)` and `act(name)` look a tensor up by its full name in the caller's arenas.

@@ -350,7 +350,8 @@ void Transformer::backward_from_logits() {
     const int64_t N = B_ * T_, d = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
     const int64_t Hkv = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
     auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
-    auto dP = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
+    // dA(x): the gradient of activation x; dW(w): the gradient of parameter (weight) w. Both "grad:" + name.
+    auto dW = [&](const Tensor* p) -> Tensor& { return grads_.get("grad:" + p->name); };
     const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
     const Tensor& cos = rope_.get("rope.cos");
     const Tensor& sin = rope_.get("rope.sin");
@@ -358,16 +359,16 @@ void Transformer::backward_from_logits() {
     Tensor& normed = acts_.get("model.norm.out");
     const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const Tensor& lm_head = weight(lm_head_param);
-    linear_backward(dA(&normed).reshaped({N, d}), dP(lm_head_param), dA(&logits).reshaped({N, V}),
+    linear_backward(dA(&normed).reshaped({N, d}), dW(lm_head_param), dA(&logits).reshaped({N, V}),
                     normed.reshaped({N, d}), lm_head);
-    after_op("linear_backward", {&dA(&normed)}, {&dP(lm_head_param)}, {&dA(&logits), &normed, &lm_head});
+    after_op("linear_backward", {&dA(&normed)}, {&dW(lm_head_param)}, {&dA(&logits), &normed, &lm_head});
     const Tensor* last = layers_.empty() ? &acts_.get("model.embed_tokens.out") : layers_.back().out;
     const Tensor* norm_param = &params_.get("model.norm.weight");
     const Tensor& norm_weight = weight(norm_param);
     const Tensor& norm_rstd = acts_.get("model.norm.rstd");
-    rmsnorm_backward(dA(last).reshaped({N, d}), dP(norm_param), dA(&normed).reshaped({N, d}), last->reshaped({N, d}),
+    rmsnorm_backward(dA(last).reshaped({N, d}), dW(norm_param), dA(&normed).reshaped({N, d}), last->reshaped({N, d}),
                      norm_weight, norm_rstd.reshaped({N}));
-    after_op("rmsnorm_backward", {&dA(last)}, {&dP(norm_param)}, {&dA(&normed), last, &norm_weight, &norm_rstd});
+    after_op("rmsnorm_backward", {&dA(last)}, {&dW(norm_param)}, {&dA(&normed), last, &norm_weight, &norm_rstd});
 
     for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
         Layer& l = *it;
@@ -377,29 +378,29 @@ void Transformer::backward_from_logits() {
         // x = attn_residual + down
         residual_backward(dA(l.attn_residual), dA(l.down), dA(l.out));
         after_op("residual_backward", {&dA(l.attn_residual), &dA(l.down)}, {}, {&dA(l.out)});
-        linear_backward(dA(l.act).reshaped({N, F}), dP(l.down_proj), dA(l.down).reshaped({N, d}),
+        linear_backward(dA(l.act).reshaped({N, F}), dW(l.down_proj), dA(l.down).reshaped({N, d}),
                         l.act->reshaped({N, F}), wdown);
-        after_op("linear_backward", {&dA(l.act)}, {&dP(l.down_proj)}, {&dA(l.down), l.act, &wdown});
+        after_op("linear_backward", {&dA(l.act)}, {&dW(l.down_proj)}, {&dA(l.down), l.act, &wdown});
         swiglu_backward(dA(l.gate).reshaped({N, F}), dA(l.up).reshaped({N, F}), dA(l.act).reshaped({N, F}),
                         l.gate->reshaped({N, F}), l.up->reshaped({N, F}));
         after_op("swiglu_backward", {&dA(l.gate), &dA(l.up)}, {}, {&dA(l.act), l.gate, l.up});
-        linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.gate_proj), dA(l.gate).reshaped({N, F}),
+        linear_backward(dA(l.ln2_out).reshaped({N, d}), dW(l.gate_proj), dA(l.gate).reshaped({N, F}),
                         l.ln2_out->reshaped({N, d}), wgate);
-        after_op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.gate_proj)}, {&dA(l.gate), l.ln2_out, &wgate});
-        linear_backward(dA(l.ln2_out).reshaped({N, d}), dP(l.up_proj), dA(l.up).reshaped({N, F}),
+        after_op("linear_backward", {&dA(l.ln2_out)}, {&dW(l.gate_proj)}, {&dA(l.gate), l.ln2_out, &wgate});
+        linear_backward(dA(l.ln2_out).reshaped({N, d}), dW(l.up_proj), dA(l.up).reshaped({N, F}),
                         l.ln2_out->reshaped({N, d}), wup);
-        after_op("linear_backward", {&dA(l.ln2_out)}, {&dP(l.up_proj)}, {&dA(l.up), l.ln2_out, &wup});
-        rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dP(l.post_attention_layernorm),
+        after_op("linear_backward", {&dA(l.ln2_out)}, {&dW(l.up_proj)}, {&dA(l.up), l.ln2_out, &wup});
+        rmsnorm_backward(dA(l.attn_residual).reshaped({N, d}), dW(l.post_attention_layernorm),
                          dA(l.ln2_out).reshaped({N, d}), l.attn_residual->reshaped({N, d}), ln2_weight,
                          l.ln2_rstd->reshaped({N}));
-        after_op("rmsnorm_backward", {&dA(l.attn_residual)}, {&dP(l.post_attention_layernorm)},
+        after_op("rmsnorm_backward", {&dA(l.attn_residual)}, {&dW(l.post_attention_layernorm)},
                  {&dA(l.ln2_out), l.attn_residual, &ln2_weight, l.ln2_rstd});
         // attn_residual = input + o_proj.out
         residual_backward(dA(l.input), dA(l.o_out), dA(l.attn_residual));
         after_op("residual_backward", {&dA(l.input), &dA(l.o_out)}, {}, {&dA(l.attn_residual)});
-        linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dP(l.o_proj), dA(l.o_out).reshaped({N, d}),
+        linear_backward(dA(l.attn_out).reshaped({N, Hq * D}), dW(l.o_proj), dA(l.o_out).reshaped({N, d}),
                         l.attn_out->reshaped({N, Hq * D}), wo);
-        after_op("linear_backward", {&dA(l.attn_out)}, {&dP(l.o_proj)}, {&dA(l.o_out), l.attn_out, &wo});
+        after_op("linear_backward", {&dA(l.attn_out)}, {&dW(l.o_proj)}, {&dA(l.o_out), l.attn_out, &wo});
         attention_backward(dA(l.q_rotary), dA(l.k_rotary), dA(l.v), dA(l.attn_out).reshaped({B_, T_, Hq, D}),
                            *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
         after_op("attention_backward", {&dA(l.q_rotary), &dA(l.k_rotary), &dA(l.v)}, {},
@@ -412,31 +413,31 @@ void Transformer::backward_from_logits() {
         after_op("rope_backward", {&dA(k)}, {}, {&dA(l.k_rotary)});
         if (c.qk_norm) {
             const Tensor &q_norm = weight(l.q_norm), &k_norm = weight(l.k_norm);
-            rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dP(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
+            rmsnorm_backward(dA(l.q).reshaped({N * Hq, D}), dW(l.q_norm), dA(l.q_normed).reshaped({N * Hq, D}),
                              l.q->reshaped({N * Hq, D}), q_norm, l.q_rstd->reshaped({N * Hq}));
-            after_op("rmsnorm_backward", {&dA(l.q)}, {&dP(l.q_norm)}, {&dA(l.q_normed), l.q, &q_norm, l.q_rstd});
-            rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dP(l.k_norm), dA(l.k_normed).reshaped({N * Hkv, D}),
+            after_op("rmsnorm_backward", {&dA(l.q)}, {&dW(l.q_norm)}, {&dA(l.q_normed), l.q, &q_norm, l.q_rstd});
+            rmsnorm_backward(dA(l.k).reshaped({N * Hkv, D}), dW(l.k_norm), dA(l.k_normed).reshaped({N * Hkv, D}),
                              l.k->reshaped({N * Hkv, D}), k_norm, l.k_rstd->reshaped({N * Hkv}));
-            after_op("rmsnorm_backward", {&dA(l.k)}, {&dP(l.k_norm)}, {&dA(l.k_normed), l.k, &k_norm, l.k_rstd});
+            after_op("rmsnorm_backward", {&dA(l.k)}, {&dW(l.k_norm)}, {&dA(l.k_normed), l.k, &k_norm, l.k_rstd});
         }
-        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.q_proj), dA(l.q).reshaped({N, Hq * D}),
                         l.ln1_out->reshaped({N, d}), wq);
-        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.q_proj)}, {&dA(l.q), l.ln1_out, &wq});
-        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.q_proj)}, {&dA(l.q), l.ln1_out, &wq});
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.k_proj), dA(l.k).reshaped({N, Hkv * D}),
                         l.ln1_out->reshaped({N, d}), wk);
-        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.k_proj)}, {&dA(l.k), l.ln1_out, &wk});
-        linear_backward(dA(l.ln1_out).reshaped({N, d}), dP(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.k_proj)}, {&dA(l.k), l.ln1_out, &wk});
+        linear_backward(dA(l.ln1_out).reshaped({N, d}), dW(l.v_proj), dA(l.v).reshaped({N, Hkv * D}),
                         l.ln1_out->reshaped({N, d}), wv);
-        after_op("linear_backward", {&dA(l.ln1_out)}, {&dP(l.v_proj)}, {&dA(l.v), l.ln1_out, &wv});
-        rmsnorm_backward(dA(l.input).reshaped({N, d}), dP(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
+        after_op("linear_backward", {&dA(l.ln1_out)}, {&dW(l.v_proj)}, {&dA(l.v), l.ln1_out, &wv});
+        rmsnorm_backward(dA(l.input).reshaped({N, d}), dW(l.input_layernorm), dA(l.ln1_out).reshaped({N, d}),
                          l.input->reshaped({N, d}), ln1_weight, l.ln1_rstd->reshaped({N}));
-        after_op("rmsnorm_backward", {&dA(l.input)}, {&dP(l.input_layernorm)},
+        after_op("rmsnorm_backward", {&dA(l.input)}, {&dW(l.input_layernorm)},
                  {&dA(l.ln1_out), l.input, &ln1_weight, l.ln1_rstd});
     }
     Tensor& embedded = acts_.get("model.embed_tokens.out");
     const Tensor* embed_param = &params_.get("model.embed_tokens.weight");
-    embedding_backward(dP(embed_param), dA(&embedded).reshaped({N, d}), ids);
-    after_op("embedding_backward", {}, {&dP(embed_param)}, {&dA(&embedded), &ids});
+    embedding_backward(dW(embed_param), dA(&embedded).reshaped({N, d}), ids);
+    after_op("embedding_backward", {}, {&dW(embed_param)}, {&dA(&embedded), &ids});
 }
 
 // ---- weights on disk ------------------------------------------------------------------------------------

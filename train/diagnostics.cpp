@@ -147,7 +147,7 @@ DiagnosticResult check_init_loss(Transformer& model, Batch& batch, double tolera
         v << "the batch has no supervised tokens, so there is no loss to compare (check the data: mask diagnostic)";
     } else if (!std::isfinite(f.loss)) {
         v << "the initial loss is not finite";
-    } else if (std::fabs(excess) < tolerance) {
+    } else if (init_loss_near_log_vocab(f.loss, model.config().vocab_size, tolerance)) {
         r.pass = true;
         v << "initial loss " << format_number(f.loss) << " is within " << tolerance << " nats of ln V = "
           << format_number(ln_v) << ": the fresh model predicts nearly uniformly";

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "data/chat.h"
+#include "debug/invariants.h"
 #include "model/config.h"
 #include "model/dump.h"
 #include "model/transformer.h"
@@ -52,12 +53,11 @@ struct DiagnosticInfo {
 std::vector<DiagnosticInfo> diagnostic_list();
 
 // ---- init-loss ------------------------------------------------------------------------------------------
-// A freshly initialised model should predict (nearly) uniformly: loss ~ ln V. With logits of standard
-// deviation s the expected excess is about s^2 / 2, so the default bound of 0.5 nats lets through
-// logits up to s ~ 1 (a healthy init has s ~ initializer_range * sqrt(hidden_size) ~ 0.2) and fails an
-// init that is already confidently wrong. Numbers: loss, ln_V, excess, logit_std, supervised_tokens.
-inline constexpr double kInitLossToleranceNats = 0.5;
-DiagnosticResult check_init_loss(Transformer& model, Batch& batch, double tolerance = kInitLossToleranceNats);
+// A freshly initialised model should predict (nearly) uniformly: loss ~ ln V. The same rule and
+// tolerance as the invariant init.loss_near_log_vocab (debug/invariants.h: |loss - ln V| <= 1 nat,
+// and why 1), run here on one batch with the logits' spread reported beside it.
+// Numbers: loss, ln_V, excess, tolerance, logit_std, supervised_tokens.
+DiagnosticResult check_init_loss(Transformer& model, Batch& batch, double tolerance = kInitLossTolerance);
 
 // ---- overfit-batch ----------------------------------------------------------------------------------------
 struct OverfitOptions {
