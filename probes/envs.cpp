@@ -47,141 +47,78 @@ EnvSpec make_spec(const char* name, int64_t obs_dim, int64_t num_actions, int64_
     return spec;
 }
 
-// ±1 with equal probability: the random observation of probe2 and probe5.
-double random_sign(Rng& rng) { return rng.uniform() < 0.5 ? -1.0 : 1.0; }
-
-// probe1: one action, observation 0, +1 then the end. Tests the value network's fit of a constant.
-class Probe1 : public Env {
-public:
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override { obs[0] = 0.0; }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        obs[0] = 0.0;
-        terminated = true;
-        return 1.0;
-    }
-
-private:
-    EnvSpec spec_ = make_spec("probe1", 1, 1, 0);
+// The probe environments (Andy Jones): one observation x, a reward that answers one question, and an
+// end. What differs between them is a row of the table in registry() below.
+struct ProbeRule {
+    const char* name;
+    int64_t num_actions = 1;
+    int64_t max_episode_steps = 0;  // VecEnv's time limit (0 = none)
+    int64_t steps = 1;              // steps to the end of an episode; 0 = never (only a time limit stops it)
+    bool random_sign = false;       // x = +-1 with equal probability at reset; else x = 0
+    bool two_states = false;        // x = 1 once a step is taken (probe3: 0, then 1)
+    // The reward of `action` at observation x, on step `step` (1-based) of the episode.
+    double (*reward)(double x, int64_t action, int64_t step, Rng& rng) = nullptr;
 };
 
-// probe2: observation ±1 at random, reward equal to it, one step. Tests that the value depends on
-// the observation (backprop through the value network's input).
-class Probe2 : public Env {
+class ProbeEnv : public Env {
 public:
+    explicit ProbeEnv(const ProbeRule& rule)
+        : rule_(rule), spec_(make_spec(rule.name, 1, rule.num_actions, rule.max_episode_steps)) {}
     const EnvSpec& spec() const override { return spec_; }
     void reset(Rng& rng, double* obs) override {
-        observation_ = random_sign(rng);
-        obs[0] = observation_;
+        step_ = 0;
+        x_ = rule_.random_sign ? (rng.uniform() < 0.5 ? -1.0 : 1.0) : 0.0;
+        obs[0] = x_;
     }
     double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
         check_action(spec_, action);
-        obs[0] = observation_;
-        terminated = true;
-        return observation_;
+        check(rule_.steps == 0 || step_ < rule_.steps, "env ", rule_.name,
+              ": step after the episode ended; reset first");
+        const double reward = rule_.reward(x_, action, ++step_, rng);
+        if (rule_.two_states) x_ = 1.0;
+        obs[0] = x_;
+        terminated = rule_.steps > 0 && step_ == rule_.steps;
+        return reward;
     }
 
 private:
-    EnvSpec spec_ = make_spec("probe2", 1, 1, 0);
-    double observation_ = 0.0;
+    ProbeRule rule_;
+    EnvSpec spec_;
+    int64_t step_ = 0;
+    double x_ = 0.0;
 };
 
-// probe3: observation 0, then 1; reward 0, then +1. Tests discounting: V(0) = gamma.
-class Probe3 : public Env {
-public:
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override {
-        position_ = 0;
-        obs[0] = 0.0;
-    }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        check(position_ < 2, "env probe3: step after the episode ended; reset first");
-        position_ += 1;
-        obs[0] = 1.0;
-        terminated = position_ == 2;
-        return terminated ? 1.0 : 0.0;
-    }
-
-private:
-    EnvSpec spec_ = make_spec("probe3", 1, 1, 0);
-    int position_ = 0;  // steps taken in this episode
-};
-
-// probe4: two actions, observation 0, +1 for action 1 and -1 for action 0. Tests the policy gradient.
-class Probe4 : public Env {
-public:
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override { obs[0] = 0.0; }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        obs[0] = 0.0;
-        terminated = true;
-        return action == 1 ? 1.0 : -1.0;
-    }
-
-private:
-    EnvSpec spec_ = make_spec("probe4", 1, 2, 0);
-};
-
-// probe5: observation ±1, +1 for the action that matches it (1 for +1, 0 for -1), else -1. Tests
-// that the policy and the value read the observation together.
-class Probe5 : public Env {
-public:
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override {
-        observation_ = random_sign(rng);
-        obs[0] = observation_;
-    }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        obs[0] = observation_;
-        terminated = true;
-        const int64_t correct = observation_ > 0 ? 1 : 0;
-        return action == correct ? 1.0 : -1.0;
-    }
-
-private:
-    EnvSpec spec_ = make_spec("probe5", 1, 2, 0);
-    double observation_ = 0.0;
-};
-
-// probe-timelimit: observation 0, +1 forever; only VecEnv's limit of 10 steps stops it. A learner
-// that treats the truncation as a termination learns V(0) near 10 instead of 1 / (1 - gamma).
-class ProbeTimeLimit : public Env {
-public:
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override { obs[0] = 0.0; }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        obs[0] = 0.0;
-        terminated = false;
-        return 1.0;
-    }
-
-private:
-    EnvSpec spec_ = make_spec("probe-timelimit", 1, 1, 10);
-};
-
-// bandit: five arms, one step, arm k pays k / 4 plus N(0, 0.1^2) noise. Tests exploration and the
-// policy gradient under noisy rewards; the best arm is 4 (mean 1.0).
-class Bandit : public Env {
-public:
-    static constexpr int64_t kArms = 5;
-    static constexpr double kNoise = 0.1;
-    const EnvSpec& spec() const override { return spec_; }
-    void reset(Rng& rng, double* obs) override { obs[0] = 0.0; }
-    double step(int64_t action, Rng& rng, double* obs, bool& terminated) override {
-        check_action(spec_, action);
-        obs[0] = 0.0;
-        terminated = true;
-        return static_cast<double>(action) / 4.0 + kNoise * rng.normal();
-    }
-
-private:
-    EnvSpec spec_ = make_spec("bandit", 1, kArms, 0);
-};
+// Each row: what the probe tests, then its rule. The answers (V and pi) are in probe_cases().
+const std::vector<ProbeRule>& probe_rules() {
+    static const std::vector<ProbeRule> rules = {
+        // probe1: one action, x = 0, +1 then the end. The value network's fit of a constant.
+        {.name = "probe1", .reward = [](double, int64_t, int64_t, Rng&) { return 1.0; }},
+        // probe2: x = +-1 at random, reward x, one step. The value depends on the observation (backprop
+        // through the value network's input).
+        {.name = "probe2", .random_sign = true, .reward = [](double x, int64_t, int64_t, Rng&) { return x; }},
+        // probe3: x = 0, then 1; reward 0, then +1. Discounting: V(0) = gamma.
+        {.name = "probe3", .steps = 2, .two_states = true,
+         .reward = [](double, int64_t, int64_t step, Rng&) { return step == 2 ? 1.0 : 0.0; }},
+        // probe4: two actions, x = 0, +1 for action 1 and -1 for action 0. The policy gradient.
+        {.name = "probe4", .num_actions = 2,
+         .reward = [](double, int64_t action, int64_t, Rng&) { return action == 1 ? 1.0 : -1.0; }},
+        // probe5: x = +-1, +1 for the action that matches it (1 for +1, 0 for -1), else -1. The policy
+        // and the value read the observation together.
+        {.name = "probe5", .num_actions = 2, .random_sign = true,
+         .reward = [](double x, int64_t action, int64_t, Rng&) { return action == (x > 0 ? 1 : 0) ? 1.0 : -1.0; }},
+        // probe-timelimit: x = 0, +1 forever; only VecEnv's limit of 10 steps stops it. A learner that
+        // treats the truncation as a termination learns V(0) near 10 instead of 1 / (1 - gamma).
+        {.name = "probe-timelimit", .max_episode_steps = 10, .steps = 0,
+         .reward = [](double, int64_t, int64_t, Rng&) { return 1.0; }},
+        // bandit: five arms, one step, arm k pays k / 4 plus N(0, 0.1^2) noise. Exploration and the
+        // policy gradient under noisy rewards; the best arm is 4 (mean 1.0).
+        {.name = "bandit", .num_actions = 5,
+         .reward = [](double, int64_t action, int64_t, Rng& rng) {
+             return static_cast<double>(action) / 4.0 + 0.1 * rng.normal();
+         }},
+    };
+    return rules;
+}
 
 // Gymnasium's constants, computed as cartpole.py computes them.
 constexpr double kGravity = 9.8;
@@ -202,16 +139,14 @@ struct Registration {
 };
 
 const std::vector<Registration>& registry() {
-    static const std::vector<Registration> entries = {
-        {"probe1", [] { return std::make_unique<Probe1>(); }},
-        {"probe2", [] { return std::make_unique<Probe2>(); }},
-        {"probe3", [] { return std::make_unique<Probe3>(); }},
-        {"probe4", [] { return std::make_unique<Probe4>(); }},
-        {"probe5", [] { return std::make_unique<Probe5>(); }},
-        {"probe-timelimit", [] { return std::make_unique<ProbeTimeLimit>(); }},
-        {"bandit", [] { return std::make_unique<Bandit>(); }},
-        {"cartpole", [] { return std::make_unique<CartPole>(); }},
-    };
+    static const std::vector<Registration> entries = [] {
+        std::vector<Registration> e;
+        for (const ProbeRule& rule : probe_rules()) {
+            e.push_back({rule.name, [&rule] { return std::make_unique<ProbeEnv>(rule); }});
+        }
+        e.push_back({"cartpole", [] { return std::make_unique<CartPole>(); }});
+        return e;
+    }();
     return entries;
 }
 
