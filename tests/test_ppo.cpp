@@ -16,8 +16,8 @@
 #include "kernels/bugs.h"
 #include "kernels/random.h"
 #include "model/mlp.h"
-#include "tests/test_util.h"
 #include "probes/probe_runs.h"
+#include "tests/test_util.h"
 #include "train/ppo.h"
 
 namespace reftrain {

@@ -12,9 +12,9 @@
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
 #include "probes/envs.h"
+#include "probes/probe_runs.h"
 #include "tools/commands.h"
 #include "train/grpo.h"
-#include "probes/probe_runs.h"
 #include "train/ppo.h"
 #include "train/run_config.h"
 
@@ -25,7 +25,7 @@ namespace {
 // The config's "algorithm" ("ppo" when absent). Only this key is read here; the loaders do the rest.
 std::string algorithm_of(const std::string& path) {
     if (path.empty()) return "ppo";
-    const nlohmann::json j = read_config_json(path, "RL config");
+    const nlohmann::json j = read_json_file(path, "RL config");
     if (!j.is_object() || !j.contains("algorithm")) return "ppo";
     check(j.at("algorithm").is_string(), path, ": 'algorithm' must be \"ppo\" or \"grpo\", got ", j.at("algorithm").dump());
     const std::string algorithm = j.at("algorithm").get<std::string>();

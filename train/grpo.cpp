@@ -88,15 +88,8 @@ json default_grpo_config() {
 }
 
 GrpoConfig load_grpo_config(const std::string& path, const std::vector<std::string>& sets) {
-    json config = default_grpo_config();
-    if (!path.empty()) {
-        const json file = read_config_json(path, "GRPO config");
-        merge_config(config, file, path);
-    }
-    for (const std::string& s : sets) apply_set(config, s);
-    const std::string source = (path.empty() ? std::string("the default GRPO config") : path) +
-                               (sets.empty() ? "" : " with its --set overrides");
-    return parse_grpo_config(config, source);
+    const MergedConfig merged = merge_config_sources(default_grpo_config(), "GRPO config", "grpo", path, sets);
+    return parse_grpo_config(merged.json, merged.source);
 }
 
 GrpoConfig parse_grpo_config(const json& j, const std::string& source) {

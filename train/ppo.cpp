@@ -237,17 +237,6 @@ json to_json(const PpoConfig& c) { return ppo_fields().write(c); }
 
 namespace {
 
-json read_ppo_json(const std::string& path) {
-    json j = read_config_json(path, "PPO config");
-    check(j.is_object(), path, ": the PPO config must be a JSON object, got ", j.type_name());
-    if (j.contains("algorithm")) {
-        check(j["algorithm"] == "ppo", path, ": 'algorithm' is ", j["algorithm"].dump(),
-              "; this is the PPO config loader (`reftrain rl --config` sends \"grpo\" configs to GRPO)");
-        j.erase("algorithm");
-    }
-    return j;
-}
-
 PpoConfig parse_ppo_config(const json& j, const std::string& source) {
     PpoConfig c;
     const json& hidden = j.at("hidden");
@@ -275,25 +264,16 @@ PpoConfig parse_ppo_config(const json& j, const std::string& source) {
     return c;
 }
 
-json load_ppo_json(const std::string& path, const std::vector<std::string>& sets, json base) {
-    if (!path.empty()) merge_config(base, read_ppo_json(path), path);
-    for (const std::string& s : sets) apply_set(base, s);
-    return base;
-}
-
-std::string config_source(const std::string& path, const std::vector<std::string>& sets) {
-    return (path.empty() ? std::string("the default PPO config") : path) +
-           (sets.empty() ? "" : " with its --set overrides");
-}
-
 }  // namespace
 
 PpoConfig load_ppo_config(const std::string& path, const std::vector<std::string>& sets) {
-    return parse_ppo_config(load_ppo_json(path, sets, to_json(PpoConfig{})), config_source(path, sets));
+    const MergedConfig merged = merge_config_sources(to_json(PpoConfig{}), "PPO config", "ppo", path, sets);
+    return parse_ppo_config(merged.json, merged.source);
 }
 
 PpoConfig apply_ppo_sets(const PpoConfig& base, const std::vector<std::string>& sets, const std::string& source) {
-    return parse_ppo_config(load_ppo_json("", sets, to_json(base)), sets.empty() ? source : source + " with its --set overrides");
+    const MergedConfig merged = merge_config_sources(to_json(base), "PPO config", "ppo", "", sets);
+    return parse_ppo_config(merged.json, sets.empty() ? source : source + " with its --set overrides");
 }
 
 // ---- reward normalisation --------------------------------------------------------------------------

@@ -167,8 +167,6 @@ void merge_at(json& base, const json& overrides, const std::string& prefix, cons
 
 }  // namespace
 
-json read_config_json(const std::string& path, const std::string& what) { return read_json_file(path, what); }
-
 void merge_config(json& base, const json& overrides, const std::string& source) {
     merge_at(base, overrides, "", source);
 }
@@ -201,23 +199,31 @@ void apply_set(json& config, const std::string& assignment) {
     merge_at(config, nested, "", "--set " + assignment);
 }
 
-RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets) {
-    json config = default_run_config();
+MergedConfig merge_config_sources(json defaults, const std::string& what, const std::string& algorithm,
+                                  const std::string& path, const std::vector<std::string>& sets) {
+    MergedConfig merged{std::move(defaults), path.empty() ? "the default " + what : path};
     if (!path.empty()) {
-        const json file = read_config_json(path, "run config");
-        // An RL config (configs/cartpole.json, configs/grpo_addition.json) names its algorithm; say
-        // which command runs it instead of listing its keys as unknown.
-        if (file.is_object() && file.contains("algorithm")) {
-            fail(path, ": this is an RL config ('algorithm': ", file.at("algorithm").dump(),
-                 "); run it with `reftrain rl --config ", path, "`, not `reftrain train`");
+        json file = read_json_file(path, what);
+        check(file.is_object(), path, ": the ", what, " must be a JSON object, got ", file.type_name());
+        if (file.contains("algorithm")) {
+            // An RL config sent to `reftrain train`, or PPO's to GRPO's loader: say which command runs it.
+            check(!algorithm.empty(), path, ": this is an RL config ('algorithm': ", file.at("algorithm").dump(),
+                  "); run it with `reftrain rl --config ", path, "`, not `reftrain train`");
+            check(file.at("algorithm") == algorithm, path, ": 'algorithm' is ", file.at("algorithm").dump(),
+                  "; this is the ", what, " loader (`reftrain rl --config` sends each algorithm to its own)");
+            if (!merged.json.contains("algorithm")) file.erase("algorithm");
         }
-        merge_config(config, file, path);
+        merge_config(merged.json, file, path);
     }
-    for (const std::string& s : sets) apply_set(config, s);
+    for (const std::string& s : sets) apply_set(merged.json, s);
     // A range error can come from the file or from a --set: name both when both were given.
-    const std::string source = (path.empty() ? std::string("the default config") : path) +
-                               (sets.empty() ? "" : " with its --set overrides");
-    return parse_run_config(config, source);
+    if (!sets.empty()) merged.source += " with its --set overrides";
+    return merged;
+}
+
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets) {
+    const MergedConfig merged = merge_config_sources(default_run_config(), "run config", "", path, sets);
+    return parse_run_config(merged.json, merged.source);
 }
 
 RunConfig parse_run_config(const json& j, const std::string& source) {

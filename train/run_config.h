@@ -94,9 +94,17 @@ struct RunConfig {
 
 nlohmann::json default_run_config();
 
-// Reads a JSON config file, refusing a missing file, invalid JSON and a key that appears twice, each
-// with a message naming the file; `what` names the kind of config ("run config", "PPO config", ...).
-nlohmann::json read_config_json(const std::string& path, const std::string& what);
+// The one way every config (run, PPO, GRPO) is loaded: `defaults`, then the file at `path` (none when
+// empty; read by read_json_file, kernels/json_strict.h), then each "key=value" of `sets`, all merged
+// strictly. `what` names the kind ("PPO config"); a file's "algorithm" must be `algorithm` ("" for a
+// run config, which names none) and is kept only when the defaults have it. `source` is what error
+// messages name: the file or the defaults, and "with its --set overrides" when there are some.
+struct MergedConfig {
+    nlohmann::json json;
+    std::string source;
+};
+MergedConfig merge_config_sources(nlohmann::json defaults, const std::string& what, const std::string& algorithm,
+                                  const std::string& path, const std::vector<std::string>& sets);
 // Strictly merges `overrides` into `base`; `source` names the file in errors.
 void merge_config(nlohmann::json& base, const nlohmann::json& overrides, const std::string& source);
 // Applies one "dotted.key=value" override; value is parsed as JSON when it is valid JSON, else taken
