@@ -34,7 +34,7 @@ using json = nlohmann::json;
 const char* const kStructFields[] = {
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rms_norm_eps",
-    "tie_word_embeddings", "initializer_range", "qk_norm", "zero_init_output_projections"};
+    "tie_word_embeddings", "initializer_range", "qk_norm", "zero_init_output_projections", "rope_angles"};
 
 // ---- keys that change the math ------------------------------------------------------------------------
 
@@ -467,6 +467,11 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source, std
     boolean("tie_word_embeddings", &c.tie_word_embeddings);
     number("initializer_range", &c.initializer_range);
     boolean("zero_init_output_projections", &c.zero_init_output_projections);
+    if (j.contains("rope_angles")) {
+        check(j["rope_angles"] == "hf" || j["rope_angles"] == "exact", source, ": field 'rope_angles' must be \"hf\" "
+              "(float32 angles, as HF computes them) or \"exact\" (fp64), got ", j["rope_angles"].dump());
+        c.exact_rope_angles = j["rope_angles"] == "exact";
+    }
 
     // HF leaves these two out (or null) when they take their derived value.
     if (j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()) {
@@ -539,6 +544,7 @@ json ModelConfig::to_json() const {
     j["initializer_range"] = initializer_range;
     j["qk_norm"] = qk_norm;
     j["zero_init_output_projections"] = zero_init_output_projections;
+    if (exact_rope_angles) j["rope_angles"] = "exact";  // written only when not HF's default
     // What HF needs to rebuild the same math.
     j["hidden_act"] = "silu";
     j["attention_bias"] = false;

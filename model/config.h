@@ -44,6 +44,10 @@ struct ModelConfig {
     // --- reftrain switches beyond HF (written to config.json under these names) ---
     bool qk_norm = true;                    // RMSNorm on q and k per head; false = Llama
     bool zero_init_output_projections = false;  // o_proj and down_proj start at zero
+    // RoPE angles t * inv_freq: false = HF's float32 arithmetic (every HF checkpoint was trained with
+    // it), true = exact fp64 ("rope_angles": "exact"; `reftrain dump --rope-angles exact`), to diff
+    // an fp64 model that computes exact angles.
+    bool exact_rope_angles = false;
 
     // Reads an HF-style config.json. `source` names the file in error messages and in the one warning
     // line (stderr) that lists the keys it ignored; `ignored_keys`, when given, receives that list.

@@ -1,7 +1,10 @@
 // model/dump.cpp — see dump.h.
 #include "model/dump.h"
 
+#include <cstring>
 #include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "debug/diff.h"
 #include "kernels/random.h"
@@ -44,23 +47,34 @@ void save_batch(const std::string& path, Batch& batch) {
     save_safetensors(path, {batch.input_ids_tensor(), batch.targets_tensor()});
 }
 
-ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype) {
+Tensor DumpContents::keep_copy(const Tensor& t, const std::string& name) {
+    std::vector<std::byte>& bytes = storage.emplace_back(t.nbytes());
+    std::memcpy(bytes.data(), t.data, t.nbytes());
+    return Tensor(bytes.data(), t.dtype, std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.ndim), name);
+}
+
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype,
+                        const std::function<void(DumpContents&)>& extend) {
     model.zero_grad();
     ForwardResult result = model.forward(batch.input_ids_tensor(), batch.targets_tensor());
     model.backward();
     // Walk order (debug/diff.h): parameters, activations forward, then parameter gradients in the
     // order backward produces them, which is the reverse of the declaration order (lm_head first,
     // the embedding last; within a layer the MLP before attention).
-    std::vector<Tensor> tensors;
-    for (const Tensor& t : model.params().tensors()) tensors.push_back(t);
-    for (const Tensor& t : model.acts().tensors()) tensors.push_back(t);
+    DumpContents contents;
+    for (const Tensor& t : model.params().tensors()) contents.tensors.push_back(extend ? contents.keep_copy(t, t.name) : t);
+    for (const Tensor& t : model.acts().tensors()) contents.tensors.push_back(t);
     const std::vector<Tensor>& grads = model.grads().tensors();
-    for (auto it = grads.rbegin(); it != grads.rend(); ++it) tensors.push_back(*it);
+    for (auto it = grads.rbegin(); it != grads.rend(); ++it) {
+        contents.tensors.push_back(extend ? contents.keep_copy(*it, it->name) : *it);
+    }
+    contents.metadata = {{"format", "pt"}, {"producer", "reftrain"}, {"reftrain.config", model.config().to_json().dump()}};
+    if (!compute_dtype.empty()) contents.metadata["reftrain.compute_dtype"] = compute_dtype;
+    if (extend) extend(contents);
     std::vector<std::string> order;
-    for (const Tensor& t : tensors) order.push_back(t.name);
-    std::map<std::string, std::string> metadata{{"format", "pt"}, {"producer", "reftrain"}, {kDumpOrderKey, encode_dump_order(order)}};
-    if (!compute_dtype.empty()) metadata["reftrain.compute_dtype"] = compute_dtype;
-    save_safetensors(path, tensors, metadata);
+    for (const Tensor& t : contents.tensors) order.push_back(t.name);
+    contents.metadata[kDumpOrderKey] = encode_dump_order(order);
+    save_safetensors(path, contents.tensors, contents.metadata);
     return result;
 }
 

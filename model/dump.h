@@ -5,6 +5,9 @@
 // same names from PyTorch, which is what makes a tensor-by-tensor diff of two implementations possible.
 #pragma once
 
+#include <cstddef>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,11 +35,26 @@ void save_batch(const std::string& path, Batch& batch);
 // [0, vocab_size) or a target is neither such an id nor the ignore index (-100).
 void validate_batch(const Batch& batch, int64_t vocab_size, const std::string& source);
 
+// What a dump file will hold: tensors in walk order and the header's metadata. `storage` owns copies
+// (of the parameters and gradients taken before an optimizer step changes them in place, of derived
+// tensors) that `tensors` may point into.
+struct DumpContents {
+    std::vector<Tensor> tensors;
+    std::map<std::string, std::string> metadata;
+    std::vector<std::vector<std::byte>> storage;
+    // A copy of `t` under `name`, owned by `storage`.
+    Tensor keep_copy(const Tensor& t, const std::string& name);
+};
+
 // Runs forward + backward on `batch` (after zeroing the gradients) and writes to `path` the
 // parameters, the activations in execution order, and the parameter gradients in the order backward
 // produces them (reverse of the parameters'), recording that order in __metadata__ "reftrain.order"
-// (debug/diff.h) for `reftrain diff`; `compute_dtype` ("f32", "f64"), when given, goes to
-// "reftrain.compute_dtype". Returns the forward result.
-ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype = "");
+// (debug/diff.h) for `reftrain diff`, the model config in "reftrain.config" (a diff's map reads the
+// dimensions from it) and `compute_dtype` ("f32", "f64"), when given, in "reftrain.compute_dtype".
+// `extend`, when given, runs after backward with the contents so far (parameters and gradients
+// already copied, so it may step an optimizer) and appends its own tensors and metadata.
+// Returns the forward result.
+ForwardResult dump_step(Transformer& model, Batch& batch, const std::string& path, const std::string& compute_dtype = "",
+                        const std::function<void(DumpContents&)>& extend = {});
 
 }  // namespace reftrain

@@ -96,7 +96,7 @@ InferenceSession::Impl::Impl(const Transformer& m, int64_t max_len_) : model(m),
     buffers.add("model.norm.rstd", dt, {1});
     buffers.add("logits", dt, {1, V});
     buffers.allocate();
-    rope_tables(buffers.get("rope.cos"), buffers.get("rope.sin"), c.rope_theta, c.rope_scaling);
+    rope_tables(buffers.get("rope.cos"), buffers.get("rope.sin"), c.rope_theta, c.rope_scaling, c.exact_rope_angles);
 
     const Arena& params = model.params();
     layers.resize(c.num_hidden_layers);

@@ -8,7 +8,9 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <map>
 #include <set>
 #include <span>
 
@@ -35,7 +37,8 @@ Transformer::Transformer(const ModelConfig& config, int64_t batch_size, int64_t 
     acts_.allocate();
     act_grads_.allocate();
     rope_.allocate();
-    rope_tables(rope_.get("rope.cos"), rope_.get("rope.sin"), config_.rope_theta, config_.rope_scaling);
+    rope_tables(rope_.get("rope.cos"), rope_.get("rope.sin"), config_.rope_theta, config_.rope_scaling,
+                config_.exact_rope_angles);
     resolve_layers();
 }
 
@@ -442,17 +445,20 @@ void Transformer::backward_from_logits() {
 
 // ---- weights on disk ------------------------------------------------------------------------------------
 
-void Transformer::load_weights(const std::string& path) {
-    SafetensorsFile file = SafetensorsFile::open(path);
+// The one loading rule for both sources: every parameter present, nothing unexpected (a tied
+// lm_head copy aside, which must equal the embedding), each read into place by `read`.
+void Transformer::load_named(const std::string& source, const std::vector<std::string>& names,
+                             const std::function<void(const std::string&, const Tensor&)>& read) {
+    const std::set<std::string> present(names.begin(), names.end());
     std::set<std::string> expected;
     for (const Tensor& t : params_.tensors()) expected.insert(t.name);
     std::vector<std::string> missing, unexpected;
     for (const std::string& name : expected) {
-        if (!file.contains(name)) missing.push_back(name);
+        if (!present.count(name)) missing.push_back(name);
     }
-    const bool tied_copy = config_.tie_word_embeddings && file.contains("lm_head.weight");
-    for (const SafetensorsEntry& e : file.entries()) {
-        if (!expected.count(e.name) && !(tied_copy && e.name == "lm_head.weight")) unexpected.push_back(e.name);
+    const bool tied_copy = config_.tie_word_embeddings && present.count("lm_head.weight");
+    for (const std::string& name : names) {  // in the source's order
+        if (!expected.count(name) && !(tied_copy && name == "lm_head.weight")) unexpected.push_back(name);
     }
     if (!missing.empty() || !unexpected.empty()) {
         auto join = [](const std::vector<std::string>& names) {
@@ -461,22 +467,49 @@ void Transformer::load_weights(const std::string& path) {
             if (names.size() > 12) s += ", ... (" + std::to_string(names.size()) + " in all)";
             return s;
         };
-        std::string message = path + ": tensor names do not match the model config";
+        std::string message = source + ": tensor names do not match the model config";
         if (!missing.empty()) message += "; missing: " + join(missing);
         if (!unexpected.empty()) message += "; unexpected: " + join(unexpected);
         message += " (check num_hidden_layers, qk_norm (Llama has no q_norm/k_norm) and tie_word_embeddings)";
         fail(message);
     }
-    for (const Tensor& t : params_.tensors()) file.read_into(t.name, t);
+    for (const Tensor& t : params_.tensors()) read(t.name, t);
     if (tied_copy) {
         const Tensor& embed = params_.get("model.embed_tokens.weight");
         std::vector<std::byte> copy(embed.nbytes());
         Tensor lm_head(copy.data(), embed.dtype, {embed.dim(0), embed.dim(1)}, "lm_head.weight");
-        file.read_into("lm_head.weight", lm_head);
-        check(std::memcmp(copy.data(), embed.data, copy.size()) == 0, path,
+        read("lm_head.weight", lm_head);
+        check(std::memcmp(copy.data(), embed.data, copy.size()) == 0, source,
               ": tie_word_embeddings is true but 'lm_head.weight' differs from 'model.embed_tokens.weight'; "
               "set tie_word_embeddings to false to load separate weights");
     }
+}
+
+void Transformer::load_weights(const std::string& path) {
+    SafetensorsFile file = SafetensorsFile::open(path);
+    std::vector<std::string> names;
+    for (const SafetensorsEntry& e : file.entries()) names.push_back(e.name);
+    load_named(path, names, [&](const std::string& name, const Tensor& dst) { file.read_into(name, dst); });
+}
+
+void Transformer::load_weights(const std::vector<NamedArray>& weights, const std::string& source) {
+    std::map<std::string, const NamedArray*> by_name;
+    std::vector<std::string> names;
+    for (const NamedArray& w : weights) {
+        by_name[w.name] = &w;
+        names.push_back(w.name);
+    }
+    load_named(source, names, [&](const std::string& name, const Tensor& dst) {
+        const NamedArray& w = *by_name.at(name);
+        check(std::vector<int64_t>(dst.shape.begin(), dst.shape.begin() + dst.ndim) == w.shape, source, ": tensor '",
+              name, "' has ", w.shape.size(), "-D shape with ", w.values.size(), " elements after the map, the model needs ",
+              dst.shape_str());
+        dispatch_float(dst.dtype, "load_weights", [&](auto tag) {
+            using T = decltype(tag);
+            T* out = dst.ptr<T>();
+            for (size_t i = 0; i < w.values.size(); ++i) out[i] = static_cast<T>(w.values[i]);
+        });
+    });
 }
 
 void Transformer::save_weights(const std::string& path, DType store_dtype) const {

@@ -28,12 +28,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "debug/name_map.h"
 #include "debug/tracer.h"
 #include "kernels/arena.h"
 #include "kernels/cpu/ops.h"
@@ -99,6 +102,9 @@ public:
     // this config, naming them all. With tied embeddings an "lm_head.weight" in the file is accepted
     // only when it equals "model.embed_tokens.weight".
     void load_weights(const std::string& path);
+    // The same from tensors already in memory (a checkpoint read through a name map,
+    // debug/name_map.h); `source` names them in messages.
+    void load_weights(const std::vector<NamedArray>& weights, const std::string& source);
     // Writes the parameters under their HF names (metadata format=pt, so transformers reads it).
     void save_weights(const std::string& path, DType store_dtype = DType::F32) const;
 
@@ -120,6 +126,8 @@ public:
     const Arena& compute_params() const { return compute_params_; }
 
 private:
+    void load_named(const std::string& source, const std::vector<std::string>& names,
+                    const std::function<void(const std::string&, const Tensor&)>& read);
     using Layer = DecoderLayer;  // pointers into the arenas for one decoder layer (model/layout.h)
     void declare_tensors();
     void resolve_layers();

@@ -150,7 +150,7 @@ CudaTransformer::CudaTransformer(const ModelConfig& config, int64_t batch_size, 
     // casts cos/sin to the activations' dtype).
     std::vector<float> cos(static_cast<size_t>(T * D)), sin(cos.size());
     cpu::rope_tables(Tensor(cos.data(), DType::F32, {T, D}, "rope.cos"), Tensor(sin.data(), DType::F32, {T, D}, "rope.sin"),
-                     c.rope_theta, c.rope_scaling);
+                     c.rope_theta, c.rope_scaling, c.exact_rope_angles);
     auto upload_table = [&](const std::vector<float>& host, Tensor& dst) {
         if (A == DType::F32) {
             REFTRAIN_CUDA_CHECK(cudaMemcpy(dst.data, host.data(), dst.nbytes(), cudaMemcpyHostToDevice));

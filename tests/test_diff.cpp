@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -74,6 +75,7 @@ DiffOptions tolerances(std::optional<double> rtol, std::optional<double> atol) {
     DiffOptions options;
     options.rtol = rtol;
     options.atol = atol;
+    options.jump = 0;  // these tests are about the tolerance alone, not the suspicious-row test
     return options;
 }
 
@@ -263,6 +265,198 @@ TEST_F(DiffTest, OrderMetadataRoundTrips) {
     EXPECT_EQ(*back, names);
     std::string none = write("none.safetensors", {{"x", {1}, {1}}});
     EXPECT_FALSE(read_dump_order(SafetensorsFile::open(none)).has_value());
+}
+
+
+// ---- in-memory dumps: coverage, suspicious rows, localisation, layouts
+
+NamedArray array_of(const std::string& name, std::vector<int64_t> shape, const std::function<double(int64_t)>& f,
+                    DType dtype = DType::F32) {
+    NamedArray a{name, dtype, shape, {}};
+    for (int64_t i = 0; i < a.numel(); ++i) a.values.push_back(f(i));
+    return a;
+}
+
+Dump dump_of(std::vector<NamedArray> tensors, bool with_order = true) {
+    Dump d;
+    d.path = "mem";
+    if (with_order) {
+        d.order.emplace();
+        for (const NamedArray& t : tensors) d.order->push_back(t.name);
+    }
+    d.tensors = std::move(tensors);
+    d.reindex();
+    return d;
+}
+
+// A small "model": a parameter, its gradient, and an activation chain.
+std::vector<NamedArray> tiny_step(double act_error = 0.0, int64_t bad_position = -1) {
+    auto smooth = [](int64_t i) { return std::sin(0.37 * static_cast<double>(i)) + 1.5; };
+    return {array_of("w.weight", {3, 2}, smooth),
+            array_of("model.embed_tokens.out", {2, 4, 3}, smooth),
+            array_of("model.layers.0.input_layernorm.out", {2, 4, 3}, smooth),
+            array_of("model.layers.0.mlp.act", {2, 4, 3},
+                     [&](int64_t i) {
+                         const int64_t t = (i / 3) % 4;
+                         return smooth(i) * (1.0 + ((bad_position < 0 || t == bad_position) ? act_error : 0.0));
+                     }),
+            array_of("logits", {2, 4, 3}, smooth),
+            array_of("grad:w.weight", {3, 2}, smooth)};
+}
+
+TEST(DiffCoverage, AMissingParameterOrGradientOrNoActivationIsInsufficientUnlessPartial) {
+    DiffReport full = diff_dumps(dump_of(tiny_step()), dump_of(tiny_step()));
+    EXPECT_EQ(full.exit_status(), 0);
+    EXPECT_TRUE(full.coverage.sufficient());
+    EXPECT_EQ(full.coverage.params, 1);
+    EXPECT_EQ(full.coverage.activations, 2);
+
+    std::vector<NamedArray> without_grad = tiny_step();
+    without_grad.pop_back();
+    DiffReport thin = diff_dumps(dump_of(tiny_step()), dump_of(without_grad));
+    EXPECT_EQ(thin.exit_status(), 3);
+    ASSERT_EQ(thin.coverage.gaps.size(), 1u);
+    expect_contains(thin.coverage.gaps[0], {"1 parameter gradient(s) of A have no counterpart: grad:w.weight"});
+    expect_contains(format_diff_report(thin, false), {"insufficient coverage", "--partial"});
+    DiffOptions partial;
+    partial.partial = true;
+    EXPECT_EQ(diff_dumps(dump_of(tiny_step()), dump_of(without_grad), partial).exit_status(), 0);
+
+    // Only the embedding and the logits shared: no activation in between was compared.
+    std::vector<NamedArray> ends = tiny_step();
+    ends.erase(ends.begin() + 2, ends.begin() + 4);
+    DiffReport hollow = diff_dumps(dump_of(tiny_step()), dump_of(ends));
+    EXPECT_EQ(hollow.exit_status(), 3);
+    expect_contains(hollow.coverage.gaps.back(), {"no activation between the embedding and the logits"});
+    // A difference outranks thin coverage: exit 1, not 3.
+    std::vector<NamedArray> wrong = without_grad;
+    wrong[4].values[0] += 1.0;
+    EXPECT_EQ(diff_dumps(dump_of(tiny_step()), dump_of(wrong)).exit_status(), 1);
+}
+
+TEST(DiffSuspicious, AJumpFarAboveTheFloorIsFlaggedAndRoundOffIsNot) {
+    // 3e-5 relative: within f32's 1e-4, 30x the least floor 1e-6.
+    DiffReport jump = diff_dumps(dump_of(tiny_step()), dump_of(tiny_step(3e-5)));
+    EXPECT_EQ(jump.first_failure(), -1);
+    ASSERT_EQ(jump.first_flagged(), 3);
+    EXPECT_TRUE(jump.tensors[3].suspicious);
+    EXPECT_EQ(jump.exit_status(), 1);
+    expect_contains(format_diff_report(jump, false), {"first suspicious tensor: model.layers.0.mlp.act", "SUSPICIOUS"});
+    // Round-off (5e-7) is not; nor is the same jump with the test off.
+    EXPECT_EQ(diff_dumps(dump_of(tiny_step()), dump_of(tiny_step(5e-7))).exit_status(), 0);
+    DiffOptions off;
+    off.jump = 0;
+    EXPECT_EQ(diff_dumps(dump_of(tiny_step()), dump_of(tiny_step(3e-5)), off).exit_status(), 0);
+    // A floor set by earlier tensors carries: 3e-5 after tensors already at 1e-5 is only 3x.
+    std::vector<NamedArray> a = tiny_step(), b = tiny_step(3e-5);
+    b[2].values[5] *= 1.0 + 1e-5;
+    EXPECT_EQ(diff_dumps(dump_of(a), dump_of(b)).exit_status(), 0);
+}
+
+TEST(DiffLocalisation, SignaturesAlongPositionsHeadsAndRows) {
+    auto base = [](int64_t i) { return std::cos(0.11 * static_cast<double>(i)) + 2.0; };
+    // (B=2, T=5, H=4, D=2) rotary tensor wrong from position 1 on, growing: RoPE.
+    auto rotary = [&](double scale) {
+        return array_of("model.layers.0.self_attn.q_rotary", {2, 5, 4, 2}, [&](int64_t i) {
+            const int64_t t = (i / 8) % 5;
+            return base(i) + scale * static_cast<double>(t);
+        });
+    };
+    std::vector<NamedArray> a = {array_of("x.out", {2, 5, 8}, base), rotary(0.0)};
+    std::vector<NamedArray> b = {array_of("x.out", {2, 5, 8}, base), rotary(0.1)};
+    DiffReport rope = diff_dumps(dump_of(a), dump_of(b));
+    ASSERT_TRUE(rope.localisation);
+    expect_contains(rope.localisation->signature, {"position 0 agrees"});
+    expect_contains(rope.localisation->cause, {"RoPE", "rotate-half"});
+    // The same at rounding level (1e-8 per position): float32 vs exact angles.
+    std::vector<NamedArray> b64 = {array_of("x.out", {2, 5, 8}, base), rotary(1e-8)};
+    for (auto& t : a) t.dtype = DType::F64;
+    for (auto& t : b64) t.dtype = DType::F64;
+    DiffReport angles = diff_dumps(dump_of(a), dump_of(b64));
+    ASSERT_TRUE(angles.localisation);
+    expect_contains(angles.localisation->cause, {"float32 vs exact RoPE angles", "--rope-angles exact"});
+
+    // (B, H=4, T=3, T) attention probabilities wrong on heads 1 and 2 only: head grouping.
+    auto probs = [&](bool swap) {
+        return array_of("model.layers.0.self_attn.attn_probs", {1, 4, 3, 3}, [&](int64_t i) {
+            const int64_t h = i / 9, q = (i / 3) % 3, k = i % 3;
+            if (k > q) return 0.0;
+            const double v = 1.0 / static_cast<double>(q + 1) + 0.05 * static_cast<double>(k - q) * (h + 1);
+            return swap && (h == 1 || h == 2) ? v + 0.1 * static_cast<double>(k) : v;
+        });
+    };
+    DiffReport heads = diff_dumps(dump_of({array_of("x.out", {1, 3, 2}, base), probs(false)}),
+                                  dump_of({array_of("x.out", {1, 3, 2}, base), probs(true)}));
+    ASSERT_TRUE(heads.localisation);
+    expect_contains(heads.localisation->signature, {"heads 0, 3 agree, heads 1-2 do not"});
+    expect_contains(heads.localisation->cause, {"repeat_interleave"});
+
+    // Weight above the diagonal in B: a causal leak, named directly.
+    NamedArray leak = probs(false);
+    leak.values[1] = 0.25;  // head 0, query 0, key 1
+    DiffReport causal = diff_dumps(dump_of({array_of("x.out", {1, 3, 2}, base), probs(false)}),
+                                   dump_of({array_of("x.out", {1, 3, 2}, base), leak}));
+    ASSERT_TRUE(causal.localisation);
+    expect_contains(causal.localisation->signature, {"query 0 weight on key 1"});
+    expect_contains(causal.localisation->cause, {"causal mask"});
+
+    // One position only (a 3-D activation): a shift or a mask.
+    DiffReport shift = diff_dumps(dump_of(tiny_step()), dump_of(tiny_step(0.5, 2)));
+    ASSERT_TRUE(shift.localisation);
+    expect_contains(shift.localisation->signature, {"only position 2 differs"});
+
+    // Only batch row 1: rows mixing.
+    std::vector<NamedArray> rows = tiny_step();
+    for (int64_t i = 12; i < 24; ++i) rows[3].values[i] += 0.5;
+    DiffReport mixing = diff_dumps(dump_of(tiny_step()), dump_of(rows));
+    ASSERT_TRUE(mixing.localisation);
+    expect_contains(mixing.localisation->signature, {"batch rows 0 agree, rows 1 do not"});
+    expect_contains(format_diff_report(mixing, false), {"where model.layers.0.mlp.act differs", "batch: 0:", "likely cause:"});
+}
+
+TEST(DiffLayout, MergedDimensionsCompareAndPermutedOnesDoNot) {
+    auto f = [](int64_t i) { return static_cast<double>(i % 7) - 3.0; };
+    DiffOptions partial;
+    partial.partial = true;
+    // (B, T, H*D) against (B, T, H, D): the same elements in the same order.
+    DiffReport merged = diff_dumps(dump_of({array_of("q.out", {2, 3, 4, 2}, f)}), dump_of({array_of("q.out", {2, 3, 8}, f)}),
+                                   partial);
+    EXPECT_EQ(merged.tensors[0].status, TensorStatus::Ok);
+    // (B, H, T, D) against (B, T, H, D) with H != T: another layout, a shape mismatch.
+    DiffReport permuted = diff_dumps(dump_of({array_of("q.out", {2, 3, 4, 2}, f)}),
+                                     dump_of({array_of("q.out", {2, 4, 3, 2}, f)}), partial);
+    EXPECT_EQ(permuted.tensors[0].status, TensorStatus::ShapeMismatch);
+    ASSERT_TRUE(permuted.localisation);
+    expect_contains(permuted.localisation->cause, {"permute"});
+}
+
+TEST(DiffTolerance, AGradientThatCancelsToNearZeroIsJudgedAtTheBackwardPassScale) {
+    // The largest gradient is ~2; grad:b.weight is ~3e-7 everywhere: pure cancellation noise.
+    auto big = [](int64_t i) { return 2.0 * std::sin(0.3 * static_cast<double>(i)); };
+    auto tiny = [](double noise) {
+        return [noise](int64_t i) { return 3e-7 * std::cos(static_cast<double>(i)) + (i == 2 ? noise : 0.0); };
+    };
+    auto step = [&](double noise) {
+        std::vector<NamedArray> t = tiny_step();
+        t.push_back(array_of("b.weight", {4}, big));
+        t.push_back(array_of("grad:b.weight", {4}, tiny(noise)));
+        t.push_back(array_of("grad:c.weight", {6}, big));
+        t.insert(t.begin(), array_of("c.weight", {6}, big));
+        return t;
+    };
+    // 3e-7 of rounding (1.5e-7 of the largest gradient): within rtol/100 * 2 = 2e-6.
+    DiffReport noise = diff_dumps(dump_of(step(0.0)), dump_of(step(3e-7)));
+    EXPECT_EQ(noise.exit_status(), 0) << format_diff_report(noise, true);
+    // 1e-5 of the largest gradient is a real difference, over tolerance.
+    DiffReport real = diff_dumps(dump_of(step(0.0)), dump_of(step(2e-5)));
+    EXPECT_EQ(real.exit_status(), 1);
+    EXPECT_EQ(real.tensors[real.first_failure()].name, "grad:b.weight");
+}
+
+TEST(DiffGrouping, OneSidedNamesGroupByLayer) {
+    EXPECT_EQ(group_names_by_layer({"model.layers.0.self_attn.q_rotary", "model.layers.1.self_attn.q_rotary",
+                                    "model.layers.3.self_attn.q_rotary", "model.norm.rstd", "h.2.x"}),
+              (std::vector<std::string>{"model.layers.{0-1, 3}.self_attn.q_rotary", "model.norm.rstd", "h.2.x"}));
 }
 
 }  // namespace

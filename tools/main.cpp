@@ -2,9 +2,8 @@
 //
 //   reftrain demo    build a small random model, run forward/backward and a few AdamW steps, print a summary
 //   reftrain init    write randomly initialised weights (HF names) for a config.json
-//   reftrain dump    run one forward+backward on a batch and write every named tensor to safetensors
 //   reftrain train / sample   (tools/cmd_train.cpp);  reftrain data encode / show   (tools/cmd_data.cpp)
-//   reftrain diff A B         compare two dumps in execution order (tools/cmd_debug.cpp)
+//   reftrain dump / diff      one step's every named tensor, and two dumps compared (tools/cmd_debug.cpp)
 #include <omp.h>
 
 #include <chrono>
@@ -31,12 +30,6 @@ DType parse_store_dtype(const std::string& s) {
     if (s == "bf16" || s == "bfloat16") return DType::BF16;
     if (s == "f16" || s == "fp16" || s == "float16") return DType::F16;
     fail("--store-dtype: '", s, "' is not a storage dtype (f32, bf16 or f16)");
-}
-
-DType parse_compute_dtype(const std::string& s) {
-    if (s == "f32" || s == "fp32" || s == "float32") return DType::F32;
-    if (s == "f64" || s == "fp64" || s == "float64") return DType::F64;
-    fail("--dtype: '", s, "' is not a CPU compute dtype (f32 or f64)");
 }
 
 double rms(const Tensor& t) {
@@ -99,7 +92,7 @@ int main(int argc, char** argv) {
     CLI::App app{"reftrain — a reference training framework with debugging in every layer"};
     app.require_subcommand(1);
 
-    std::string config_path, weights_path, batch_path, out_path, dtype = "f32", store_dtype = "f32";
+    std::string config_path, out_path, store_dtype = "f32";
     int64_t batch_size = 4, seq_len = 64;
     uint64_t seed = 1234;
     int steps = 20;
@@ -117,19 +110,13 @@ int main(int argc, char** argv) {
     init->add_option("--out", out_path, "Output .safetensors")->required();
     init->add_option("--store-dtype", store_dtype, "Dtype in the file: f32, bf16 or f16 (rounded to nearest even)");
 
-    CLI::App* dump = app.add_subcommand("dump", "One forward+backward on a batch; write every named tensor");
-    dump->add_option("--config", config_path, "HF-style config.json")->required();
-    dump->add_option("--weights", weights_path, "Weights .safetensors (HF names)")->required();
-    dump->add_option("--batch", batch_path, ".safetensors with input_ids and targets, (B, T) I64")->required();
-    dump->add_option("--out", out_path, "Output .safetensors")->required();
-    dump->add_option("--dtype", dtype, "Compute dtype: f32 or f64");
-
     // Subcommand groups that live in their own files run from CLI11 callbacks during parse(), so
     // parsing sits inside the same try as the commands above: every reftrain::Error becomes one line.
     register_data_commands(app);
     register_train_commands(app);
     register_diagnose_commands(app);
     register_debug_commands(app);
+    register_diff_runs_command(app);
     register_failure_commands(app);
     register_rl_commands(app);
     register_env_commands(app);
@@ -148,18 +135,6 @@ int main(int argc, char** argv) {
             model.save_weights(out_path, parse_store_dtype(store_dtype));
             std::printf("wrote %lld parameters in %zu tensors to %s\n", static_cast<long long>(model.num_parameters()),
                         model.params().size(), out_path.c_str());
-            return 0;
-        }
-        if (dump->parsed()) {
-            ModelConfig config = ModelConfig::load(config_path);
-            Batch batch = load_batch(batch_path);
-            validate_batch(batch, config.vocab_size, batch_path);
-            Transformer model(config, batch.batch_size, batch.seq_len, parse_compute_dtype(dtype));
-            model.load_weights(weights_path);
-            ForwardResult r = dump_step(model, batch, out_path, dtype_name(parse_compute_dtype(dtype)));
-            std::printf("loss %.9g over %lld supervised tokens%s; wrote %s\n", r.loss,
-                        static_cast<long long>(r.supervised_tokens),
-                        r.no_supervised_tokens ? " (NO supervised tokens: loss defined as 0)" : "", out_path.c_str());
             return 0;
         }
     } catch (const Error& e) {

@@ -74,7 +74,8 @@ std::vector<float> rope_inverse_frequencies(int64_t head_dim, double theta, cons
 void rope_tables(const Tensor& cos,  // (T_max, D)
                  const Tensor& sin,  // (T_max, D)
                  double theta,
-                 const RopeScaling& scaling = {});
+                 const RopeScaling& scaling = {},
+                 bool exact_angles = false);  // true: inv_freq and angles in fp64 (see rope.cpp)
 // out = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[D/2:], x[:D/2]); position t = index
 // along T (sequences start at position 0).
 void rope_forward(const Tensor& out,  // (B, T, H, D)

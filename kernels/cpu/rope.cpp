@@ -142,9 +142,48 @@ std::vector<float> rope_inverse_frequencies(int64_t head_dim, double theta, cons
 #pragma GCC pop_options
 #endif
 
-void rope_tables(const Tensor& cos, const Tensor& sin, double theta, const RopeScaling& scaling) {
+// The exact angles: the same rules as rope_inverse_frequencies (kernels/rope_scaling.h) in fp64, for
+// an fp64 model that wants no float32 rounding anywhere (`"rope_angles": "exact"`).
+std::vector<double> exact_inverse_frequencies(int64_t head_dim, double theta, const RopeScaling& scaling) {
+    const int64_t h = head_dim / 2;
+    std::vector<double> inv_freq(static_cast<size_t>(h));
+    for (int64_t i = 0; i < h; ++i) {
+        double f = std::pow(theta, -static_cast<double>(2 * i) / static_cast<double>(head_dim));
+        if (scaling.type == RopeScaling::Type::linear) f /= scaling.factor;
+        if (scaling.type == RopeScaling::Type::llama3) {
+            const double L = static_cast<double>(scaling.original_max_position_embeddings);
+            const double wavelength = 2.0 * 3.14159265358979323846 / f;
+            if (wavelength > L / scaling.low_freq_factor) {
+                f /= scaling.factor;
+            } else if (wavelength >= L / scaling.high_freq_factor) {
+                const double s = (L / wavelength - scaling.low_freq_factor) /
+                                 (scaling.high_freq_factor - scaling.low_freq_factor);
+                f = (1.0 - s) * f / scaling.factor + s * f;
+            }
+        }
+        inv_freq[static_cast<size_t>(i)] = f;
+    }
+    return inv_freq;
+}
+
+void rope_tables(const Tensor& cos, const Tensor& sin, double theta, const RopeScaling& scaling, bool exact_angles) {
     expect_shape(sin, {cos.dim(0), cos.dim(1)}, "rope_tables", "sin");
     check(cos.dim(1) % 2 == 0, "rope_tables: head dimension ", cos.dim(1), " must be even");
+    if (exact_angles) {
+        const std::vector<double> inv_freq = exact_inverse_frequencies(cos.dim(1), theta, scaling);
+        dispatch_float(cos.dtype, "rope_tables", [&](auto tag) {
+            using T = decltype(tag);
+            const int64_t T_max = cos.dim(0), D = cos.dim(1), h = D / 2;
+            for (int64_t i = 0; i < h; ++i) {
+                for (int64_t t = 0; t < T_max; ++t) {
+                    const double angle = static_cast<double>(t) * inv_freq[static_cast<size_t>(i)];
+                    cos.ptr<T>()[t * D + i] = cos.ptr<T>()[t * D + i + h] = static_cast<T>(std::cos(angle));
+                    sin.ptr<T>()[t * D + i] = sin.ptr<T>()[t * D + i + h] = static_cast<T>(std::sin(angle));
+                }
+            }
+        });
+        return;
+    }
     const std::vector<float> inv_freq = rope_inverse_frequencies(cos.dim(1), theta, scaling);
     dispatch_float(cos.dtype, "rope_tables", [&](auto t) { tables_impl<decltype(t)>(cos, sin, inv_freq); });
 }

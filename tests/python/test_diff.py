@@ -196,47 +196,60 @@ def main() -> int:
                   "(k_rotary and the loss among them)", str(failed[:10]))
 
     # ---- 3. the hook script on the mirror model
-    print("\n## 3. dump_hooks.py on the mirror model")
+    print("\n## 3. dump_hooks.py on the mirror model (HF module names, the shipped hf map)")
     hooked = os.path.join(w, "hooks_on_mirror.safetensors")
     model = mirror.Transformer(CONFIG, dtype=torch.float64)
     mirror.load_safetensors(model, weights)
-    tensors = dump_hooks.dump_step(model, batch["input_ids"], batch["targets"], hooked)
-    activations = [n for n in tensors if n.endswith(".out")]
+    tensors = dump_hooks.dump_step(model, batch["input_ids"], batch["targets"], hooked, map="hf")
+    activations = [n for n in tensors if n.endswith(".out") or n.endswith(".in")]
     checks.expect("model.layers.1.self_attn.q_proj.out" in tensors
-                  and tuple(tensors["model.layers.1.self_attn.q_proj.out"].shape) == (BATCH_SIZE, SEQ_LEN, 4, 16)
-                  and len(activations) == 7 * CONFIG.num_hidden_layers and "logits" in tensors
+                  and tuple(tensors["model.layers.1.self_attn.q_proj.out"].shape) == (BATCH_SIZE, SEQ_LEN, 4 * 16)
+                  and len(activations) == 9 * CONFIG.num_hidden_layers and "logits" in tensors
                   and "grad:model.embed_tokens.weight" in tensors,
-                  f"hooks recorded {len(activations)} module outputs (q/k/v/o, gate/up/down per layer; "
-                  "q/k/v split into heads), logits, loss and every grad", str(list(tensors)[:40]))
+                  f"hooks recorded {len(activations)} module inputs/outputs the hf map names (q/k/v/o outputs, "
+                  "o_proj's input, gate/up/down outputs, down_proj's input per layer), logits, loss and every grad",
+                  str(list(tensors)[:40]))
     proc = diff(ref["f32"], hooked)
     checks.expect(proc.returncode == 0 and "tensor(s) only in A" in proc.stdout and "tensor(s) only in B" not in proc.stdout
-                  and "no tensor over tolerance" in proc.stdout,
-                  "diff reftrain vs hook dump: exit 0 on the shared names, reftrain's extra names listed",
-                  proc.stdout[-3000:] + proc.stderr)
+                  and "no tensor over tolerance" in proc.stdout and "coverage gap" not in proc.stdout,
+                  "diff reftrain vs hook dump: exit 0 on the shared names (every parameter and gradient, 18 "
+                  "activations), reftrain's extra names listed", proc.stdout[-3000:] + proc.stderr)
     proc = diff(ref["f32"], hooked, "--strict")
     checks.expect(proc.returncode == 1, "--strict: names only in A make it exit 1", proc.stdout[-1000:])
     mirror.bugs.rope_wrong_half = True
     try:
         hooked_bug = os.path.join(w, "hooks_on_buggy_mirror.safetensors")
-        dump_hooks.dump_step(model, batch["input_ids"], batch["targets"], hooked_bug)
+        dump_hooks.dump_step(model, batch["input_ids"], batch["targets"], hooked_bug, map="hf")
     finally:
         mirror.bugs.rope_wrong_half = False
     proc = diff(ref["f32"], hooked_bug)
-    checks.expect(proc.returncode == 1 and first_named(proc.stdout) == "model.layers.0.self_attn.o_proj.out",
-                  "hook dump of the buggy mirror: the first hooked tensor after RoPE (layer 0 o_proj.out) is named",
+    checks.expect(proc.returncode == 1 and first_named(proc.stdout) == "model.layers.0.self_attn.attn_out"
+                  and "tap q_rotary" in " ".join(proc.stdout.split()),
+                  "hook dump of the buggy mirror (no taps): the first hooked tensor after RoPE (layer 0 attn_out, "
+                  "o_proj's input) is named, and the localisation asks for the q_rotary tap",
                   proc.stdout[-2000:])
-    expected_names = {
-        "model.layers.3.self_attn.q_norm": "model.layers.3.self_attn.q_normed",
-        "model.layers.0.self_attn.v_proj": "model.layers.0.self_attn.v_proj.out",
-        "model.layers.12": "model.layers.12.out",
-        "model.norm": "model.norm.out",
-        "lm_head": "logits",
-        "model.embed_tokens": "model.embed_tokens.out",
-        "model.layers.0.mlp.act_fn": None,
-        "model.rotary_emb": None,
-    }
-    got = {k: (dump_hooks.activation_name(k) or (None,))[0] for k in expected_names}
-    checks.expect(got == expected_names, "HF module names map to reftrain activation names", str(got))
+    unhooked = os.path.join(w, "hooks_no_map.safetensors")
+    dump_hooks.dump_step(model, batch["input_ids"], batch["targets"], unhooked)
+    proc = diff(ref["f32"], unhooked)
+    checks.expect(proc.returncode == 0, "without a map (every module input/output recorded under its own name): "
+                  "the HF-named outputs still match by name, exit 0", proc.stdout[-1500:])
+
+    # ---- 3b. exact RoPE angles: reftrain and the mirror both exact in f64
+    print("\n## 3b. --rope-angles exact")
+    exact_ref = os.path.join(w, "ref_f64_exact.safetensors")
+    exact_mirror = os.path.join(w, "mirror_f64_exact.safetensors")
+    proc = run([args.reftrain, "dump", "--config", config_path, "--weights", weights, "--batch", batch_path,
+                "--out", exact_ref, "--dtype", "f64", "--rope-angles", "exact"])
+    proc2 = run([sys.executable, os.path.join(PYTHON_TOOLS, "reftrain_mirror.py"), config_path, "--weights", weights,
+                 "--dump-batch", batch_path, "--dump", exact_mirror, "--dtype", "f64", "--rope-angles", "exact"])
+    proc3 = diff(exact_ref, exact_mirror)
+    proc4 = diff(exact_ref, mirror64)
+    checks.expect(proc.returncode == 0 and proc2.returncode == 0 and proc3.returncode == 0
+                  and proc4.returncode == 1 and first_named(proc4.stdout) == BUGGY_TENSOR
+                  and "float32 vs exact RoPE angles" in " ".join(proc4.stdout.split()),
+                  "exact angles on both sides diff clean at f64; exact vs HF angles is named at q_rotary "
+                  "with the float32-angle signature", proc3.stdout[-1500:] + proc4.stdout[-1500:] + proc.stderr
+                  + proc2.stderr)
 
     # ---- 4. bad input
     print("\n## 4. shapes, one-sided names, overrides, missing order, unreadable files")
@@ -254,13 +267,14 @@ def main() -> int:
         return path
 
     variant = dict(base)
-    variant["model.layers.1.mlp.act"] = base["model.layers.1.mlp.act"].reshape(BATCH_SIZE * SEQ_LEN, -1)
+    # Transposed, not merely reshaped: (B, T, F) and (B*T, F) hold the same layout and compare.
+    variant["model.layers.1.mlp.act"] = base["model.layers.1.mlp.act"].transpose(1, 2).contiguous()
     del variant["model.layers.0.self_attn.attn_probs"]
     variant["extra.tensor"] = torch.zeros(3)
     variant["loss"] = base["loss"].reshape(1)  # () vs (1,) is the same shape
     proc = diff(ref["f32"], write_variant("shape_and_names.safetensors", variant))
     checks.expect(proc.returncode == 1 and first_named(proc.stdout) == "model.layers.1.mlp.act"
-                  and "shape (2, 9, 80) in A vs (18, 80) in B" in proc.stdout
+                  and "shape (2, 9, 80) in A vs (2, 80, 9) in B" in proc.stdout
                   and "only in A: model.layers.0.self_attn.attn_probs" in proc.stdout
                   and "only in B: extra.tensor" in proc.stdout,
                   "another shape is the first difference; one-sided names listed on each side; loss () == (1,)",
@@ -277,7 +291,11 @@ def main() -> int:
                   "one gradient element moved by 1e-3 of the tensor's max is caught at the f32 tolerance",
                   proc.stdout[-1500:])
     proc = diff(ref["f32"], path, "--rtol", "2e-3")
-    checks.expect(proc.returncode == 0, "--rtol 2e-3 lets it pass", proc.stdout[-1500:])
+    checks.expect(proc.returncode == 1 and "first suspicious tensor: grad:model.layers.0.self_attn.q_proj.weight"
+                  in proc.stdout, "--rtol 2e-3: within tolerance, but 50x the floor before it: suspicious, exit 1",
+                  proc.stdout[-1500:])
+    proc = diff(ref["f32"], path, "--rtol", "2e-3", "--jump", "0")
+    checks.expect(proc.returncode == 0, "--rtol 2e-3 --jump 0 lets it pass", proc.stdout[-1500:])
 
     variant = dict(base)
     logits = base["logits"].clone()

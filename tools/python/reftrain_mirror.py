@@ -84,6 +84,7 @@ class ModelConfig:
     # reftrain switches beyond HF
     qk_norm: bool = True  # RMSNorm on q and k per head before RoPE; False = Llama
     zero_init_output_projections: bool = False  # o_proj and down_proj start at zero
+    rope_angles: str = "hf"  # "hf": float32 angles as HF; "exact": fp64 (rope_tables)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,7 +152,7 @@ class ModelConfig:
             raise ValueError(f"RoPE scaling of rope_type {kind!r} is not implemented (supported: default, linear, llama3)")
         for f in dataclasses.fields(cls):
             if f.name in values and f.name != "rope_scaling":
-                values[f.name] = {"int": int, "float": float, "bool": bool}[
+                values[f.name] = {"int": int, "float": float, "bool": bool, "str": str}[
                     f.type if isinstance(f.type, str) else f.type.__name__](values[f.name])
         return cls(**values)
 
@@ -195,7 +196,8 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * rms_reciprocal(x, eps) * weight
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict] = None) -> torch.Tensor:
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict] = None,
+                             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """inv_freq (hd/2,) float32: 1 / theta^(2i/hd), then rescaled by `scaling` (ModelConfig.rope_scaling).
 
     Float32 torch ops in HF's order (modeling_rope_utils), so the numbers are HF's bit for bit:
@@ -205,7 +207,8 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict
               and those in between blended: (1 - s) inv_freq / factor + s inv_freq with
               s = (L / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor).
     """
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # float32, as HF
+    # float32 as HF; float64 for "exact" angles (the same ops without the float32 rounding)
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype) / head_dim
     inv_freq = 1.0 / (float(theta) ** exponent)  # (hd/2,) float32
     kind = scaling["rope_type"] if scaling else "default"
     if kind == "linear":
@@ -227,7 +230,7 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict
 
 def rope_tables(seq_len: int, head_dim: int, theta: float,
                 dtype: torch.dtype, device=None,
-                scaling: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                scaling: Optional[dict] = None, exact: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, hd) in HF's rotate-half layout, with HF's float32 angles.
 
     inv_freq (rope_inverse_frequencies, with the RoPE scaling) and angle[t, i] = t * inv_freq[i] are
@@ -235,7 +238,15 @@ def rope_tables(seq_len: int, head_dim: int, theta: float,
     those angles (exact ones drift from them by ~6e-8 * t rad: 2e-3 rad at t = 32k). cos and sin of
     those angles are evaluated in float64 and rounded once to float32; the table then holds float32
     values whatever the compute dtype. cos = cat([cos(angle), cos(angle)], -1), sin likewise.
+    With `exact` (config rope_angles "exact", `reftrain dump --rope-angles exact`) inv_freq, the
+    angles and cos/sin are float64 throughout, for an fp64 model that computes exact angles.
     """
+    if exact:
+        inv_freq = rope_inverse_frequencies(head_dim, theta, scaling, torch.float64)
+        angle = torch.arange(seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        cos = torch.cat([angle.cos(), angle.cos()], dim=-1)
+        sin = torch.cat([angle.sin(), angle.sin()], dim=-1)
+        return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)
     inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)  # (hd/2,) float32
     positions = torch.arange(seq_len, dtype=torch.float32)  # (T,)
     angle = (positions[:, None] * inv_freq[None, :]).double()  # (T, hd/2), a float32 product, exact in float64
@@ -429,7 +440,7 @@ class Transformer(nn.Module):
             return y
 
         cos, sin = rope_tables(seq_len, hd, cfg.rope_theta, self.dtype, input_ids.device,
-                               cfg.rope_scaling)  # (T, hd)
+                               cfg.rope_scaling, exact=cfg.rope_angles == "exact")  # (T, hd)
 
         x = self.model.embed_tokens.weight[input_ids]  # (B, T, d)
         keep("model.embed_tokens.out", x)
@@ -634,6 +645,8 @@ def main() -> None:
                         help="safetensors with input_ids and targets, (B, T) int64 (for --dump)")
     parser.add_argument("--dtype", choices=["f32", "f64"], default="f32",
                         help="compute dtype (default f32)")
+    parser.add_argument("--rope-angles", choices=["hf", "exact"], default=None,
+                        help="hf: HF's float32 RoPE angles (default); exact: fp64 angles")
     parser.add_argument("--bug", action="append", default=[],
                         choices=[f.name for f in dataclasses.fields(MirrorBugs)],
                         help="turn on a mirror bug switch (repeatable)")
@@ -642,6 +655,8 @@ def main() -> None:
     for name in args.bug:
         setattr(bugs, name, True)
     config = ModelConfig.from_json(args.config)
+    if args.rope_angles:
+        config.rope_angles = args.rope_angles
     model = Transformer(config, dtype={"f32": torch.float32, "f64": torch.float64}[args.dtype])
     init_weights(model, args.seed)
     if args.weights:
