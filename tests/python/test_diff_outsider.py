@@ -350,6 +350,14 @@ def main() -> int:
         json.dump(dict(cfg.reftrain_config(), num_hidden_layers=3), f)
     bad("other_layer_count", meta["tensors"], theirs, other_cfg, ["entry 2", "model has 3 layers"])
 
+    # The optimizer's settings from a run config: the schedule's lr at the first step, clipping on.
+    proc = r.run(["dump", "--config", config, "--weights", theirs, "--map", os.path.join(ROOT, "maps", "meta-llama.json"),
+                  "--batch", batch, "--out", os.path.join(d, "rc.safetensors"), "--optimizer", "adamw",
+                  "--run-config", os.path.join(ROOT, "configs", "addition.json")])
+    checks.expect(proc.returncode == 0 and "adamw step: lr 4e-05" in proc.stdout and "(clipped)" in proc.stdout,
+                  "dump --run-config configs/addition.json: lr 2e-3 x 1/50 (the first warmup step), clipping at 1.0",
+                  proc.stdout + proc.stderr)
+
     print(f"\n{len(checks.failures)} failure(s)" if checks.failures else "\nall checks passed")
     return 1 if checks.failures else 0
 

@@ -41,7 +41,6 @@ supervised positions (0 when there are none). Do not pass HF `labels`: HF shifts
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -130,6 +129,7 @@ class Recorder:
         self.activations: Dict[str, torch.Tensor] = {}
         self.optimizer_state: Dict[str, Dict[str, torch.Tensor]] = {}
         self._grads: Dict[str, torch.Tensor] = {}
+        self._snapshot: Dict[str, torch.Tensor] = {}  # parameters as they were before a watched step
         self._stack: List[str] = []
         self.handles = []
         self.params = list(model.named_parameters())  # shared (tied) parameters appear once
@@ -221,9 +221,8 @@ class Recorder:
         produces them (the reverse of the parameters'), then the optimizer's tensors. Call after
         backward (and after the watched step)."""
         out: Dict[str, torch.Tensor] = {}
-        before = self.optimizer_state.get("updated:", {})
         for name, p in self.params:
-            out[name] = self._params_before.get(name, p.detach()) if before else p.detach()
+            out[name] = self._snapshot.get(name, p.detach())
         out.update(self.activations)
         if logits is not None and "logits" not in out:
             out["logits"] = logits.detach()
@@ -243,13 +242,9 @@ class Recorder:
                 out[prefix + name] = value
         return out
 
-    @property
-    def _params_before(self) -> Dict[str, torch.Tensor]:
-        return getattr(self, "_snapshot", {})
-
     def snapshot_parameters(self) -> None:
         """Keeps a copy of the parameters, so that a dump after a watched step holds them as they were
-        before it (watch() calls this)."""
+        before it (the watched step calls this)."""
         self._snapshot = {name: p.detach().clone() for name, p in self.params}
 
     def save(self, path: str, logits: Optional[torch.Tensor] = None,
@@ -300,21 +295,6 @@ def dump_step(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Te
         recorder.remove()
     save_dump(tensors, path, map=recorder.map)
     return tensors
-
-
-@contextlib.contextmanager
-def recording(model: torch.nn.Module, path: str, map: Union[str, dict, None] = None):
-    """`with dump_hooks.recording(model, "mine.safetensors", map=...) as rec:` run your own step inside
-    (call rec.watch(optimizer) before optimizer.step() to record it, and set rec.logits / rec.loss);
-    the dump is written when the block ends without an exception."""
-    recorder = attach(model, map=map)
-    recorder.logits = None
-    recorder.loss = None
-    try:
-        yield recorder
-        recorder.save(path, logits=recorder.logits, loss=recorder.loss)
-    finally:
-        recorder.remove()
 
 
 def main() -> int:
