@@ -267,7 +267,7 @@ def main() -> int:
 
     print(f"\n## C. false alarms over {args.configs} random configs x seeds, f32 and f64")
     rng = random.Random(args.seed)
-    alarms, runs, worst = [], 0, {}
+    alarms, runs, worst, near_zero = [], 0, {}, {}
     for k in range(args.configs):
         layout = um.LAYOUTS[k % len(um.LAYOUTS)]
         cfg = random_cfg(rng, layout)
@@ -281,14 +281,17 @@ def main() -> int:
             rows = re.findall(r"^\s+\d+\s+(\S+)\s+\S+\s+\S+\s+\S+\s+(\S+)\s+(.*)$", proc.stdout, re.M)
             for tensor, rel, status in rows:
                 key = str(dtype)[6:]
-                if not tensor.endswith(".weight") or ":" in tensor:
+                if "within atol" in status:  # a tensor of near-zeros: its max rel means nothing
+                    near_zero[key] = near_zero.get(key, 0) + 1
+                elif not tensor.endswith(".weight") or ":" in tensor:
                     worst[key] = max(worst.get(key, 0.0), float(rel))
             if proc.returncode != 0:
                 alarms.append(f"{layout} {cfg} seed {seed} B{B} T{T} {str(dtype)[6:]}: exit {proc.returncode}\n"
                               + proc.stdout[-1500:])
     checks.expect(not alarms, f"{runs} correct-model diffs ({args.configs} configs x 2 dtypes): "
                               f"{len(alarms)} false alarms; worst max rel f32 {worst.get('float32', 0):.2e}, "
-                              f"f64 {worst.get('float64', 0):.2e}", "\n".join(alarms[:3]))
+                              f"f64 {worst.get('float64', 0):.2e} (besides {near_zero.get('float32', 0)} f32 and "
+                              f"{near_zero.get('float64', 0)} f64 near-zero tensors within atol)", "\n".join(alarms[:3]))
 
     print("\n## D. coverage")
     proc, ref, mine = r.case("nanogpt", default_cfg("nanogpt"), torch.float32, seed=3, use_map=False)
