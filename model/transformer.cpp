@@ -501,9 +501,14 @@ void Transformer::load_weights(const std::vector<NamedArray>& weights, const std
     }
     load_named(source, names, [&](const std::string& name, const Tensor& dst) {
         const NamedArray& w = *by_name.at(name);
+        std::string shape = "(";
+        for (size_t k = 0; k < w.shape.size(); ++k) {
+            if (k) shape += ", ";
+            shape += std::to_string(w.shape[k]);
+        }
+        shape += ")";
         check(std::vector<int64_t>(dst.shape.begin(), dst.shape.begin() + dst.ndim) == w.shape, source, ": tensor '",
-              name, "' has ", w.shape.size(), "-D shape with ", w.values.size(), " elements after the map, the model needs ",
-              dst.shape_str());
+              name, "' has shape ", shape, " after the map, but the model config needs ", dst.shape_str());
         dispatch_float(dst.dtype, "load_weights", [&](auto tag) {
             using T = decltype(tag);
             T* out = dst.ptr<T>();

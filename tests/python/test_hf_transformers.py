@@ -31,6 +31,9 @@ import os
 import subprocess
 import sys
 
+# reftrain_mirror: on the path when run by ctest (PYTHONPATH) and when run by hand.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "python"))
+
 SKIP = 77
 
 hf_python = os.environ.get("REFTRAIN_HF_PYTHON")
