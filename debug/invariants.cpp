@@ -76,12 +76,19 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "tokens of `reftrain data show`",
          M::fatal},
         {"schedule.counts_optimizer_steps",
-         "the learning-rate schedule was indexed by something other than the optimizer step",
+         "the learning rate applied at an optimizer step is not the configured schedule's value at that step",
          "the schedule is stepped once per micro-batch under gradient accumulation, so warmup ends grad_accum "
-         "times too early and the decay finishes long before the run does",
-         "the call of lr_at in the training loop: it must receive the number of optimizer updates so far, not "
-         "a micro-batch counter; compare the lr column of metrics.jsonl with the schedule",
+         "times too early and the decay finishes long before the run does; or the LR is set somewhere else",
+         "where the LR handed to the optimizer comes from: lr_at must receive the number of optimizer steps so "
+         "far, not a micro-batch counter; compare the lr column of metrics.jsonl with the schedule",
          M::fatal},
+        {"schedule.completes_in_run",
+         "a decaying schedule (cosine, WSD) is not as long as the run",
+         "the schedule was sized in micro-batches (total_steps = grad_accum x max_steps), so the decay never "
+         "comes; or it is shorter than the run, which then trains at the floor",
+         "schedule.total_steps against train.max_steps (leave total_steps 0 to take max_steps); both count "
+         "optimizer steps",
+         M::warn},
         {"grad.zeroed_at_cycle_start",
          "the gradient buffers are not all zero at the start of an accumulation cycle",
          "zero_grad was not called (or cleared other buffers) before the first backward of the step, so the "
@@ -375,18 +382,54 @@ bool check_bos_exactly_once(Invariants& inv, std::span<const int64_t> ids, int64
                                          : concat("; the first token is ", ids[0])));
 }
 
-bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, int64_t micro_batches_seen,
-                                           int64_t grad_accum, int64_t schedule_step_used) {
+bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, double lr_applied,
+                                           const std::function<double(int64_t)>& schedule_at,
+                                           int64_t micro_batches_seen, int64_t grad_accum) {
     const char* name = "schedule.counts_optimizer_steps";
     if (!inv.enabled(name)) return true;
-    if (schedule_step_used == optimizer_step) return inv.report(name, true);
+    auto same = [](double a, double b) { return std::fabs(a - b) <= 1e-12 * std::max(std::fabs(a), std::fabs(b)); };
+    const double expected = schedule_at(optimizer_step);
+    if (same(lr_applied, expected)) return inv.report(name, true);
+    // Which scheduled step was applied: the micro-batch count first, then the nearest match.
+    int64_t matched = -1;
+    if (same(schedule_at(micro_batches_seen), lr_applied)) {
+        matched = micro_batches_seen;
+    } else {
+        for (int64_t s = 0; s <= 4 * (micro_batches_seen + optimizer_step + 1) && matched < 0; ++s) {
+            if (same(schedule_at(s), lr_applied)) matched = s;
+        }
+    }
+    std::string which;
+    if (matched == micro_batches_seen) {
+        which = concat(", the schedule's value at step ", matched, ", the number of micro-batches seen (grad_accum ",
+                       grad_accum, "): the schedule counts micro-batches");
+    } else if (matched >= 0) {
+        which = concat(", the schedule's value at step ", matched, " (micro-batches seen: ", micro_batches_seen, ")");
+    } else {
+        which = concat(", a value the schedule never takes (micro-batches seen: ", micro_batches_seen, ")");
+    }
     return inv.report(name, false,
-                      concat("optimizer step ", optimizer_step, " (0-based, grad_accum ", grad_accum,
-                             ") asked the schedule for step ", schedule_step_used,
-                             schedule_step_used == micro_batches_seen
-                                 ? concat(", the number of micro-batches seen (", micro_batches_seen,
-                                          "): the schedule counts micro-batches")
-                                 : concat("; micro-batches seen: ", micro_batches_seen)));
+                      concat("optimizer step ", optimizer_step, " (0-based) applied lr ", lr_applied,
+                             " where the schedule gives ", expected, which));
+}
+
+bool check_schedule_completes_in_run(Invariants& inv, const std::string& kind, int64_t schedule_total_steps,
+                                     int64_t max_steps, int64_t grad_accum) {
+    const char* name = "schedule.completes_in_run";
+    if (!inv.enabled(name)) return true;
+    if ((kind != "cosine" && kind != "wsd") || schedule_total_steps == max_steps) return inv.report(name, true);
+    const double reached = static_cast<double>(max_steps) / static_cast<double>(schedule_total_steps);
+    return inv.report(name, false,
+                      concat("schedule.total_steps is ", schedule_total_steps, " optimizer steps but the run makes ",
+                             max_steps,
+                             schedule_total_steps > max_steps
+                                 ? concat(": the ", kind, " schedule ends ", static_cast<int>(100 * reached),
+                                          "% of the way through its course")
+                                 : concat(": the last ", max_steps - schedule_total_steps, " steps train at the floor"),
+                             grad_accum > 1 && schedule_total_steps == grad_accum * max_steps
+                                 ? concat(" (total_steps = grad_accum ", grad_accum,
+                                          " x max_steps: the schedule was sized in micro-batches)")
+                                 : std::string()));
 }
 
 bool check_grad_zeroed(Invariants& inv, const Arena& grads, int64_t step) {

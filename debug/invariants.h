@@ -141,12 +141,23 @@ bool check_mask_aligned_batch(Invariants& inv, std::span<const int64_t> input_id
 // template.bos_exactly_once — one rendered conversation starts with bos_id and has no other.
 bool check_bos_exactly_once(Invariants& inv, std::span<const int64_t> ids, int64_t bos_id, const std::string& source);
 
-// schedule.counts_optimizer_steps — the step the loop passed to the LR schedule for this update
-// (schedule_step_used) equals the number of optimizer updates made before it (optimizer_step,
-// 0-based). micro_batches_seen and grad_accum only make the message precise: with grad_accum = 1 the
-// per-micro-batch bug is invisible (and harmless).
-bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, int64_t micro_batches_seen,
-                                           int64_t grad_accum, int64_t schedule_step_used);
+// schedule.counts_optimizer_steps — the learning rate the optimizer actually applied in optimizer step
+// `optimizer_step` (0-based, skipped steps counted) equals the configured schedule there,
+// schedule_at(optimizer_step). It observes the applied value, whoever computed it: a loop that
+// indexes the schedule by micro-batches, a scheduler stepped inside the accumulation loop, an LR set
+// by hand all show. For the message it looks for the step whose scheduled value was applied
+// (micro_batches_seen, the usual culprit, first). A constant schedule hides the bug (and makes it
+// harmless), as does grad_accum = 1.
+bool check_schedule_counts_optimizer_steps(Invariants& inv, int64_t optimizer_step, double lr_applied,
+                                           const std::function<double(int64_t)>& schedule_at,
+                                           int64_t micro_batches_seen, int64_t grad_accum);
+
+// schedule.completes_in_run — a schedule that decays (cosine, WSD) is as long as the run:
+// schedule_total_steps, counted in optimizer steps, equals max_steps. A schedule sized in
+// micro-batches (grad_accum x max_steps) never reaches its decay; one shorter than the run trains the
+// rest at the floor. Warn by default: stopping a long schedule early can be meant.
+bool check_schedule_completes_in_run(Invariants& inv, const std::string& kind, int64_t schedule_total_steps,
+                                     int64_t max_steps, int64_t grad_accum);
 
 // grad.zeroed_at_cycle_start — after zero_grad and before the first backward of an accumulation
 // cycle, every element of every gradient (F32, F64, BF16 or F16, on the CPU) is exactly 0.

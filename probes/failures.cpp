@@ -277,7 +277,8 @@ std::vector<FailureScenario> build_catalog() {
         .source = "HF transformers practice (scheduler units under gradient accumulation)",
         .bug = "the schedule is indexed by micro-batches seen instead of optimizer steps (grad_accum = 4)",
         .symptom = "warmup ends 4x too early and the decay finishes a quarter of the way into the run",
-        .detector = "invariant schedule.counts_optimizer_steps (every step)",
+        .detector = "invariant schedule.counts_optimizer_steps (every step): the LR AdamW applied against the "
+                    "configured schedule at the optimizer step",
         .fix = "step the schedule once per optimizer step",
         .run = scheduler_per_microbatch});
     c.push_back({

@@ -58,7 +58,7 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
     const std::map<std::string, InvariantMode> expected = {
         {"mask.has_supervised_tokens", InvariantMode::fatal},  {"mask.aligned_with_targets", InvariantMode::fatal},
         {"template.bos_exactly_once", InvariantMode::fatal},
-        {"schedule.counts_optimizer_steps", InvariantMode::fatal},
+        {"schedule.counts_optimizer_steps", InvariantMode::fatal}, {"schedule.completes_in_run", InvariantMode::warn},
         {"grad.zeroed_at_cycle_start", InvariantMode::fatal},  {"loss.finite", InvariantMode::fatal},
         {"optimizer.decay_only_matrices", InvariantMode::warn},
         {"data.split_disjoint", InvariantMode::fatal},
@@ -322,15 +322,63 @@ TEST(InvariantChecks, BosExactlyOnce) {
 
 TEST(InvariantChecks, ScheduleCountsOptimizerSteps) {
     const char* name = "schedule.counts_optimizer_steps";
+    // A 4-step warmup to 1e-3, then cosine over 16 steps: every step's value is distinct.
+    auto schedule = [](int64_t s) {
+        return s < 4 ? 1e-3 * static_cast<double>(s + 1) / 4.0
+                     : 1e-3 * 0.5 * (1.0 + std::cos(3.141592653589793 * static_cast<double>(s - 4) / 12.0));
+    };
     {
         WarnRegistry r;
-        expect_silent(r, name, check_schedule_counts_optimizer_steps(r.inv, 3, 12, 4, 3));
+        expect_silent(r, name, check_schedule_counts_optimizer_steps(r.inv, 3, schedule(3), schedule, 12, 4));
     }
-    {   // scheduler-per-microbatch
+    {   // scheduler-per-microbatch: the value of step 12 applied at optimizer step 3
         WarnRegistry r;
-        expect_fired(r, name, check_schedule_counts_optimizer_steps(r.inv, 3, 12, 4, 12),
-                     {"optimizer step 3 (0-based, grad_accum 4) asked the schedule for step 12",
-                      "the schedule counts micro-batches"});
+        expect_fired(r, name, check_schedule_counts_optimizer_steps(r.inv, 3, schedule(12), schedule, 12, 4),
+                     {"optimizer step 3 (0-based) applied lr", "the schedule's value at step 12, the number of "
+                      "micro-batches seen (grad_accum 4): the schedule counts micro-batches"});
+    }
+    {   // an LR set by hand, which the schedule never gives
+        WarnRegistry r;
+        expect_fired(r, name, check_schedule_counts_optimizer_steps(r.inv, 3, 0.123, schedule, 12, 4),
+                     {"a value the schedule never takes"});
+    }
+}
+
+TEST(InvariantChecks, ScheduleCountsOptimizerStepsSeesAUserLoopWithoutTheSwitch) {
+    // A hand-written loop the way users write it: the scheduler is stepped inside the micro-batch
+    // loop (scheduler.step() next to backward()), and the optimizer applies whatever it holds. No
+    // bug switch is involved; the check sees the LR the optimizer applied.
+    const char* name = "schedule.counts_optimizer_steps";
+    auto schedule = [](int64_t s) { return 1e-3 * std::min<double>(1.0, static_cast<double>(s + 1) / 8.0); };
+    WarnRegistry r;
+    int64_t scheduler_calls = 0, fired = 0;
+    double lr = schedule(0);
+    for (int64_t step = 0; step < 4; ++step) {
+        for (int micro = 0; micro < 4; ++micro) lr = schedule(scheduler_calls++);  // scheduler.step() per micro-batch
+        const double applied = lr;  // optimizer.step() uses it
+        fired += !check_schedule_counts_optimizer_steps(r.inv, step, applied, schedule, 4 * step, 4);
+    }
+    EXPECT_EQ(fired, 4) << r.out.str();
+    EXPECT_EQ(r.inv.violations(name), 4);
+}
+
+TEST(InvariantChecks, ScheduleCompletesInRun) {
+    const char* name = "schedule.completes_in_run";
+    {
+        WarnRegistry r;
+        expect_silent(r, name, check_schedule_completes_in_run(r.inv, "cosine", 100, 100, 4));
+        expect_silent(r, name, check_schedule_completes_in_run(r.inv, "constant", 400, 100, 4));  // no decay to miss
+    }
+    {   // sized in micro-batches
+        WarnRegistry r;
+        expect_fired(r, name, check_schedule_completes_in_run(r.inv, "cosine", 400, 100, 4),
+                     {"schedule.total_steps is 400 optimizer steps but the run makes 100", "25% of the way",
+                      "sized in micro-batches"});
+    }
+    {
+        WarnRegistry r;
+        expect_fired(r, name, check_schedule_completes_in_run(r.inv, "wsd", 80, 100, 1),
+                     {"the last 20 steps train at the floor"});
     }
 }
 

@@ -276,6 +276,27 @@ TEST(Trainer, ScheduleAdvancesPerOptimizerStepNotPerMicroBatch) {
     }
 }
 
+TEST(Trainer, ScheduleInvariantsWatchTheAppliedLrWithoutTheSwitch) {
+    // A schedule sized in micro-batches (total_steps = grad_accum x max_steps) is followed step by
+    // step, so the applied-LR check stays silent; schedule.completes_in_run names it instead.
+    const std::string dir = temp_dir("schedule_sized");
+    std::ostringstream log;
+    Trainer sized(tiny_config(dir, {"train.grad_accum=4", "train.max_steps=6", "schedule.kind=cosine",
+                                    "schedule.total_steps=24", R"(invariants={"default": "warn"})"}),
+                  log);
+    EXPECT_EQ(sized.invariants().violations("schedule.completes_in_run"), 1);
+    sized.train_step();
+    sized.train_step();
+    EXPECT_EQ(sized.invariants().violations("schedule.counts_optimizer_steps"), 0);
+    // The same run with its schedule in optimizer steps: both silent.
+    Trainer right(tiny_config(dir, {"train.grad_accum=4", "train.max_steps=6", "schedule.kind=cosine"}), log);
+    right.train_step();
+    right.train_step();
+    EXPECT_EQ(right.invariants().violations("schedule.completes_in_run"), 0);
+    EXPECT_EQ(right.invariants().violations("schedule.counts_optimizer_steps"), 0);
+    EXPECT_GE(right.invariants().evaluations("schedule.counts_optimizer_steps"), 2);
+}
+
 TEST(Trainer, LossFallsOnTheAdditionTask) {
     const std::string dir = temp_dir("loss_falls");
     std::ostringstream log;

@@ -21,6 +21,7 @@ AdamW::AdamW(Arena& params, Arena& grads, const AdamWConfig& config)
 
 void AdamW::step(double lr) {
     ++step_count_;
+    last_lr_ = lr;
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
     const double bias_correction1 = 1.0 - std::pow(b1, static_cast<double>(step_count_));
     const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_count_)));

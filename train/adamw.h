@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "kernels/arena.h"
 
@@ -35,6 +36,9 @@ public:
     void step() { step(config_.lr); }
 
     int64_t step_count() const { return step_count_; }
+    // The learning rate of the last step() (NaN before the first): what was applied, for the
+    // invariant schedule.counts_optimizer_steps.
+    double last_lr() const { return last_lr_; }
     // Restored from a checkpoint together with the moments (bias correction depends on it).
     void set_step_count(int64_t steps) { step_count_ = steps; }
     const AdamWConfig& config() const { return config_; }
@@ -48,6 +52,7 @@ private:
     AdamWConfig config_;
     Arena moments_{"adam moments"};
     int64_t step_count_ = 0;
+    double last_lr_ = std::numeric_limits<double>::quiet_NaN();
 };
 
 }  // namespace reftrain

@@ -98,6 +98,8 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
         model_->set_tracer(tracer_.get());
     }
     optimizer_ = std::make_unique<AdamW>(model_->params(), model_->grads(), config_.train.adamw);
+    check_schedule_completes_in_run(invariants_, config_.schedule.kind, config_.schedule.total_steps,
+                                    config_.train.max_steps, config_.train.grad_accum);
     if (config_.train.device == "cuda") {
 #ifdef REFTRAIN_HAVE_CUDA
         cuda::set_deterministic(config_.train.deterministic);
@@ -200,12 +202,14 @@ StepMetrics Trainer::train_step() {
           " (not finite) with loss ", m.loss, "; the update was not applied. Lower schedule.lr or check the data");
     // Indexed by the optimizer step. BUG scheduler-per-microbatch: indexed by micro-batches seen.
     const int64_t schedule_step = bugs().scheduler_per_microbatch ? step_ * k : step_;
-    check_schedule_counts_optimizer_steps(invariants_, step_, step_ * k, k, schedule_step);
     m.lr = lr_at(config_.schedule, schedule_step);
     if (!m.skipped) {
         optimizer_->step(m.lr);
         if (tracer_) tracer_->record("adamw.update", model_->params().tensors());
     }
+    // The detector reads the LR the optimizer applied, not how the loop computed it.
+    check_schedule_counts_optimizer_steps(invariants_, step_, m.skipped ? m.lr : optimizer_->last_lr(),
+                                          schedule_at(), step_ * k, k);
     if (tracer_) tracer_->end_step();
     ++step_;
     m.step = step_;
@@ -228,8 +232,8 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
         micro[i].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
         micro[i].weight = micro_batch_weight(config_.train, counts[i], total);
     }
-    check_schedule_counts_optimizer_steps(invariants_, step_, step_ * k, k, step_);
     m.lr = lr_at(config_.schedule, step_);
+    check_schedule_counts_optimizer_steps(invariants_, step_, m.lr, schedule_at(), step_ * k, k);
     const CudaStepResult r = cuda_train_step(*gpu_->model, *gpu_->optimizer, micro, m.lr, config_.train.grad_clip,
                                              &loss_scaler_, step_);
     m.loss = r.loss;

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -83,6 +84,10 @@ public:
     int64_t step() const { return step_; }
 
 private:
+    // The configured schedule as a function of the optimizer step, for the schedule invariants.
+    std::function<double(int64_t)> schedule_at() const {
+        return [schedule = config_.schedule](int64_t step) { return lr_at(schedule, step); };
+    }
     RunConfig config_;
     std::ostream& out_;
     Invariants invariants_;   // configured from config.invariants; checked in every step
