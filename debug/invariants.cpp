@@ -133,6 +133,14 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "where the KL's log-ratio is formed (train/grpo.cpp, kl_log_ratio): policy first; that the policy and "
          "the reference score the same targets; sampling.temperature and top_k",
          M::warn},
+        {"rl.reward_scale_only",
+         "reward normalisation did more than scale: a reward changed sign, became 0, or rewards of one step "
+         "were scaled by different factors",
+         "a mean is subtracted from the rewards (standardising them), which changes which policy is optimal: "
+         "CartPole's +1 per step becomes ~0, a -1 per step task turns into a reward for ending early",
+         "the reward normaliser or the environment wrapper: divide by the running std of the discounted "
+         "return, never subtract a mean (Gymnasium NormalizeReward)",
+         M::warn},
         {"rl.uniform_group_zero_advantage",
          "a group whose rewards are all equal has a non-zero advantage, so the update is driven by rounding "
          "noise instead of a reward difference",
@@ -585,6 +593,42 @@ bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, dou
 }
 
 // ---- reinforcement learning ---------------------------------------------------------------------------
+
+bool check_reward_scale_only(Invariants& inv, std::span<const double> raw, std::span<const double> normalized,
+                             double gamma, double max_abs_reward_so_far, int64_t update, int64_t step) {
+    const char* name = "rl.reward_scale_only";
+    if (!inv.enabled(name)) return true;
+    check(raw.size() == normalized.size(), "check_reward_scale_only: ", raw.size(), " raw rewards but ",
+          normalized.size(), " normalized ones");
+    double factor = std::numeric_limits<double>::quiet_NaN();
+    for (size_t i = 0; i < raw.size(); ++i) {
+        const double r = raw[i], n = normalized[i];
+        std::string problem;
+        if (r == 0.0 && n != 0.0) {
+            problem = concat("a raw reward of 0 became ", n);
+        } else if (r != 0.0 && (n == 0.0 || (n > 0) != (r > 0))) {
+            problem = concat("a raw reward of ", r, n == 0.0 ? " became 0" : concat(" changed sign, to ", n));
+        } else if (r != 0.0) {
+            const double f = n / r;
+            const double least = (1.0 - gamma) / (4.0 * max_abs_reward_so_far);
+            if (max_abs_reward_so_far > 0 && f < least) {
+                problem = concat("a raw reward of ", r, " became ", n, ", a factor of ", f,
+                                 ", below the least a return-std normaliser gives ((1 - gamma) / (4 max|r|) = ",
+                                 least, "): a mean was subtracted");
+            } else if (std::isnan(factor)) {
+                factor = f;
+            } else if (std::fabs(f - factor) > 1e-9 * std::max(std::fabs(f), std::fabs(factor))) {
+                problem = concat("rewards were scaled by ", factor, " and by ", f, " at the same step");
+            }
+        }
+        if (!problem.empty()) {
+            return inv.report(name, false,
+                              concat("update ", update, ", rollout step ", step, ", copy ", i, ": ", problem,
+                                     "; normalisation may only divide rewards by a positive scale"));
+        }
+    }
+    return inv.report(name, true);
+}
 
 bool check_kl_nonnegative(Invariants& inv, std::span<const double> token_k1, std::span<const int64_t> sequence_lengths,
                           int64_t update) {

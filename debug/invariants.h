@@ -195,6 +195,17 @@ bool check_init_loss(Invariants& inv, double first_loss, int64_t vocab_size, dou
 // ---- reinforcement learning (train/grpo.cpp) --------------------------------------------------------
 // `update` only names the update in the message (GRPO passes it 1-based, as its log lines count).
 
+// rl.reward_scale_only — the rewards of one environment step, before (raw) and after (normalized)
+// normalisation, differ by one positive factor: every normalized reward has the raw one's sign, a raw
+// 0 stays exactly 0, normalized[i] / raw[i] is the same for every copy (to 1e-9), and that factor is
+// at least (1 - gamma) / (4 max|r|), with max|r| the largest raw reward so far: dividing by the std
+// of the discounted return cannot shrink more (|G| <= max|r| / (1 - gamma), so std(G) <= 2 max|G|).
+// Constant rewards minus their mean survive the first three tests (CartPole's +1 becomes 2e-8, still
+// positive) and fail the last. Observes the rewards themselves, so a mean subtracted by the
+// normaliser or by a user's wrapper shows alike.
+bool check_reward_scale_only(Invariants& inv, std::span<const double> raw, std::span<const double> normalized,
+                             double gamma, double max_abs_reward_so_far, int64_t update, int64_t step);
+
 // rl.kl_nonnegative — the k1 estimate of KL(policy || reference), k1_t = log p(x_t) - log p_ref(x_t) on
 // tokens x_t sampled from the policy, has a non-negative expectation. token_k1 holds every sampled
 // token's k1 of the update, sequence by sequence (sequence_lengths[i] tokens each, summing to its size).

@@ -64,6 +64,7 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"data.split_disjoint", InvariantMode::fatal},
         {"init.loss_near_log_vocab", InvariantMode::warn},
         {"rl.kl_nonnegative", InvariantMode::warn},
+        {"rl.reward_scale_only", InvariantMode::warn},
         {"rl.uniform_group_zero_advantage", InvariantMode::fatal},
     };
     Invariants inv;
@@ -360,6 +361,48 @@ TEST(InvariantChecks, ScheduleCountsOptimizerStepsSeesAUserLoopWithoutTheSwitch)
     }
     EXPECT_EQ(fired, 4) << r.out.str();
     EXPECT_EQ(r.inv.violations(name), 4);
+}
+
+TEST(InvariantChecks, RewardScaleOnly) {
+    const char* name = "rl.reward_scale_only";
+    const std::vector<double> raw = {1.0, 0.0, -0.5, 2.0};
+    {
+        WarnRegistry r;
+        const std::vector<double> scaled = {0.25, 0.0, -0.125, 0.5};
+        expect_silent(r, name, check_reward_scale_only(r.inv, raw, scaled, 0.99, 2.0, 1, 0));
+    }
+    {   // A user's wrapper that standardises rewards, (r - mean) / std: no bug switch involved.
+        WarnRegistry r;
+        double mean = 0.0, var = 0.0;
+        for (double x : raw) mean += x / 4.0;
+        for (double x : raw) var += (x - mean) * (x - mean) / 4.0;
+        std::vector<double> standardised;
+        for (double x : raw) standardised.push_back((x - mean) / std::sqrt(var));
+        expect_fired(r, name, check_reward_scale_only(r.inv, raw, standardised, 0.99, 2.0, 3, 17),
+                     {"update 3, rollout step 17, copy 1: a raw reward of 0 became -0.65"});
+    }
+    {   // CartPole's +1 everywhere, minus the running mean (1): every reward becomes 0.
+        WarnRegistry r;
+        expect_fired(r, name,
+                     check_reward_scale_only(r.inv, std::vector<double>{1, 1}, std::vector<double>{0, 0}, 0.99, 1.0, 1, 0),
+                     {"a raw reward of 1 became 0"});
+    }
+    {   // ... or, with a running mean a hair under 1, 2e-8: positive, common to every copy, but far
+        // below what dividing by a return's std can give (0.0025 for gamma 0.99 and rewards of 1).
+        WarnRegistry r;
+        expect_fired(r, name,
+                     check_reward_scale_only(r.inv, std::vector<double>{1, 1}, std::vector<double>{2e-8, 2e-8}, 0.99, 1.0, 1, 0),
+                     {"a factor of 2e-08, below the least a return-std normaliser gives", "a mean was subtracted"});
+        WarnRegistry ok;  // a legitimate scale for such a task: 1 / std(G) with std(G) up to 100
+        expect_silent(ok, name,
+                      check_reward_scale_only(ok.inv, std::vector<double>{1, 1}, std::vector<double>{0.01, 0.01}, 0.99, 1.0, 1, 0));
+    }
+    {   // Two copies scaled differently at one step.
+        WarnRegistry r;
+        expect_fired(r, name,
+                     check_reward_scale_only(r.inv, std::vector<double>{1, 1}, std::vector<double>{0.5, 0.25}, 0.99, 1.0, 1, 0),
+                     {"scaled by 0.5 and by 0.25 at the same step"});
+    }
 }
 
 TEST(InvariantChecks, ScheduleCompletesInRun) {

@@ -413,13 +413,16 @@ TEST_F(Ppo, RewardNormalisationOnlyScales) {
     {
         PpoTrainer trainer(config, log);
         const PpoUpdateMetrics m = trainer.update();
-        EXPECT_EQ(m.reward_shift, 0.0);
+        EXPECT_EQ(m.reward_scale_violations, 0);
+        EXPECT_GT(trainer.invariants().evaluations("rl.reward_scale_only"), 0);
         EXPECT_GT(m.reward_scale, 0.0);
         EXPECT_NE(m.reward_scale, 1.0);
     }
     ScopedBug bug("reward-mean-shift");
     PpoTrainer trainer(config, log);
-    EXPECT_LT(trainer.update().reward_shift, -0.01);
+    EXPECT_GT(trainer.update().reward_scale_violations, 0);
+    EXPECT_NE(trainer.invariants().last_message("rl.reward_scale_only").find("a raw reward of 1"), std::string::npos)
+        << trainer.invariants().last_message("rl.reward_scale_only");
 }
 
 // ---- probes ---------------------------------------------------------------------------------------------

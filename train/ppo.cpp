@@ -27,6 +27,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "debug/invariants.h"
 #include "kernels/bugs.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/error.h"
@@ -363,7 +364,7 @@ json metrics_json(const PpoUpdateMetrics& m) {
                 {"episode_length", number_or_null(m.episode_length)},
                 {"mean_return_last_100", number_or_null(m.mean_return_last_100)},
                 {"reward_scale", m.reward_scale},
-                {"reward_shift", m.reward_shift},
+                {"reward_scale_violations", m.reward_scale_violations},
                 {"epochs", m.epochs},
                 {"seconds", m.seconds}};
 }
@@ -381,6 +382,8 @@ struct PpoTrainer::Impl {
     AdamW optimizer;
     Rng action_rng, minibatch_rng;
     RewardNormalizer reward_normalizer;
+    Invariants invariants;  // rl.reward_scale_only; messages go to the log
+    double max_abs_reward = 0.0;  // the largest raw reward so far, for rl.reward_scale_only
     int64_t updates_done = 0;
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
     std::ofstream metrics;
@@ -418,6 +421,7 @@ struct PpoTrainer::Impl {
           action_rng(Rng::for_name(c.seed, "ppo.actions")),
           minibatch_rng(Rng::for_name(c.seed, "ppo.minibatches")),
           reward_normalizer(c.num_envs, c.gamma) {
+        invariants.set_stream(out);
         agent.init_weights(c.seed);  // detail 2: orthogonal init, actor output gain 0.01 (model/mlp.h)
         next_obs = envs.reset();
         const size_t n = static_cast<size_t>(batch);
@@ -473,9 +477,13 @@ struct PpoTrainer::Impl {
             step_rewards = envs.reward();
             if (config.normalize_reward) {
                 reward_normalizer.normalize(step_rewards, envs.terminated(), envs.truncated());
-                // rl.reward_scale_only: the normaliser must map a reward of 0 to 0 (a pure scale).
                 m.reward_scale = reward_normalizer.scale();
-                m.reward_shift = reward_normalizer.apply(0.0);
+                // rl.reward_scale_only reads the rewards before and after: a pure positive scale or not.
+                for (double r : envs.reward()) max_abs_reward = std::max(max_abs_reward, std::fabs(r));
+                if (!check_reward_scale_only(invariants, envs.reward(), step_rewards, config.gamma, max_abs_reward,
+                                             updates_done + 1, t)) {
+                    ++m.reward_scale_violations;
+                }
             }
             truncated_rows.clear();
             truncated_obs.clear();
@@ -643,15 +651,18 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
 
 PpoTrainer::~PpoTrainer() { bugs() = bugs_before_; }
 
+Invariants& PpoTrainer::invariants() { return impl_->invariants; }
+
 int64_t PpoTrainer::num_updates() const { return config_.total_timesteps / (config_.num_envs * config_.num_steps); }
 
 PpoUpdateMetrics PpoTrainer::update() {
     const PpoUpdateMetrics m = impl_->update(num_updates());
     if (impl_->metrics.is_open()) impl_->metrics << metrics_json(m).dump() << "\n" << std::flush;
     // Repeated with every log line: a shifted reward is a different task, not a slower run.
-    if (m.reward_shift != 0.0 && config_.log_every > 0 && m.update % config_.log_every == 0) {
-        impl_->log << "WARNING rl.reward_scale_only: the reward normaliser maps a reward of 0 to " << m.reward_shift
-                   << "; normalisation must only scale rewards\n";
+    if (m.reward_scale_violations > 0 && config_.log_every > 0 && m.update % config_.log_every == 0) {
+        impl_->log << "WARNING rl.reward_scale_only: " << m.reward_scale_violations
+                   << " rollout steps of this update had rewards normalisation did more than scale: "
+                   << impl_->invariants.last_message("rl.reward_scale_only") << "\n";
     }
     if (config_.log_every > 0 && (m.update % config_.log_every == 0 || m.update == num_updates())) {
         char line[400];

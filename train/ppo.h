@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "debug/invariants.h"
 #include "kernels/bugs.h"
 
 namespace reftrain {
@@ -151,10 +152,10 @@ struct PpoUpdateMetrics {
     double episode_length = 0.0;
     double mean_return_last_100 = 0.0;    // over the last 100 episodes of the run (NaN before any)
     // Reward normalisation (normalize_reward), at this rollout's last step: the scale
-    // 1 / sqrt(Var(discounted return) + 1e-8) (1 when off), and the normaliser's output for a raw
-    // reward of 0, which must be exactly 0: normalisation may only scale (check rl.reward_scale_only).
+    // 1 / sqrt(Var(discounted return) + 1e-8) (1 when off), and the rollout steps whose normalised
+    // rewards were not the raw ones times one positive factor (invariant rl.reward_scale_only).
     double reward_scale = 1.0;
-    double reward_shift = 0.0;
+    int64_t reward_scale_violations = 0;
     int64_t epochs = 0;                   // epochs run (fewer than update_epochs when target_kl stopped it)
     double seconds = 0.0;                 // wall time since the start of the run
 };
@@ -174,6 +175,8 @@ public:
 
     ActorCritic& agent();
     const PpoConfig& config() const { return config_; }
+    // The PPO invariants (rl.reward_scale_only), their counts and last messages.
+    Invariants& invariants();
     // Every episode finished so far, in order.
     const std::vector<double>& episode_returns() const;
 
