@@ -322,6 +322,7 @@ void FrameTracer::trip(std::string_view op, const Tensor& bad, const TensorStats
             << "tracer: report " << incident.report_path << "\n";
     }
     log.flush();
+    if (!first_incident_) first_incident_ = incident;
     incident_ = std::move(incident);
 }
 

@@ -104,6 +104,8 @@ public:
     bool tripped() const { return tripped_; }  // this step has a non-finite value
     // The last incident (the current step's when tripped()); nullopt before the first trip.
     const std::optional<Incident>& incident() const { return incident_; }
+    // The first incident since construction: where a run that skips bad steps first went wrong.
+    const std::optional<Incident>& first_incident() const { return first_incident_; }
     int64_t trips() const { return trips_; }  // steps that tripped since construction
 
     // The ring, oldest first; the current (not yet ended) frame is not in it.
@@ -132,7 +134,7 @@ private:
     std::unordered_map<std::string, int32_t, NameHash, std::equal_to<>> ids_;
     bool tripped_ = false;
     int64_t trips_ = 0;
-    std::optional<Incident> incident_;
+    std::optional<Incident> incident_, first_incident_;
 };
 
 }  // namespace reftrain

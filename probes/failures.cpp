@@ -229,11 +229,12 @@ FailureHalf fp16_overflow(const FailureContext& ctx) {
     FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
     FrameTracer* tracer = trainer.tracer();
     half.numbers.push_back({"steps with a non-finite value (of 10)", std::to_string(tracer->trips())});
-    if (tracer->trips() > 0 && tracer->incident()) {
-        const FrameTracer::Incident& incident = *tracer->incident();
+    if (tracer->trips() > 0 && tracer->first_incident()) {
+        const FrameTracer::Incident& incident = *tracer->first_incident();
         half.detector_fired = true;
         half.detector_message = concat("tracer: first non-finite tensor '", incident.tensor, "' (op ", incident.op,
-                                       ", step ", incident.step, "); run-up and dump in ", ctx.run_dir, "/tracer/");
+                                       ", optimizer step ", incident.step + 1, " of 10, the first to trip); run-up and "
+                                       "dump in ", ctx.run_dir, "/tracer/");
         half.numbers.push_back({"first non-finite tensor", incident.tensor});
     } else {
         half.numbers.push_back({"first non-finite tensor", "none"});

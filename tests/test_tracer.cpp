@@ -154,6 +154,27 @@ TEST(FrameTracer, RingKeepsExactlyKFrames) {
     EXPECT_THROW(FrameTracer{empty_ring}, Error);
 }
 
+TEST(FrameTracer, FirstIncidentStaysAtTheFirstTripWhenBadStepsAreSkipped) {
+    // tracer.policy = skip: later steps trip too; the first incident is where the run first went wrong.
+    std::ostringstream log;
+    FrameTracer tracer(quiet_options(log));
+    std::vector<float> x(2, 1.0f), y(2, 1.0f);
+    Tensor tx(x.data(), DType::F32, {2}, "x"), ty(y.data(), DType::F32, {2}, "y");
+    for (int64_t step = 0; step < 4; ++step) {
+        tracer.begin_step(step);
+        x[0] = step >= 1 ? std::numeric_limits<float>::infinity() : 1.0f;  // x goes bad at step 1
+        y[0] = step >= 2 ? std::numeric_limits<float>::quiet_NaN() : 1.0f;
+        tracer.record(step >= 2 ? "later" : "first", {step >= 2 ? &ty : &tx});
+        tracer.end_step();
+    }
+    EXPECT_EQ(tracer.trips(), 3);
+    ASSERT_TRUE(tracer.first_incident() && tracer.incident());
+    EXPECT_EQ(tracer.first_incident()->step, 1);
+    EXPECT_EQ(tracer.first_incident()->tensor, "x");
+    EXPECT_EQ(tracer.incident()->step, 3);
+    EXPECT_EQ(tracer.incident()->tensor, "y");
+}
+
 TEST(FrameTracer, RecordStatsAppendsPrecomputedStatisticsInOrder) {
     // The GPU's path (model/transformer_cuda.cpp): statistics computed on the device arrive by name.
     std::ostringstream log;
