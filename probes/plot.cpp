@@ -122,9 +122,18 @@ void write_svg_chart(const std::string& path, const std::vector<Series>& series,
             }
             points.clear();
         };
+        int64_t nonfinite = 0;
         for (size_t i = 0; i < s.values.size(); ++i) {
             const double v = s.values[i];
-            if (!std::isfinite(v) || (log_y && v <= 0.0)) {
+            if (!std::isfinite(v)) {
+                // Marked, not dropped: a "!" in the series' colour on the top edge at that step.
+                flush();
+                ++nonfinite;
+                svg << "<text class=\"nonfinite\" x=\"" << px(i) << "\" y=\"" << top - 4
+                    << "\" text-anchor=\"middle\" font-weight=\"bold\" fill=\"" << s.color << "\">!</text>\n";
+                continue;
+            }
+            if (log_y && v <= 0.0) {
                 flush();
                 continue;
             }
@@ -134,7 +143,8 @@ void write_svg_chart(const std::string& path, const std::vector<Series>& series,
         }
         flush();
         svg << "<text x=\"" << left + pw - 4 << "\" y=\"" << legend_y << "\" text-anchor=\"end\" fill=\"" << s.color
-            << "\">" << s.name << "</text>\n";
+            << "\">" << s.name
+            << (nonfinite > 0 ? " (! = " + std::to_string(nonfinite) + " non-finite steps)" : std::string()) << "</text>\n";
         legend_y += 16;
     }
     svg << "</svg>\n";

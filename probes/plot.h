@@ -19,7 +19,8 @@ struct Series {
 std::string ascii_chart(const std::vector<Series>& series, const std::string& title, int width = 60, int height = 12,
                         bool log_y = false);
 
-// Writes an SVG line chart to `path` (atomically). Non-finite points break the line.
+// Writes an SVG line chart to `path` (atomically). A non-finite point breaks the line and is marked
+// with a "!" on the top edge at its step; the legend counts them.
 void write_svg_chart(const std::string& path, const std::vector<Series>& series, const std::string& title,
                      const std::string& x_label, const std::string& y_label, bool log_y = false);
 
