@@ -388,6 +388,7 @@ TEST_F(GrpoRun, AFewUpdatesRunAndLogWhatTheyShould) {
         EXPECT_LE(m.mean_length, 4.0);
         EXPECT_EQ(m.zero_signal_fraction, m.zero_advantage_fraction) << "uniform groups get exactly 0";
         EXPECT_EQ(m.max_abs_uniform_advantage, 0.0);
+        EXPECT_NEAR(m.kl_measured, m.kl_k1, 1e-12) << "the loss pairs log p - log p_ref the right way round";
         EXPECT_GE(m.reward_mean, 0.0);
         EXPECT_LE(m.reward_mean, 1.0);
     }

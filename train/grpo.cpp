@@ -331,7 +331,7 @@ GrpoUpdateMetrics GrpoTrainer::update() {
     const int64_t Bm = config_.micro_batch_size;
     std::vector<double> token_k1;
     token_k1.reserve(static_cast<size_t>(N));
-    double k1_sum = 0.0, k3_sum = 0.0, loss = 0.0;
+    double k1_sum = 0.0, k3_sum = 0.0, measured_sum = 0.0, loss = 0.0;
     policy_->zero_grad();
     for (int64_t first = 0; first < P * G; first += Bm) {
         const int64_t count = std::min(Bm, P * G - first);
@@ -354,6 +354,7 @@ GrpoUpdateMetrics GrpoTrainer::update() {
                 const double k3 = kl_k3(rho);
                 token_k1.push_back(kl_k1(rho));
                 k1_sum += kl_k1(rho);
+                measured_sum += logp[n] - logp_ref[n];
                 k3_sum += k3;
                 loss += (-A * logp[n] + config_.kl_coef * k3) * inv_n;
                 weights[n] = (A - config_.kl_coef * kl_k3_grad(rho)) * inv_n;
@@ -384,6 +385,7 @@ GrpoUpdateMetrics GrpoTrainer::update() {
     m.max_abs_uniform_advantage = adv.max_abs_uniform_advantage;
     m.kl_k1 = k1_sum * inv_n;
     m.kl_k3 = k3_sum * inv_n;
+    m.kl_measured = measured_sum * inv_n;
     m.mean_length = static_cast<double>(N) / completions;
     m.ended_fraction = static_cast<double>(ended) / completions;
     m.loss = loss;
@@ -451,6 +453,7 @@ GrpoRunResult GrpoTrainer::run() {
                         {"zero_advantage_fraction", m.zero_advantage_fraction},
                         {"max_abs_uniform_advantage", m.max_abs_uniform_advantage},
                         {"kl_k1", m.kl_k1},
+                        {"kl_measured", m.kl_measured},
                         {"kl_k3", m.kl_k3},
                         {"mean_length", m.mean_length},
                         {"ended_fraction", m.ended_fraction},

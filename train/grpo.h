@@ -144,7 +144,10 @@ struct GrpoUpdateMetrics {
     double zero_signal_fraction = 0.0;   // groups whose rewards are all equal
     double zero_advantage_fraction = 0.0;  // groups whose advantages are all exactly 0
     double max_abs_uniform_advantage = 0.0;
-    double kl_k1 = 0.0, kl_k3 = 0.0;     // per-token means against the reference
+    double kl_k1 = 0.0, kl_k3 = 0.0;     // per-token means against the reference, as the loss forms them
+    // The same KL measured on its own: the mean of log p(x) - log p_ref(x) over the sampled tokens,
+    // straight from the two models' log-probs (not through kl_log_ratio, where the bug would sit).
+    double kl_measured = 0.0;
     double mean_length = 0.0;            // sampled tokens per completion (end-of-turn included)
     double ended_fraction = 0.0;         // completions that ended their turn
     double loss = 0.0;                   // the value of L (step 5 above)
