@@ -1,5 +1,8 @@
-// tools/cmd_failure.cpp — `reftrain failure list | show ID | run ID`: the runnable failures (probes/).
+// tools/cmd_failure.cpp — `reftrain failure list | show ID | run ID | run all`: the runnable failures (probes/).
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 
@@ -10,6 +13,50 @@
 #include "tools/commands.h"
 
 namespace reftrain {
+
+namespace {
+
+// `failure run all`: every scenario, each report in DIR/ID/report.txt, one summary row per scenario:
+// its first symptom number with and without the bug, the detector's verdict in each half, the time.
+void run_all_failures(const std::string& dir) {
+    std::printf("%-26s %-44s %-22s %-22s %-15s %6s\n", "id", "symptom (first number)", "with bug", "without",
+                "detector", "s");
+    int separated = 0, total = 0;
+    double seconds = 0.0;
+    std::vector<std::string> broken;
+    for (const FailureScenario& s : failure_catalog()) {
+        const std::string sub = dir + "/" + s.id;
+        std::filesystem::create_directories(sub);
+        std::ofstream out(sub + "/report.txt");
+        check(static_cast<bool>(out), sub, "/report.txt: cannot open for writing");
+        const auto start = std::chrono::steady_clock::now();
+        const FailureReport report = run_failure(s.id, sub, out);
+        const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        seconds += took;
+        ++total;
+        separated += report.detector_works();
+        if (!report.detector_works()) broken.push_back(s.id);
+        auto cut = [](std::string text, size_t width) {
+            return text.size() > width ? text.substr(0, width - 3) + "..." : text;
+        };
+        const auto& with = report.with_bug.numbers;
+        const auto& without = report.without_bug.numbers;
+        const std::string label = with.empty() ? "" : with.front().first;
+        const std::string verdict = std::string(report.with_bug.detector_fired ? "fires" : "MISSES") + "/" +
+                                    (report.without_bug.detector_fired ? "FALSE ALARM" : "silent");
+        std::printf("%-26s %-44s %-22s %-22s %-15s %6.1f\n", s.id.c_str(), cut(label, 44).c_str(),
+                    cut(with.empty() ? "" : with.front().second, 22).c_str(),
+                    cut(without.empty() ? "" : without.front().second, 22).c_str(), verdict.c_str(), took);
+        std::fflush(stdout);
+    }
+    std::printf("%d of %d detectors fire with the bug and stay silent without it; %.1f s in all; reports in %s/ID/\n",
+                separated, total, seconds, dir.c_str());
+    std::string list;
+    for (const std::string& id : broken) list += (list.empty() ? "" : ", ") + id;
+    check(broken.empty(), "failure run all: the detector did not separate the runs of ", list);
+}
+
+}  // namespace
 
 void register_failure_commands(CLI::App& app) {
     CLI::App* failure = app.add_subcommand("failure", "The runnable failures: a bug, its symptom, its detector, its fix");
@@ -41,9 +88,14 @@ void register_failure_commands(CLI::App& app) {
     };
     auto run_options = std::make_shared<RunOptions>();
     CLI::App* run = failure->add_subcommand("run", "Train with the bug on and off from the same seed and compare");
-    run->add_option("id", run_options->id, "failure id (see `reftrain failure list`)")->required();
-    run->add_option("--run-dir", run_options->run_dir, "where the plot and the two runs go (default runs/failures/ID)");
+    run->add_option("id", run_options->id, "failure id (see `reftrain failure list`), or all")->required();
+    run->add_option("--run-dir", run_options->run_dir,
+                    "where the plot and the two runs go (default runs/failures/ID; with all, one folder per id in it)");
     run->callback([run_options] {
+        if (run_options->id == "all") {
+            run_all_failures(run_options->run_dir.empty() ? "runs/failures" : run_options->run_dir);
+            return;
+        }
         const std::string dir = run_options->run_dir.empty() ? "runs/failures/" + run_options->id : run_options->run_dir;
         const FailureReport report = run_failure(run_options->id, dir, std::cout);
         // A scenario whose detector does not separate the two runs is a defect of reftrain: say so loudly.
