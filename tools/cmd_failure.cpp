@@ -1,10 +1,12 @@
 // tools/cmd_failure.cpp — `reftrain failure list | show ID | run ID | run all`: the runnable failures (probes/).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -56,6 +58,48 @@ void run_all_failures(const std::string& dir) {
     check(broken.empty(), "failure run all: the detector did not separate the runs of ", list);
 }
 
+// Where a scenario's switch sits in the sources: every line that reads bugs().<switch>, with the lines
+// around it, so the buggy line is seen beside the correct one. Reads the source tree this binary was
+// built from (REFTRAIN_SOURCE_DIR), skipping tests/.
+void print_switch_sites(const std::string& id) {
+    std::string field = id;
+    for (char& c : field) {
+        if (c == '-') c = '_';
+    }
+    const std::string needle = "bugs()." + field;
+    const std::filesystem::path root = REFTRAIN_SOURCE_DIR;
+    int found = 0;
+    for (const char* dir : {"kernels", "model", "data", "train", "debug", "probes"}) {
+        if (!std::filesystem::exists(root / dir)) continue;
+        std::vector<std::filesystem::path> files;
+        for (const auto& e : std::filesystem::recursive_directory_iterator(root / dir)) {
+            const std::string ext = e.path().extension().string();
+            if (e.is_regular_file() && (ext == ".cpp" || ext == ".h" || ext == ".cu")) files.push_back(e.path());
+        }
+        std::sort(files.begin(), files.end());
+        for (const auto& path : files) {
+            std::ifstream in(path);
+            std::vector<std::string> lines;
+            for (std::string line; std::getline(in, line);) lines.push_back(line);
+            for (size_t i = 0; i < lines.size(); ++i) {
+                if (lines[i].find(needle) == std::string::npos) continue;
+                // The switch's declaration in kernels/bugs.h and the catalog's own reads are not sites.
+                if (path.filename() == "bugs.h" || path.parent_path().filename() == "probes") continue;
+                ++found;
+                std::cout << "\n  " << std::filesystem::relative(path, root).string() << ":" << i + 1 << "\n";
+                const size_t from = i >= 3 ? i - 3 : 0, to = std::min(lines.size(), i + 5);
+                for (size_t k = from; k < to; ++k) {
+                    std::cout << (k == i ? "  >> " : "     ") << std::setw(4) << k + 1 << "  " << lines[k] << "\n";
+                }
+            }
+        }
+    }
+    if (found == 0) {
+        std::cout << "\n  (no bugs()." << field << " in the sources under " << root.string()
+                  << ": this failure is a configuration, see its page)\n";
+    }
+}
+
 }  // namespace
 
 void register_failure_commands(CLI::App& app) {
@@ -80,7 +124,9 @@ void register_failure_commands(CLI::App& app) {
                   << "  symptom:  " << s.symptom << "\n"
                   << "  detector: " << s.detector << "\n"
                   << "  fix:      " << s.fix << "\n"
-                  << "  doc:      docs/failures/" << s.id << ".md\n";
+                  << "  doc:      docs/failures/" << s.id << ".md\n"
+                  << "  the switch in the source (>> marks the line that reads it; the correct line is beside it):";
+        print_switch_sites(s.id);
     });
 
     struct RunOptions {
