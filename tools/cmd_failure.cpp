@@ -1,4 +1,5 @@
-// tools/cmd_failure.cpp — `reftrain failure list | show ID | run ID | run all`: the runnable failures (probes/).
+// tools/cmd_failure.cpp — `reftrain failure list | show ID | match TEXT | run ID | run all`: the runnable
+// failures (probes/).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "kernels/error.h"
+#include "probes/failure_match.h"
 #include "probes/failures.h"
 #include "tools/commands.h"
 
@@ -127,6 +129,29 @@ void register_failure_commands(CLI::App& app) {
                   << "  doc:      docs/failures/" << s.id << ".md\n"
                   << "  the switch in the source (>> marks the line that reads it; the correct line is beside it):";
         print_switch_sites(s.id);
+    });
+
+    auto query = std::make_shared<std::vector<std::string>>();
+    CLI::App* match = failure->add_subcommand("match", "Find entries by a symptom in your own words");
+    match->add_option("text", *query, "the symptom, e.g. \"loss is exactly 0\"")->required();
+    match->callback([query] {
+        std::string text;
+        for (const std::string& w : *query) text += (text.empty() ? "" : " ") + w;
+        const std::vector<FailureMatch> ranked =
+            match_failures(text, std::string(REFTRAIN_SOURCE_DIR) + "/docs/failures/README.md");
+        int shown = 0;
+        for (const FailureMatch& m : ranked) {
+            if (m.score <= 0.0 || shown == 5) break;
+            ++shown;
+            std::printf("%5.2f  %-26s %s\n", m.score, m.id.c_str(), find_failure(m.id).title.c_str());
+            if (!m.best_phrase.empty()) std::printf("       closest phrase: \"%s\"\n", m.best_phrase.c_str());
+        }
+        if (shown == 0) {
+            std::printf("no entry shares a word with \"%s\"; `reftrain failure list` shows them all\n", text.c_str());
+            return;
+        }
+        std::printf("\nrun the best: reftrain failure run %s   (docs/failures/%s.md)\n", ranked.front().id.c_str(),
+                    ranked.front().id.c_str());
     });
 
     struct RunOptions {
