@@ -538,15 +538,21 @@ Localisation localise(const TensorDiff& row, const Dump& a, const Dump& b, const
             }
         }
     }
-    if (const Localisation::Axis* head = axis("head"); head && head->error.size() >= 2) {
+    // Some indices of an axis agree, the others do not: "heads 0, 3 agree, heads 1-2 do not".
+    auto partly = [&](const char* name, const char* good_word, const char* bad_word, const char* cause) {
+        const Localisation::Axis* ax = axis(name);
+        if (!ax || ax->error.size() < 2) return false;
         std::vector<int64_t> good, bad;
-        split(*head, good, bad);
-        if (!good.empty() && !bad.empty()) {
-            loc.signature = concat("heads ", index_list(good), " agree, heads ", index_list(bad), " do not");
-            loc.cause = "head grouping: with GQA, query head h must use KV head h / (heads / kv_heads) "
-                        "(repeat_interleave, not repeat), or a reshape/transpose puts heads in another order";
-            return loc;
-        }
+        split(*ax, good, bad);
+        if (good.empty() || bad.empty()) return false;
+        loc.signature = concat(good_word, " ", index_list(good), " agree, ", bad_word, " ", index_list(bad), " do not");
+        loc.cause = cause;
+        return true;
+    };
+    if (partly("head", "heads", "heads",
+               "head grouping: with GQA, query head h must use KV head h / (heads / kv_heads) "
+               "(repeat_interleave, not repeat), or a reshape/transpose puts heads in another order")) {
+        return loc;
     }
     const Localisation::Axis* position = axis("position");
     if (!position) position = axis("query");
@@ -604,14 +610,9 @@ Localisation localise(const TensorDiff& row, const Dump& a, const Dump& b, const
             return loc;
         }
     }
-    if (const Localisation::Axis* batch = axis("batch"); batch && batch->error.size() >= 2) {
-        std::vector<int64_t> good, bad;
-        split(*batch, good, bad);
-        if (!good.empty() && !bad.empty()) {
-            loc.signature = concat("batch rows ", index_list(good), " agree, rows ", index_list(bad), " do not");
-            loc.cause = "rows mixing: a view/reshape where a transpose is needed moves data between batch rows";
-            return loc;
-        }
+    if (partly("batch", "batch rows", "rows",
+               "rows mixing: a view/reshape where a transpose is needed moves data between batch rows")) {
+        return loc;
     }
     if (auto c = optimizer_cause(row, a, b)) {
         loc.signature = row.name.rfind("updated:", 0) == 0 ? "the update differs" : "the optimizer's input differs";
@@ -663,7 +664,7 @@ void recompute_optimizer_from_b(Dump& a, const Dump& b, DiffReport& report) {
     }
 }
 
-Dump apply_map(Dump b, const DiffOptions& options, const Dump& a, DiffReport& report) {
+Dump apply_map(Dump b, const DiffOptions& options, const MapDims& dims, DiffReport& report) {
     std::optional<NameMap> map;
     if (!options.map_path.empty()) {
         map = NameMap::load(options.map_path);
@@ -682,8 +683,6 @@ Dump apply_map(Dump b, const DiffOptions& options, const Dump& a, DiffReport& re
         report.map_source = source + " (stored in B)";
     }
     if (!map) return b;
-    MapDims dims;
-    if (auto config = metadata_json(a, "reftrain.config")) dims = MapDims::from_config_json(*config);
     b.tensors = map->apply(std::move(b.tensors), dims, MapUse::Dump);
     b.order.reset();  // B's stored order is in its own names; A's order governs the walk
     b.reindex();
@@ -836,7 +835,11 @@ DiffReport diff_dumps(Dump a, Dump b, const DiffOptions& options) {
     report.path_b = b.path;
     report.strict = options.strict;
     report.partial = options.partial;
-    b = apply_map(std::move(b), options, a, report);
+    // The model's dimensions, for the map's sizes and RoPE reordering and for splitting attn_out into
+    // heads: from the config reftrain's dump stores (unknown when A has none).
+    MapDims dims;
+    if (auto config = metadata_json(a, "reftrain.config")) dims = MapDims::from_config_json(*config);
+    b = apply_map(std::move(b), options, dims, report);
     recompute_optimizer_from_b(a, b, report);
     const double backward_scale = gradient_scale(a);
     for (const std::string& name : walk_order(a, b, report)) {
@@ -856,8 +859,6 @@ DiffReport diff_dumps(Dump a, Dump b, const DiffOptions& options) {
     mark_suspicious(report.tensors, options.jump);
     report.coverage = measure_coverage(report, a, b);
     if (const int64_t first = report.first_flagged(); first >= 0) {
-        MapDims dims;
-        if (auto config = metadata_json(a, "reftrain.config")) dims = MapDims::from_config_json(*config);
         report.localisation = localise(report.tensors[first], a, b, report, dims);
     }
     return report;

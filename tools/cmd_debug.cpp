@@ -63,10 +63,7 @@ void run_diff(const DiffArgs& args) {
         std::fprintf(stderr, "reftrain diff: could not compare: %s\n", e.what());
         throw CLI::RuntimeError(2);
     }
-    std::fputs(format_diff_report(report, args.all).c_str(), stdout);
-    std::fflush(stdout);
-    const int status = report.exit_status();
-    if (status != 0) throw CLI::RuntimeError(status);
+    finish_comparison(format_diff_report(report, args.all), report.exit_status());
 }
 
 struct DumpArgs {
@@ -84,10 +81,8 @@ DType parse_compute_dtype(const std::string& s) {
 void load_mapped_weights(Transformer& model, const std::string& weights, const std::string& map_path) {
     const NameMap map = NameMap::load(map_path);
     const SafetensorsFile file = SafetensorsFile::open(weights);
-    const Dump dump = read_dump(file);
-    std::vector<NamedArray> theirs = dump.tensors;
     const std::vector<NamedArray> ours =
-        map.apply(std::move(theirs), MapDims::from_config_json(model.config().to_json()), MapUse::Weights);
+        map.apply(read_dump(file).tensors, MapDims::from_config_json(model.config().to_json()), MapUse::Weights);
     model.load_weights(ours, weights + " (through the map " + map_path + ")");
 }
 

@@ -78,10 +78,7 @@ void run_diff_runs(const DiffRunsArgs& args) {
         std::fprintf(stderr, "reftrain diff-runs: could not compare: %s\n", e.what());
         throw CLI::RuntimeError(2);
     }
-    std::fputs(format_run_diff_report(report, args.all).c_str(), stdout);
-    std::fflush(stdout);
-    const int status = report.exit_status();
-    if (status != 0) throw CLI::RuntimeError(status);
+    finish_comparison(format_run_diff_report(report, args.all), report.exit_status());
 }
 
 }  // namespace

@@ -3,9 +3,21 @@
 // Callbacks run inside app.parse() and may throw reftrain::Error; main() prints it as one line, exit 1.
 #pragma once
 
+#include <cstdio>
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace reftrain {
+
+// The end of `diff` and `diff-runs`: print the comparison's report, then leave with its exit status
+// (0 same; otherwise through CLI::RuntimeError, which main()'s app.exit() turns into that status
+// without printing anything more).
+inline void finish_comparison(const std::string& report, int status) {
+    std::fputs(report.c_str(), stdout);
+    std::fflush(stdout);
+    if (status != 0) throw CLI::RuntimeError(status);
+}
 
 // `reftrain data encode|show|batches`: tokenizer, chat-template and batch inspection (tools/cmd_data.cpp).
 void register_data_commands(CLI::App& app);
