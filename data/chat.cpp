@@ -76,10 +76,11 @@ struct Builder {
 // content and its <|im_end|> (the model must learn to stop); not the "\n" after it, which is the
 // template's, not the model's.
 void render_chatml(const Conversation& conversation, bool add_prompt, Builder& b) {
-    b.special(kChatmlBos, false);
+    if (!bugs().bos_missing) b.special(kChatmlBos, false);  // BUG bos-missing: each side expects the other to add it
     if (bugs().bos_twice) b.special(kChatmlBos, false);  // BUG bos-twice: the "tokenizer" adds one too
     for (const Message& m : conversation.messages) {
-        const bool supervised = m.role == "assistant";
+        // BUG mask-includes-prompt: every message's content is supervised, the user's and the system's too.
+        const bool supervised = bugs().mask_includes_prompt ? true : m.role == "assistant";
         b.special(kImStart, false);
         b.text(m.role + "\n", false);
         b.text(m.content, supervised);
@@ -105,13 +106,13 @@ void render_nanochat(const Conversation& conversation, bool add_prompt, Builder&
               messages.size() > 1 ? "'" + messages[1].role + "'" : std::string("no message"));
         system_prefix = messages[0].content + "\n\n";
     }
-    b.special(kNanochatBos, false);
+    if (!bugs().bos_missing) b.special(kNanochatBos, false);  // BUG bos-missing: each side expects the other to add it
     if (bugs().bos_twice) b.special(kNanochatBos, false);  // BUG bos-twice: the "tokenizer" adds one too
     for (const Message& m : messages) {
         if (m.role == "system") continue;
         if (m.role == "user") {
             b.special(kUserStart, false);
-            b.text(system_prefix + m.content, false);
+            b.text(system_prefix + m.content, bugs().mask_includes_prompt);  // BUG mask-includes-prompt: true
             system_prefix.clear();
             b.special(kUserEnd, false);
         } else if (m.role == "assistant") {
@@ -184,8 +185,11 @@ std::vector<int64_t> ChatTemplate::render_prompt(const Conversation& conversatio
     check(last.role != "assistant", where(conversation), ": message ", conversation.messages.size() - 1,
           " field 'role': a prompt must not end with an assistant message (the model writes that one)");
     Builder builder{tokenizer_, {}};
-    if (name_ == "chatml") render_chatml(conversation, true, builder);
-    else render_nanochat(conversation, true, builder);
+    // BUG template-mismatch: the prompt is rendered without the assistant header that training put before
+    // every answer (add_generation_prompt = False), so the model is asked to continue where it never was.
+    const bool generation_prompt = !bugs().template_mismatch;
+    if (name_ == "chatml") render_chatml(conversation, generation_prompt, builder);
+    else render_nanochat(conversation, generation_prompt, builder);
     return std::move(builder.out.ids);
 }
 

@@ -5,6 +5,7 @@
 #include <iomanip>
 #include <ostream>
 
+#include "kernels/bugs.h"
 #include "kernels/error.h"
 
 namespace reftrain {
@@ -53,19 +54,34 @@ RunData prepare_run_data(const DataConfig& d, int64_t seq_len, uint64_t seed, st
         for (const TaskExample& e : generate_split(*data.task, Split::train, d.train_examples, seed)) {
             train.push_back(to_conversation(e, d.system_prompt));
         }
-        data.val_examples = generate_split(*data.task, Split::val, d.val_examples, seed, /*unique=*/true);
+        // BUG split-leak: the validation examples are drawn from the training split (same seed, so the
+        // same examples), as when a "held-out" file is cut from the data after it was shuffled into train.
+        data.val_examples = bugs().split_leak ? generate_split(*data.task, Split::train, d.val_examples, seed)
+                                              : generate_split(*data.task, Split::val, d.val_examples, seed, /*unique=*/true);
         data.test_examples = generate_split(*data.task, Split::test, d.test_examples, seed, /*unique=*/true);
-        // Disjoint by construction; checked anyway, because a leak here makes every eval number a lie.
-        std::vector<std::string> train_prompts, val_prompts, test_prompts;
-        for (const Conversation& c : train) train_prompts.push_back(c.messages[c.messages.size() - 2].content);
-        for (const TaskExample& e : data.val_examples) val_prompts.push_back(e.prompt);
-        for (const TaskExample& e : data.test_examples) test_prompts.push_back(e.prompt);
-        if (invariants) {
-            check_split_disjoint(*invariants, train_prompts, val_prompts, "train", "val");
-            check_split_disjoint(*invariants, train_prompts, test_prompts, "train", "test");
-            check_split_disjoint(*invariants, val_prompts, test_prompts, "val", "test");
-        }
         for (const TaskExample& e : data.val_examples) val.push_back(to_conversation(e, d.system_prompt));
+    }
+    // Disjoint by construction for a task; checked anyway, for a task and for the user's own files alike,
+    // because a leak here makes every eval number a lie. The key is the prompt: every message before the
+    // last one (a duplicate prompt with another answer leaks just as much).
+    if (invariants) {
+        auto prompts = [](const std::vector<Conversation>& conversations) {
+            std::vector<std::string> keys;
+            for (const Conversation& c : conversations) {
+                std::string key;
+                for (size_t i = 0; i + 1 < c.messages.size(); ++i) key += c.messages[i].role + "\x1f" + c.messages[i].content + "\x1e";
+                keys.push_back(key.empty() && !c.messages.empty() ? c.messages[0].content : key);
+            }
+            return keys;
+        };
+        const std::vector<std::string> train_prompts = prompts(train), val_prompts = prompts(val);
+        check_split_disjoint(*invariants, val_prompts, train_prompts, "val", "train");
+        if (data.task) {
+            std::vector<std::string> test_prompts;
+            for (const TaskExample& e : data.test_examples) test_prompts.push_back(prompts({to_conversation(e, d.system_prompt)})[0]);
+            check_split_disjoint(*invariants, test_prompts, train_prompts, "test", "train");
+            check_split_disjoint(*invariants, test_prompts, val_prompts, "test", "val");
+        }
     }
 
     // Render. A conversation that cannot be learned from is skipped and COUNTED, never cut: truncating

@@ -103,6 +103,22 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "the frame tracer's report names the first tensor that went non-finite; lower schedule.lr, add "
          "warmup, check that every step has supervised tokens",
          M::fatal},
+        {"loss.no_spike",
+         "the step's loss lies far above the recent steps' (z-score over train.loss_spike_z); the rows of the "
+         "step's batch are listed by their own loss",
+         "a pocket of bad data (garbage text, a mislabelled shard, a broken file) when a few rows carry the "
+         "spike; a learning rate too high or no warmup when every row does",
+         "the rows named here (`reftrain data show` on their source), the LR at that step, the tracer's "
+         "attn_logits_max; train.loss_spike_skip drops such updates",
+         M::warn},
+        {"grad.finite_before_update",
+         "the step's gradient norm is NaN or infinite; the update was not applied",
+         "an overflow in the forward or backward (a learning rate too high, fp16 without loss scaling), a bad "
+         "batch, or a hook that wrote a non-finite value; applying it would write NaN into every weight and "
+         "both AdamW moments for good",
+         "the frame tracer (tracer.enabled) names the first non-finite tensor; lower schedule.lr, check the "
+         "batch; warn mode skips such steps and counts them",
+         M::fatal},
         {"optimizer.decay_only_matrices",
          "weight decay does not apply exactly to the 2-D parameters (matrices and embeddings)",
          "the parameter grouping decays 1-D tensors (RMSNorm gains, biases), which pulls the gains towards 0 "
@@ -497,6 +513,14 @@ bool check_loss_finite(Invariants& inv, double loss, int64_t step) {
     if (!inv.enabled(name)) return true;
     if (std::isfinite(loss)) return inv.report(name, true);
     return inv.report(name, false, concat("step ", step, ": loss = ", loss));
+}
+
+bool check_grad_norm_finite(Invariants& inv, double grad_norm, double loss, int64_t step) {
+    const char* name = "grad.finite_before_update";
+    if (!inv.enabled(name)) return true;
+    if (std::isfinite(grad_norm)) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step + 1, ": the gradient norm is ", grad_norm, " with loss ", loss,
+                                          "; the update was not applied"));
 }
 
 bool check_decay_only_matrices(Invariants& inv, const Arena& params, const DecayPredicate& decays) {

@@ -166,6 +166,9 @@ bool check_grad_zeroed(Invariants& inv, const Arena& grads, int64_t step);
 // loss.finite — the step's loss is neither NaN nor infinite.
 bool check_loss_finite(Invariants& inv, double loss, int64_t step);
 
+// grad.finite_before_update — the step's gradient norm is finite (else the caller skips the update).
+bool check_grad_norm_finite(Invariants& inv, double grad_norm, double loss, int64_t step);
+
 // optimizer.decay_only_matrices — decays(name, param) is true exactly for the 2-D parameters
 // (matrices and embeddings) and false for every other (1-D norm gains, biases). Call once at start.
 using DecayPredicate = std::function<bool(const std::string& name, const Tensor& param)>;

@@ -19,13 +19,24 @@ struct Bugs {
     bool labels_all_masked = false;       // the collator sets every target to the ignore index
     bool mask_off_by_one = false;         // targets shifted, supervision flags not
     bool bos_twice = false;               // the template adds BOS and so does the "tokenizer"
+    bool bos_missing = false;             // neither the template nor the tokenizer adds BOS
+    bool mask_includes_prompt = false;    // user and system content supervised too
+    bool split_leak = false;              // the validation split is drawn from the training examples
+    bool template_mismatch = false;       // prompts rendered for sampling lack the assistant header
     // model
     bool causal_leak = false;             // attention lets position t see t + 1
     bool view_vs_permute = false;         // heads split with a reshape that mixes batch rows
+    bool double_softmax = false;          // the logits go through a softmax before the cross-entropy
+    bool kv_cache_mismatch = false;       // the KV-cache path rotates new tokens from position 0
     // train
     bool scheduler_per_microbatch = false;  // schedule indexed by micro-batch, not optimizer step
     bool grad_accum_not_divided = false;    // each micro-batch's loss added at weight 1
     bool forgot_zero_grad = false;          // gradients not cleared between optimizer steps
+    bool weight_decay_on_norms = false;     // weight decay on every tensor, norm gains included
+    bool dead_layer = false;                // the last block's parameters are left out of the update
+    bool bf16_master_weights = false;       // weights stored in bf16: each update rounds to bf16
+    bool nonfinite_step_not_skipped = false;  // a non-finite gradient norm is clipped and applied
+    bool resume_state_loss = false;         // resume restores the weights but not the optimizer state
     // reinforcement learning: PPO (train/ppo.cpp) and its probe environments (probes/envs.h)
     bool probe_value_loss = false;          // the value loss regresses V onto the advantages, not the returns
     bool probe_backprop = false;            // the critic reads a cleared input buffer: V ignores the observation

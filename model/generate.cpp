@@ -20,6 +20,7 @@
 #include <numeric>
 #include <string>
 
+#include "kernels/bugs.h"
 #include "model/layout.h"
 
 namespace reftrain {
@@ -120,8 +121,10 @@ void InferenceSession::Impl::forward(const std::vector<int64_t>& ids) {
     auto B = [&](const char* name) -> Tensor& { return buffers.get(name); };
     const Tensor ids_view(const_cast<int64_t*>(ids.data()), DType::I64, {n}, "input_ids");
     // RoPE rows p.. : rope_forward rotates its row t with table row t, so the table starts at p.
-    const Tensor cos = view(B("rope.cos"), p * D, {max_len - p, D});
-    const Tensor sin = view(B("rope.sin"), p * D, {max_len - p, D});
+    // BUG kv-cache-mismatch: the new tokens are rotated from position 0, as if the cache were empty.
+    const int64_t first_row = bugs().kv_cache_mismatch ? 0 : p;
+    const Tensor cos = view(B("rope.cos"), first_row * D, {max_len - first_row, D});
+    const Tensor sin = view(B("rope.sin"), first_row * D, {max_len - first_row, D});
     const Tensor x = view(B("residual"), 0, {n, d});
     const Tensor x_mid = view(B("attn_residual"), 0, {n, d});
     const Tensor h = view(B("layernorm.out"), 0, {n, d});

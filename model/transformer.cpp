@@ -14,6 +14,7 @@
 #include <set>
 #include <span>
 
+#include "kernels/bugs.h"
 #include "kernels/random.h"
 #include "kernels/safetensors.h"
 
@@ -156,6 +157,42 @@ void Transformer::after_op(std::string_view op, std::initializer_list<const Tens
                     std::span<const Tensor* const>(inputs.begin(), inputs.size()));
 }
 
+namespace {
+
+// BUG double-softmax, forward: each row of logits becomes its softmax, in place, and the cross-entropy then
+// reads probabilities as if they were logits (log_softmax(softmax(z))). The loss can then never go below
+// log(1 + (V - 1) / e), about ln V - 1 for a large vocabulary: it plateaus near the uniform loss.
+void softmax_rows_in_place(Tensor& z, int64_t N, int64_t V) {
+    dispatch_float(z.dtype, "double_softmax", [&](auto tag) {
+        using T = decltype(tag);
+        T* x = z.ptr<T>();
+        for (int64_t n = 0; n < N; ++n) {
+            T* row = x + n * V;
+            const T top = *std::max_element(row, row + V);
+            double sum = 0.0;
+            for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - top));
+            for (int64_t v = 0; v < V; ++v) row[v] = static_cast<T>(std::exp(static_cast<double>(row[v] - top)) / sum);
+        }
+    });
+}
+
+// BUG double-softmax, backward: the softmax's Jacobian, dz = p * (dp - <p, dp>) per row (autograd does
+// the same for a user's extra softmax, which is why the bug trains without an error).
+void softmax_rows_backward_in_place(Tensor& dz, const Tensor& p, int64_t N, int64_t V) {
+    dispatch_float(dz.dtype, "double_softmax_backward", [&](auto tag) {
+        using T = decltype(tag);
+        T* g = dz.ptr<T>();
+        const T* prob = p.ptr<T>();
+        for (int64_t n = 0; n < N; ++n) {
+            double dot = 0.0;
+            for (int64_t v = 0; v < V; ++v) dot += static_cast<double>(prob[n * V + v]) * g[n * V + v];
+            for (int64_t v = 0; v < V; ++v) g[n * V + v] = static_cast<T>(prob[n * V + v] * (g[n * V + v] - dot));
+        }
+    });
+}
+
+}  // namespace
+
 // max over s <= t of q[b,t,h] . k[b,s,h/G] / sqrt(D) for every (b, h). The saved softmax gives the
 // argmax for free (exp is monotone, so the largest prob of a row sits at its largest logit), and one
 // dot product per row recomputes that logit: B*Hq*T*D multiply-adds plus a read of the causal half of
@@ -287,6 +324,7 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
     Tensor& logits = acts_.get("logits");
     linear_forward(logits.reshaped({N, V}), normed.reshaped({N, d}), lm_head);
     after_op("linear_forward", {&logits}, {}, {&normed, &lm_head});
+    if (bugs().double_softmax) softmax_rows_in_place(logits, N, V);  // BUG double-softmax: the loss applies its own
 
     ForwardResult result;
     if (have_targets_) {
@@ -362,6 +400,7 @@ void Transformer::backward_from_logits() {
     Tensor& normed = acts_.get("model.norm.out");
     const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const Tensor& lm_head = weight(lm_head_param);
+    if (bugs().double_softmax) softmax_rows_backward_in_place(dA(&logits), logits, N, V);  // BUG double-softmax
     linear_backward(dA(&normed).reshaped({N, d}), dW(lm_head_param), dA(&logits).reshaped({N, V}),
                     normed.reshaped({N, d}), lm_head);
     after_op("linear_backward", {&dA(&normed)}, {&dW(lm_head_param)}, {&dA(&logits), &normed, &lm_head});

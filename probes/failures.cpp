@@ -18,6 +18,7 @@
 #include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
+#include "probes/failure_kit.h"
 #include "probes/plot.h"
 #include "train/diagnostics.h"
 #include "train/trainer.h"
@@ -28,57 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The tiny run every scenario starts from; `extra` adds or overrides keys.
-RunConfig scenario_config(const FailureContext& ctx, const std::vector<std::string>& extra) {
-    std::vector<std::string> sets = {"run_dir=" + ctx.run_dir,
-                                     "threads=1",
-                                     "model.hidden_size=48",
-                                     "model.intermediate_size=96",
-                                     "model.num_hidden_layers=2",
-                                     "model.num_attention_heads=4",
-                                     "model.num_key_value_heads=2",
-                                     "model.head_dim=12",
-                                     "model.max_position_embeddings=64",
-                                     "data.tokenizer=byte",
-                                     "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
-                                     "data.train_examples=2000",
-                                     "data.val_examples=0",
-                                     "data.test_examples=0",
-                                     "train.batch_size=8",
-                                     "train.seq_len=48",
-                                     "train.max_steps=40",
-                                     "schedule.lr=0.003",
-                                     "eval.every=0",
-                                     "eval.exact_match_examples=0",
-                                     "eval.final_test=false",
-                                     "invariants={\"default\": \"warn\"}"};
-    sets.insert(sets.end(), extra.begin(), extra.end());
-    return load_run_config("", sets);
-}
-
-std::ostream& log_of(const FailureContext& ctx) { return ctx.log ? *ctx.log : std::cerr; }
-
-// Trains `steps` optimizer steps and returns the curve of one StepMetrics field.
-std::vector<double> train_curve(Trainer& trainer, int64_t steps, double StepMetrics::*field) {
-    std::vector<double> curve;
-    for (int64_t i = 0; i < steps; ++i) curve.push_back(trainer.train_step().*field);
-    return curve;
-}
-
-// Reads an invariant's verdict into the half.
-void read_invariant(FailureHalf& half, Trainer& trainer, const std::string& name) {
-    const int64_t violations = trainer.invariants().violations(name);
-    half.detector_fired = violations > 0;
-    half.detector_message = trainer.invariants().last_message(name);
-    half.numbers.push_back({"invariant " + name, concat(violations, " violations in ",
-                                                        trainer.invariants().evaluations(name), " evaluations")});
-}
-
-std::string fmt(double v, int precision = 4) {
-    std::ostringstream s;
-    s << std::setprecision(precision) << v;
-    return s.str();
-}
+using namespace failure_kit;
 
 // ---- the scenarios ------------------------------------------------------------------------------------
 
@@ -342,6 +293,7 @@ std::vector<FailureScenario> build_catalog() {
         .run = fp16_overflow});
     // Reinforcement learning (docs/failures/README.md, second table): PPO on the probe environments and CartPole
     // (probes/failures_ppo.cpp), GRPO on the chat model (probes/failures_grpo.cpp).
+    for (FailureScenario& s : lm_failure_scenarios()) c.push_back(std::move(s));
     for (FailureScenario& s : ppo_failure_scenarios()) c.push_back(std::move(s));
     for (FailureScenario& s : grpo_failure_scenarios()) c.push_back(std::move(s));
     return c;

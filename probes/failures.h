@@ -48,6 +48,8 @@ const std::vector<FailureScenario>& failure_catalog();
 // reward-mean-shift, truncation-as-termination (probes/failures_ppo.cpp) and grpo-zero-signal,
 // negative-kl (probes/failures_grpo.cpp). Their curve is one value per update, not per SFT step.
 std::vector<FailureScenario> ppo_failure_scenarios();
+// The language-model entries added after the first ten (probes/failures_lm.cpp).
+std::vector<FailureScenario> lm_failure_scenarios();
 std::vector<FailureScenario> grpo_failure_scenarios();
 const FailureScenario& find_failure(const std::string& id);   // fails listing the ids
 

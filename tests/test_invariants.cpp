@@ -60,6 +60,7 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"template.bos_exactly_once", InvariantMode::fatal},
         {"schedule.counts_optimizer_steps", InvariantMode::fatal}, {"schedule.completes_in_run", InvariantMode::warn},
         {"grad.zeroed_at_cycle_start", InvariantMode::fatal},  {"loss.finite", InvariantMode::fatal},
+        {"loss.no_spike", InvariantMode::warn}, {"grad.finite_before_update", InvariantMode::fatal},
         {"optimizer.decay_only_matrices", InvariantMode::warn},
         {"data.split_disjoint", InvariantMode::fatal},
         {"init.loss_near_log_vocab", InvariantMode::warn},

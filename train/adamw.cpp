@@ -1,7 +1,13 @@
 // train/adamw.cpp — see adamw.h for the update rule.
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/bugs.h"
+#include "kernels/dtype.h"
 
 namespace reftrain {
 
@@ -17,6 +23,13 @@ AdamW::AdamW(Arena& params, Arena& grads, const AdamWConfig& config)
         moments_.add("adam.v:" + p.name, p.dtype, shape);
     }
     moments_.allocate();
+    // The last transformer block's prefix, for the dead-layer switch ("model.layers.<L-1>.").
+    int64_t last = -1;
+    for (size_t i = 0; i < params.size(); ++i) {
+        const std::string& name = params.at(i).name;
+        if (name.rfind("model.layers.", 0) == 0) last = std::max<int64_t>(last, std::stoll(name.substr(13)));
+    }
+    if (last >= 0) last_block_prefix_ = "model.layers." + std::to_string(last) + ".";
 }
 
 void AdamW::step(double lr) {
@@ -28,7 +41,11 @@ void AdamW::step(double lr) {
     const double step_size = lr / bias_correction1;
     for (size_t i = 0; i < params_.size(); ++i) {
         const Tensor& param = params_.at(i);
-        const double decay = decays(param) ? config_.weight_decay : 0.0;
+        // BUG dead-layer: the last block was never handed to the optimizer (a frozen or forgotten param group).
+        if (bugs().dead_layer && !last_block_prefix_.empty() && param.name.rfind(last_block_prefix_, 0) == 0) continue;
+        // BUG weight-decay-on-norms: one param group for everything, norm gains included.
+        const double decay = (bugs().weight_decay_on_norms || decays(param)) ? config_.weight_decay : 0.0;
+        const bool bf16_weights = bugs().bf16_master_weights;
         dispatch_float(param.dtype, "AdamW::step", [&](auto tag) {
             using T = decltype(tag);
             T* p = param.ptr<T>();
@@ -45,9 +62,38 @@ void AdamW::step(double lr) {
                 m[j] = tb1 * m[j] + c1 * g[j];
                 v[j] = tb2 * v[j] + c2 * g[j] * g[j];
                 p[j] -= tstep * m[j] / (std::sqrt(v[j]) / tbc2 + teps);
+                // BUG bf16-master-weights: the weights live in bf16, so each update is rounded to bf16's
+                // 8 significant bits; an update under half a bf16 step of the weight vanishes.
+                if (bf16_weights) p[j] = static_cast<T>(bf16_to_float(float_to_bf16(static_cast<float>(p[j]))));
             }
         });
     }
+}
+
+
+std::vector<std::string> tensors_decayed_by(const Arena& params, const AdamWConfig& config) {
+    // A copy of the weights, zero gradients, fresh moments: Adam's own term is 0 / (0 + eps) = 0, so
+    // whatever moves was moved by weight decay alone. Probed with a decay of 0.1 when the run has none,
+    // to see the grouping the optimizer would use.
+    Arena copy("decay probe"), grads("decay probe grads");
+    for (const Tensor& p : params.tensors()) {
+        std::vector<int64_t> shape(p.shape.begin(), p.shape.begin() + p.ndim);
+        copy.add(p.name, p.dtype, shape);
+        grads.add("grad:" + p.name, p.dtype, shape);
+    }
+    copy.allocate();
+    grads.allocate();
+    grads.zero();
+    for (size_t i = 0; i < params.size(); ++i) std::memcpy(copy.at(i).data, params.at(i).data, params.at(i).nbytes());
+    AdamWConfig probe = config;
+    if (probe.weight_decay == 0.0) probe.weight_decay = 0.1;
+    AdamW optimizer(copy, grads, probe);
+    optimizer.step(1e-2);
+    std::vector<std::string> moved;
+    for (size_t i = 0; i < params.size(); ++i) {
+        if (std::memcmp(copy.at(i).data, params.at(i).data, params.at(i).nbytes()) != 0) moved.push_back(params.at(i).name);
+    }
+    return moved;
 }
 
 }  // namespace reftrain

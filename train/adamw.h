@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "kernels/arena.h"
 
@@ -53,6 +55,12 @@ private:
     Arena moments_{"adam moments"};
     int64_t step_count_ = 0;
     double last_lr_ = std::numeric_limits<double>::quiet_NaN();
+    std::string last_block_prefix_;   // "model.layers.<L-1>." (the dead-layer switch)
 };
+
+// The parameters an AdamW step with `config` decays, observed rather than asked: one step on a copy of
+// `params` with zero gradients, where anything that moves was moved by the decay alone (probed with a
+// decay of 0.1 if config has none). Feeds the invariant optimizer.decay_only_matrices.
+std::vector<std::string> tensors_decayed_by(const Arena& params, const AdamWConfig& config);
 
 }  // namespace reftrain

@@ -49,6 +49,9 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("train.precision", &R::train, &T::precision).one_of({"fp32", "bf16", "fp16"})
             .add("train.device", &R::train, &T::device).one_of({"cpu", "cuda"})
             .add("train.deterministic", &R::train, &T::deterministic)
+            .add("train.loss_spike_z", &R::train, &T::loss_spike_z).non_negative()
+            .add("train.loss_spike_window", &R::train, &T::loss_spike_window).positive()
+            .add("train.loss_spike_skip", &R::train, &T::loss_spike_skip)
             .add("train.beta1", &R::train, &T::adamw, &AdamWConfig::beta1)   // AdamW's lr is the schedule's
             .add("train.beta2", &R::train, &T::adamw, &AdamWConfig::beta2)
             .add("train.eps", &R::train, &T::adamw, &AdamWConfig::eps)

@@ -44,6 +44,12 @@ struct TrainConfig {
     // GPU determinism mode (kernels/cuda/device.h): bitwise-repeatable library algorithms. The CPU is
     // always deterministic.
     bool deterministic = true;
+    // The loss-spike detector (train/loss_spike.h): a step whose loss lies loss_spike_z standard
+    // deviations above the last loss_spike_window steps' mean is reported (invariant loss.no_spike, with
+    // the rows of the batch ranked by their loss) and, with loss_spike_skip, not applied. 0 = off.
+    double loss_spike_z = 0.0;
+    int64_t loss_spike_window = 20;
+    bool loss_spike_skip = false;
     AdamWConfig adamw;                        // lr comes from the schedule
 };
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <iomanip>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "kernels/bugs.h"
@@ -116,8 +118,14 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
              "-DREFTRAIN_CUDA=ON; docs/cuda.md)");
 #endif
     }
-    check_decay_only_matrices(invariants_, model_->params(),
-                              [](const std::string&, const Tensor& p) { return AdamW::decays(p); });
+    // Observed, not asked: the tensors a zero-gradient AdamW step actually moves (train/adamw.h).
+    const std::vector<std::string> decayed = tensors_decayed_by(model_->params(), config_.train.adamw);
+    check_decay_only_matrices(invariants_, model_->params(), [&decayed](const std::string& name, const Tensor&) {
+        return std::find(decayed.begin(), decayed.end(), name) != decayed.end();
+    });
+    if (config_.train.loss_spike_z > 0.0) {
+        spike_ = std::make_unique<LossSpikeDetector>(config_.train.loss_spike_z, config_.train.loss_spike_window);
+    }
     packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
                                        config_.seed, data_.chat->bos_id());
     micro_ids_.resize(config_.train.grad_accum);
@@ -167,6 +175,7 @@ StepMetrics Trainer::train_step() {
     }
 
     StepMetrics m;
+    std::vector<std::vector<double>> row_losses;   // [micro-batch][row], when the spike detector is on
     if (tracer_) tracer_->begin_step(step_);
     // fp16: the loss gradient is multiplied by the loss scale so small gradients survive fp16, and the
     // gradients are divided by it again before clipping and the update.
@@ -183,10 +192,34 @@ StepMetrics Trainer::train_step() {
         if (bugs().grad_accum_not_divided) weight = 1.0;  // BUG grad-accum-not-divided: k micro-batches summed
         if (r.supervised_tokens > 0) model_->backward(weight * scale);
         m.loss += weight * r.loss;
+        if (spike_) {   // each row's own mean loss, for naming the rows of a spike
+            const std::vector<double> logp = model_->target_logprobs();
+            std::vector<double>& rows = row_losses.emplace_back(static_cast<size_t>(B), 0.0);
+            for (int64_t b = 0; b < B; ++b) {
+                int64_t n = 0;
+                for (int64_t t = 0; t < T; ++t) {
+                    if (micro_targets_[i][b * T + t] == cpu::kIgnoreIndex) continue;
+                    rows[b] -= logp[b * T + t];
+                    ++n;
+                }
+                rows[b] = n > 0 ? rows[b] / static_cast<double>(n) : 0.0;
+            }
+        }
+    }
+    bool spike_skip = false;
+    if (spike_) {
+        if (const std::optional<LossSpike> spike = spike_->observe(step_, m.loss)) {
+            invariants_.report("loss.no_spike", false, describe_spike(*spike, row_losses));
+            spike_skip = config_.train.loss_spike_skip;
+        } else {
+            invariants_.report("loss.no_spike", true);
+        }
     }
     if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, model_->config().vocab_size);
+    if (grad_hook_) grad_hook_(step_, model_->grads());   // a user's gradient hook (set_grad_hook)
     const bool nonfinite_grads = loss_scaler_.enabled() && unscale_and_check(model_->grads(), scale);
     m.skipped = loss_scaler_.update(nonfinite_grads);  // fp16: skip the step and back off the scale
+    m.skipped = m.skipped || spike_skip;
     if (tracer_ && tracer_->tripped()) {
         if (!m.skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
             tracer_->end_step();
@@ -197,9 +230,12 @@ StepMetrics Trainer::train_step() {
     if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
     m.grad_norm = m.skipped ? std::numeric_limits<double>::quiet_NaN()
                             : clip_grad_norm(model_->grads(), config_.train.grad_clip);
-    // A non-finite gradient would poison every weight through AdamW's moments: stop before the update.
-    check(m.skipped || std::isfinite(m.grad_norm), "step ", step_ + 1, ": the gradient norm is ", m.grad_norm,
-          " (not finite) with loss ", m.loss, "; the update was not applied. Lower schedule.lr or check the data");
+    // A non-finite gradient would poison every weight through AdamW's moments: never apply it. The
+    // invariant stops the run (fatal, the default) or skips the update (warn).
+    if (!m.skipped && !std::isfinite(m.grad_norm) && !bugs().nonfinite_step_not_skipped) {  // BUG: applied anyway
+        check_grad_norm_finite(invariants_, m.grad_norm, m.loss, step_);
+        m.skipped = true;
+    }
     // Indexed by the optimizer step. BUG scheduler-per-microbatch: indexed by micro-batches seen.
     const int64_t schedule_step = bugs().scheduler_per_microbatch ? step_ * k : step_;
     m.lr = lr_at(config_.schedule, schedule_step);
@@ -217,6 +253,41 @@ StepMetrics Trainer::train_step() {
     m.supervised_tokens = total;
     m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return m;
+}
+
+std::string Trainer::describe_spike(const LossSpike& spike, const std::vector<std::vector<double>>& row_losses) const {
+    struct Row { double loss; size_t micro, row; };
+    std::vector<Row> rows;
+    for (size_t i = 0; i < row_losses.size(); ++i) {
+        for (size_t b = 0; b < row_losses[i].size(); ++b) rows.push_back({row_losses[i][b], i, b});
+    }
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.loss > b.loss; });
+    std::ostringstream s;
+    s << std::setprecision(4) << "step " << spike.step + 1 << ": loss " << spike.loss;
+    if (spike.z > 0.0) s << " is " << spike.z << " standard deviations above the last steps' mean " << spike.mean << " (std " << spike.std << ")";
+    if (spike.above_first) s << (spike.z > 0.0 ? ", and" : "") << " is above " << kDivergenceFactor << " x the first step's loss (the run diverges)";
+    if (!rows.empty()) {
+        s << "; median row loss " << rows[rows.size() / 2].loss << "; highest rows:";
+        const int64_t T = config_.train.seq_len;
+        for (size_t k = 0; k < rows.size() && k < 3; ++k) {
+            const std::vector<int64_t>& ids = micro_ids_[rows[k].micro];
+            const std::vector<int64_t>& targets = micro_targets_[rows[k].micro];
+            // The text from a few tokens before the row's first supervised target: what the loss saw.
+            const int64_t row = static_cast<int64_t>(rows[k].row) * T;
+            int64_t first = 0;
+            while (first < T && targets[row + first] == cpu::kIgnoreIndex) ++first;
+            std::string text;
+            for (int64_t t = std::max<int64_t>(0, std::min(first, T - 1) - 3); t < T && text.size() < 40; ++t) {
+                for (char c : data_.tokenizer->piece(ids[row + t])) {
+                    text += c == '\n' ? std::string("\\n") : std::isprint(static_cast<unsigned char>(c)) ? std::string(1, c) : "?";
+                }
+            }
+            s << (k ? ";" : "") << " micro-batch " << rows[k].micro << " row " << rows[k].row << " loss " << rows[k].loss
+              << " \"" << text.substr(0, 40) << "\"";
+        }
+    }
+    s << (config_.train.loss_spike_skip ? "; the update was skipped" : "; the update was applied (train.loss_spike_skip = false)");
+    return s.str();
 }
 
 // The GPU twin of the step above: same batches, weights, schedule, clipping and invariants on the loss
@@ -323,7 +394,8 @@ void Trainer::resume(const std::string& checkpoint_dir) {
              << "explicitly to keep the schedule fixed when changing train.max_steps.\n";
     }
     TrainState state;
-    load_checkpoint(dir, *model_, optimizer_.get(), state);
+    // BUG resume-state-loss: only the weights come back; AdamW restarts with empty moments and step 0.
+    load_checkpoint(dir, *model_, bugs().resume_state_loss ? nullptr : optimizer_.get(), state);
     check(state.rng_states.size() == 1, dir, ": expected 1 RNG state, found ", state.rng_states.size());
     step_ = state.step;
     sample_rng_.set_state(state.rng_states[0]);

@@ -27,6 +27,7 @@
 #include "debug/tracer.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "train/loss_spike.h"
 #include "train/loss_scaler.h"
 #include "train/evaluate.h"
 #include "train/run_config.h"
@@ -82,6 +83,9 @@ public:
     LossScaler& loss_scaler() { return loss_scaler_; }
     const RunData& data() const { return data_; }
     int64_t step() const { return step_; }
+    // Called on every CPU step after the backward passes and before clipping and the update, with the
+    // optimizer step and the gradients: a user's gradient hook (inspect, or corrupt on purpose in tests).
+    void set_grad_hook(std::function<void(int64_t step, Arena& grads)> hook) { grad_hook_ = std::move(hook); }
 
 private:
     // The configured schedule as a function of the optimizer step, for the schedule invariants.
@@ -103,6 +107,9 @@ private:
     int64_t step_ = 0;
     Rng sample_rng_;   // eval samples; in the checkpoint
     std::vector<std::vector<int64_t>> micro_ids_, micro_targets_;
+    std::function<void(int64_t, Arena&)> grad_hook_;
+    std::unique_ptr<LossSpikeDetector> spike_;   // null unless train.loss_spike_z > 0
+    std::string describe_spike(const LossSpike& spike, const std::vector<std::vector<double>>& row_losses) const;
 };
 
 }  // namespace reftrain

@@ -1,0 +1,620 @@
+// probes/failures_lm.cpp — the language-model entries of the failure catalog beyond the first ten:
+// rows of ../shared/FAILURES.md (and its "beyond the seeds" table) that run on the same tiny addition
+// model as probes/failures.cpp. Each half trains through the real Trainer; each detector reads what any
+// run has (rendered ids and masks, losses, gradients, weights before and after a step), never a switch.
+// The detectors that are a plain check over such data live in probes/failure_detectors.h, where the tests
+// feed them hand-made symptoms.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/bugs.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/error.h"
+#include "kernels/random.h"
+#include "data/tasks.h"
+#include "probes/failure_detectors.h"
+#include "model/generate.h"
+#include "probes/failure_kit.h"
+#include "train/diagnostics.h"
+#include "train/update_audit.h"
+
+namespace reftrain {
+
+namespace fs = std::filesystem;
+
+
+namespace {
+
+using namespace failure_kit;
+
+// ---- data -------------------------------------------------------------------------------------------------
+
+FailureHalf bos_missing(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    const RenderedConversation& first = trainer.data().train_docs.front();
+    std::string start;
+    for (size_t i = 0; i < 2 && i < first.ids.size(); ++i) start += trainer.data().tokenizer->piece(first.ids[i]);
+    half.numbers.push_back({"first two tokens of a training conversation", start});
+    read_invariant(half, trainer, "template.bos_exactly_once");
+    return half;
+}
+
+FailureHalf mask_includes_prompt(const FailureContext& ctx) {
+    const RunConfig config = scenario_config(ctx, {});
+    Trainer trainer(config, log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    // The symptom in numbers: how much of a conversation the loss sees. The prompt ("What is 12+34?")
+    // is longer than the answer, so supervising it multiplies the supervised tokens and teaches the
+    // model to write questions.
+    int64_t tokens = 0, supervised = 0;
+    for (const RenderedConversation& r : trainer.data().train_docs) {
+        tokens += static_cast<int64_t>(r.ids.size());
+        for (uint8_t s : r.supervised) supervised += s;
+    }
+    half.numbers.push_back({"supervised share of the training tokens", fmt(100.0 * static_cast<double>(supervised) /
+                                                                                static_cast<double>(tokens), 3) + " %"});
+    // The detector: the mask audit renders every conversation and checks that the supervised tokens are
+    // exactly the assistant messages and their end-of-turn tokens.
+    const DiagnosticResult audit = audit_masks(*trainer.data().chat, training_conversations(config));
+    half.detector_fired = !audit.pass;
+    half.detector_message = audit.pass ? "" : "mask audit: " + audit.verdict;
+    half.numbers.push_back({"diagnose mask", audit.pass ? "PASS" : "FAIL"});
+    return half;
+}
+
+FailureHalf split_leak(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"data.val_examples=200"}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    // How many validation prompts the model was trained on (counted here by the same key the invariant
+    // uses, from the two splits a user's run holds).
+    std::vector<std::string> train_prompts;
+    for (const TaskExample& e : generate_split(*trainer.data().task, Split::train, 2000, 1)) train_prompts.push_back(e.prompt);
+    std::sort(train_prompts.begin(), train_prompts.end());
+    int64_t seen = 0;
+    for (const TaskExample& e : trainer.data().val_examples) {
+        seen += std::binary_search(train_prompts.begin(), train_prompts.end(), e.prompt);
+    }
+    half.numbers.push_back({"validation prompts also in training (of 200)", std::to_string(seen)});
+    const EvalMetrics eval = trainer.evaluate(0);
+    half.numbers.push_back({"validation loss / last training loss", fmt(eval.val_loss) + " / " + fmt(half.curve.back())});
+    read_invariant(half, trainer, "data.split_disjoint");
+    return half;
+}
+
+// ---- model ------------------------------------------------------------------------------------------------
+
+FailureHalf double_softmax(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    const int64_t V = trainer.model().config().vocab_size;
+    half.numbers.push_back({"loss at step 1 / step 40 (ln V = " + fmt(std::log(static_cast<double>(V))) + ")",
+                            fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
+    half.numbers.push_back({"lowest loss the double softmax allows", fmt(std::log(1.0 + (V - 1) / std::exp(1.0)))});
+    const DetectorVerdict v = loss_plateau_near_uniform(half.curve, V);
+    half.detector_fired = v.fired;
+    half.detector_message = v.message;
+    return half;
+}
+
+FailureHalf kv_cache_mismatch(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    // One prompt of the run, fed token by token through the KV cache and compared with a full forward.
+    const RenderedConversation& doc = trainer.data().train_docs.front();
+    const std::vector<int64_t> prompt(doc.ids.begin(), doc.ids.begin() + std::min<size_t>(doc.ids.size(), 24));
+    const DiagnosticResult r = check_kv_cache(trainer.model(), prompt);
+    half.numbers.push_back({"max |cached - full| logit / max |logit|", fmt(r.number("max_abs_diff")) + " / " +
+                                                                        fmt(r.number("max_abs_logit"))});
+    // What the user sees: greedy answers from the cache against greedy argmax of the full forward.
+    half.detector_fired = !r.pass;
+    half.detector_message = r.pass ? "" : "diagnose kv-cache: " + r.verdict;
+    return half;
+}
+
+FailureHalf bad_init_scale(const FailureContext& ctx) {
+    // The bug is a configuration: an init std of 1.0 (meant for unit-variance inputs, or a width 2500x
+    // smaller) instead of 0.02.
+    Trainer trainer(scenario_config(ctx, {ctx.bug ? "model.initializer_range=1.0" : "model.initializer_range=0.02"}),
+                    log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    const double lnv = std::log(static_cast<double>(trainer.model().config().vocab_size));
+    half.numbers.push_back({"loss at step 1 (ln V = " + fmt(lnv) + ") / step 40",
+                            fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
+    read_invariant(half, trainer, "init.loss_near_log_vocab");
+    return half;
+}
+
+// ---- optimizer --------------------------------------------------------------------------------------------
+
+// The mean of every RMSNorm gain (they start at 1): the tensors weight decay must leave alone.
+double mean_norm_gain(Transformer& model) {
+    double sum = 0.0;
+    int64_t n = 0;
+    for (const Tensor& p : model.params().tensors()) {
+        if (p.ndim != 1) continue;
+        dispatch_float(p.dtype, "mean_norm_gain", [&](auto tag) {
+            const auto* x = p.ptr<decltype(tag)>();
+            for (int64_t i = 0; i < p.numel(); ++i) sum += static_cast<double>(x[i]);
+        });
+        n += p.numel();
+    }
+    return n ? sum / static_cast<double>(n) : 0.0;
+}
+
+FailureHalf weight_decay_on_norms(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.weight_decay=1.0", "schedule.lr=0.01"}), log_of(ctx));
+    FailureHalf half{"mean RMSNorm gain", {}, {}, false, ""};
+    for (int i = 0; i < 40; ++i) {
+        trainer.train_step();
+        half.curve.push_back(mean_norm_gain(trainer.model()));
+    }
+    half.numbers.push_back({"mean RMSNorm gain after 40 steps (init 1)", fmt(half.curve.back())});
+    half.numbers.push_back({"loss at step 40", fmt(trainer.train_step().loss)});
+    read_invariant(half, trainer, "optimizer.decay_only_matrices");
+    return half;
+}
+
+FailureHalf dead_layer(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"loss", {}, {}, false, ""};
+    UpdateAudit audit;
+    for (int i = 0; i < 40; ++i) {
+        audit.before(trainer.model().params());
+        half.curve.push_back(trainer.train_step().loss);
+        audit.after(trainer.model().params(), trainer.model().grads());
+    }
+    const std::vector<std::string> dead = audit.never_moved();
+    half.numbers.push_back({"loss at step 40", fmt(half.curve.back())});
+    half.numbers.push_back({"tensors with gradients that never moved", std::to_string(dead.size()) + " of " +
+                                                                       std::to_string(audit.tensors().size())});
+    if (!dead.empty()) {
+        half.detector_fired = true;
+        std::string names;
+        for (size_t i = 0; i < dead.size() && i < 3; ++i) names += (i ? ", " : "") + dead[i];
+        half.detector_message = concat("update audit: ", dead.size(), " tensors had non-zero gradients in all ",
+                                       audit.steps(), " steps and never changed (", names,
+                                       dead.size() > 3 ? ", ..." : "", "): they are not in the optimizer");
+    }
+    return half;
+}
+
+FailureHalf bf16_master_weights(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
+    FailureHalf half{"stalled updates (%)", {}, {}, false, ""};
+    UpdateAudit audit;
+    for (int i = 0; i < 40; ++i) {
+        UpdateAudit step;
+        step.before(trainer.model().params());
+        audit.before(trainer.model().params());
+        trainer.train_step();
+        step.after(trainer.model().params(), trainer.model().grads());
+        audit.after(trainer.model().params(), trainer.model().grads());
+        half.curve.push_back(100.0 * step.stalled_fraction());
+    }
+    const std::vector<std::string> stalled = audit.stalled(0.5);
+    half.numbers.push_back({"updates with a gradient that left the weight unchanged", fmt(100.0 * audit.stalled_fraction(), 3) + " %"});
+    half.numbers.push_back({"tensors stalled in at least half their updates", std::to_string(stalled.size())});
+    if (!stalled.empty()) {
+        half.detector_fired = true;
+        std::string names;
+        for (size_t i = 0; i < stalled.size() && i < 3; ++i) names += (i ? ", " : "") + stalled[i];
+        half.detector_message = concat("update audit: ", fmt(100.0 * audit.stalled_fraction(), 3),
+                                       " % of the updates with a non-zero gradient left the weight bit-identical; ",
+                                       stalled.size(), " tensors stalled in at least half of theirs (", names,
+                                       stalled.size() > 3 ? ", ..." : "",
+                                       "): the weights cannot hold updates this small (bf16 master weights?)");
+    }
+    return half;
+}
+
+FailureHalf ga_token_mean(const FailureContext& ctx) {
+    // The bug is a configuration: micro-batch losses averaged per micro-batch (each weighted 1/k) while
+    // their supervised token counts differ, instead of by the step's token count.
+    const std::string norm = ctx.bug ? "train.loss_normalization=\"micro_batches\"" : "train.loss_normalization=\"tokens\"";
+    const std::vector<std::string> sets = {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=0", norm};
+    Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    // The detector: one accumulated step against one big batch of the same 8 rows (same seed, same rows).
+    Trainer accumulated(scenario_config(ctx, sets), log_of(ctx));
+    Trainer big(scenario_config(ctx, {"train.grad_accum=1", "train.batch_size=8", "train.grad_clip=0", norm}), log_of(ctx));
+    accumulated.train_step();
+    big.train_step();
+    const DetectorVerdict v = gradients_differ(accumulated.model().grads(), big.model().grads(),
+                                               "accumulated (4 x 2 rows)", "big-batch (8 rows)");
+    half.numbers.push_back({"|accumulated - big-batch| gradient norm", fmt(std::fabs(accumulated.train_step().grad_norm -
+                                                                                     big.train_step().grad_norm))});
+    half.detector_fired = v.fired;
+    half.detector_message = v.message;
+    return half;
+}
+
+// ---- the training loop ------------------------------------------------------------------------------------
+
+FailureHalf nonfinite_step_not_skipped(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"tracer.enabled=false"}), log_of(ctx));
+    // A corrupted tensor: a gradient hook writes inf into one gradient entry at step 10 (what an fp16
+    // overflow, or a bad batch, leaves behind).
+    constexpr int64_t kPoisoned = 9;
+    trainer.set_grad_hook([](int64_t step, Arena& grads) {
+        if (step != kPoisoned) return;
+        Tensor& g = grads.get("grad:model.norm.weight");
+        dispatch_float(g.dtype, "poison", [&](auto tag) { g.ptr<decltype(tag)>()[0] = std::numeric_limits<decltype(tag)>::infinity(); });
+    });
+    FailureHalf half{"loss", {}, {}, false, ""};
+    DetectorVerdict verdict;
+    for (int64_t i = 0; i < 20; ++i) {
+        ArenaSnapshot before;
+        if (i == kPoisoned) before = snapshot({&trainer.model().params(), &trainer.optimizer().moments()});
+        half.curve.push_back(trainer.train_step().loss);
+        if (i == kPoisoned) {
+            verdict = changed_by_skipped_step(before, snapshot({&trainer.model().params(), &trainer.optimizer().moments()}));
+        }
+    }
+    int64_t nonfinite = 0;
+    for (const Tensor& p : trainer.model().params().tensors()) {
+        dispatch_float(p.dtype, "count", [&](auto tag) {
+            const auto* x = p.ptr<decltype(tag)>();
+            for (int64_t j = 0; j < p.numel(); ++j) nonfinite += !std::isfinite(static_cast<double>(x[j]));
+        });
+    }
+    half.numbers.push_back({"non-finite weights after 20 steps", std::to_string(nonfinite)});
+    half.numbers.push_back({"steps skipped by grad.finite_before_update",
+                            std::to_string(trainer.invariants().violations("grad.finite_before_update"))});
+    half.detector_fired = verdict.fired;
+    half.detector_message = verdict.message;
+    return half;
+}
+
+FailureHalf resume_state_loss(const FailureContext& ctx) {
+    // 20 steps straight against 10 steps, a checkpoint, a new process-like Trainer that resumes, 10 more.
+    const std::vector<std::string> sets = {"train.max_steps=20", "tracer.enabled=false"};
+    FailureContext straight_ctx = ctx;
+    straight_ctx.run_dir = (fs::path(ctx.run_dir) / "straight").string();
+    Trainer straight(scenario_config(straight_ctx, sets), log_of(ctx));
+    const std::vector<double> reference = train_curve(straight, 20, &StepMetrics::loss);
+    FailureContext first_ctx = ctx;
+    first_ctx.run_dir = (fs::path(ctx.run_dir) / "resumed").string();
+    std::vector<double> curve;
+    {
+        Trainer first(scenario_config(first_ctx, sets), log_of(ctx));
+        curve = train_curve(first, 10, &StepMetrics::loss);
+        first.save_checkpoint();
+    }
+    Trainer second(scenario_config(first_ctx, sets), log_of(ctx));
+    second.resume("latest");
+    for (double loss : train_curve(second, 10, &StepMetrics::loss)) curve.push_back(loss);
+    FailureHalf half{"loss after resume - straight loss", {}, {}, false, ""};
+    double worst = 0.0;
+    for (size_t i = 0; i < curve.size(); ++i) {
+        half.curve.push_back(curve[i] - reference[i]);
+        worst = std::max(worst, std::fabs(curve[i] - reference[i]));
+    }
+    half.numbers.push_back({"loss at step 12 (1st after resume), resumed / straight", fmt(curve[11]) + " / " + fmt(reference[11])});
+    half.numbers.push_back({"largest |loss difference| over 20 steps", fmt(worst)});
+    const DetectorVerdict v =
+        snapshots_differ(snapshot({&second.model().params(), &second.optimizer().moments()}),
+                         snapshot({&straight.model().params(), &straight.optimizer().moments()}),
+                         "10 steps + save + resume + 10 steps against 20 straight steps (weights and AdamW moments)");
+    half.detector_fired = v.fired;
+    half.detector_message = v.message;
+    return half;
+}
+
+
+// ---- loss spikes ------------------------------------------------------------------------------------------
+
+// The catalog's addition conversations as a JSONL file, with `garbage` extra conversations whose answer
+// is 20 random printable bytes (a scraped page of binary junk, a broken shard): a pocket of bad data.
+std::string write_addition_jsonl(const std::string& dir, int64_t garbage) {
+    fs::create_directories(dir);
+    const std::string path = (fs::path(dir) / "train.jsonl").string();
+    std::ofstream out(path);
+    auto task = make_task("addition", nlohmann::json::parse(R"({"min_digits": 1, "max_digits": 2})"));
+    auto quote = [](const std::string& text) { return nlohmann::json(text).dump(); };
+    for (const TaskExample& e : generate_split(*task, Split::train, 2000, 1)) {
+        out << R"({"messages": [{"role": "user", "content": )" << quote(e.prompt)
+            << R"(}, {"role": "assistant", "content": )" << quote(e.answer) << "}]}\n";
+    }
+    Rng rng(12345);
+    for (int64_t i = 0; i < garbage; ++i) {
+        std::string junk;
+        for (int j = 0; j < 20; ++j) junk += static_cast<char>(33 + rng.below(94));
+        out << R"({"messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": )"
+            << quote(junk) << "}]}\n";
+    }
+    return path;
+}
+
+FailureHalf loss_spike_bad_data(const FailureContext& ctx) {
+    // The bug is the data: 20 garbage conversations among 2000 (1 %). The detector is on in both halves.
+    const std::string jsonl = write_addition_jsonl(ctx.run_dir, ctx.bug ? 20 : 0);
+    Trainer trainer(scenario_config(ctx, {"data.task=\"\"", "data.jsonl=\"" + jsonl + "\"", "train.loss_spike_z=6",
+                                          "train.max_steps=80"}),
+                    log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 80, &StepMetrics::loss), {}, false, ""};
+    double peak = 0.0;
+    for (size_t i = 20; i < half.curve.size(); ++i) peak = std::max(peak, half.curve[i]);
+    half.numbers.push_back({"highest loss in steps 21-80", fmt(peak)});
+    read_invariant(half, trainer, "loss.no_spike");
+    return half;
+}
+
+FailureHalf no_warmup(const FailureContext& ctx) {
+    // The bug is a configuration: the peak learning rate from step 0 instead of after a warmup.
+    Trainer trainer(scenario_config(ctx, {"schedule.kind=\"linear_warmup\"", "schedule.lr=0.3", "train.grad_clip=0", "train.loss_spike_z=6",
+                                          ctx.bug ? "schedule.warmup_steps=0" : "schedule.warmup_steps=10",
+                                          "tracer.policy=\"skip\""}),
+                    log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    double peak = 0.0;
+    for (size_t i = 1; i < half.curve.size(); ++i) peak = std::isfinite(half.curve[i]) ? std::max(peak, half.curve[i]) : peak;
+    half.numbers.push_back({"highest loss after step 1 / loss at step 40", fmt(peak) + " / " + fmt(half.curve.back())});
+    read_invariant(half, trainer, "loss.no_spike");
+    return half;
+}
+
+// ---- evaluation -------------------------------------------------------------------------------------------
+
+// Mean negative log-likelihood (nats per token) of `answer` after `prompt`, read token by token through
+// the KV cache: what sampling would see.
+double answer_nll(const Transformer& model, const std::vector<int64_t>& prompt, const std::vector<int64_t>& answer) {
+    InferenceSession session(model, static_cast<int64_t>(prompt.size() + answer.size()));
+    std::vector<double> logits = session.feed(prompt);
+    double nll = 0.0;
+    for (int64_t id : answer) {
+        const double top = *std::max_element(logits.begin(), logits.end());
+        double sum = 0.0;
+        for (double z : logits) sum += std::exp(z - top);
+        nll += top + std::log(sum) - logits[static_cast<size_t>(id)];
+        logits = session.feed({id});
+    }
+    return nll / static_cast<double>(answer.size());
+}
+
+FailureHalf template_mismatch(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.max_steps=60"}), log_of(ctx));
+    FailureHalf half{"loss", train_curve(trainer, 60, &StepMetrics::loss), {}, false, ""};
+    const ChatTemplate& chat = *trainer.data().chat;
+    const Tokenizer& tokenizer = *trainer.data().tokenizer;
+    auto pieces = [&](const std::vector<int64_t>& ids) {
+        std::vector<std::string> out;
+        for (int64_t id : ids) out.push_back(tokenizer.piece(id));
+        return out;
+    };
+    // Held-out problems: the answer's likelihood given the prompt as sampling renders it, and the check
+    // that this prompt is a prefix of what training rendered for the same conversation.
+    double nll = 0.0;
+    DetectorVerdict verdict;
+    const std::vector<TaskExample> problems = generate_split(*trainer.data().task, Split::test, 30, 7, /*unique=*/true);
+    for (const TaskExample& e : problems) {
+        const std::vector<int64_t> prompt = chat.render_prompt(to_conversation(e, "", false));
+        const RenderedConversation rendered = chat.render(to_conversation(e, "", true));
+        const size_t answer_start = static_cast<size_t>(
+            std::find(rendered.supervised.begin(), rendered.supervised.end(), 1) - rendered.supervised.begin());
+        const std::vector<int64_t>& trained = rendered.ids;
+        std::vector<int64_t> answer = tokenizer.encode(e.answer);
+        answer.push_back(chat.end_of_turn_id());
+        nll += answer_nll(trainer.model(), prompt, answer) / static_cast<double>(problems.size());
+        if (!verdict.fired) verdict = prompt_not_training_prefix(trained, answer_start, prompt, pieces(trained), pieces(prompt));
+    }
+    half.numbers.push_back({"answer NLL after the sampling prompt (nats/token)", fmt(nll)});
+    half.detector_fired = verdict.fired;
+    half.detector_message = verdict.message;
+    return half;
+}
+
+// The mean training loss of the last 5 of 40 steps of the catalog's run with `sets`.
+double final_loss(const FailureContext& ctx, const std::string& name, const std::vector<std::string>& sets) {
+    FailureContext c = ctx;
+    c.run_dir = (fs::path(ctx.run_dir) / name).string();
+    Trainer trainer(scenario_config(c, sets), log_of(ctx));
+    const std::vector<double> curve = train_curve(trainer, 40, &StepMetrics::loss);
+    double sum = 0.0;
+    for (size_t i = curve.size() - 5; i < curve.size(); ++i) sum += curve[i];
+    return sum / 5.0;
+}
+
+FailureHalf seed_variance(const FailureContext& ctx) {
+    // With the bug, the change under test does nothing that matters (one more training example among 2000,
+    // which only reshuffles the data order); without it, the change is real (lr 0.001 instead of 0.003). Either way the claim is
+    // first made the usual way, one run each with whatever seeds they got, then tested by a paired sweep.
+    const std::string change = ctx.bug ? "data.train_examples=2001" : "schedule.lr=0.001";
+    const double a1 = final_loss(ctx, "a_seed1", {"seed=1"});
+    const double b2 = final_loss(ctx, "b_seed2", {"seed=2", change});
+    FailureHalf half{"B - A, final loss, per paired seed", {}, {}, false, ""};
+    half.numbers.push_back({"one run each: A (seed 1) / B (seed 2)", fmt(a1) + " / " + fmt(b2)});
+    std::vector<double> a, b;
+    for (int seed = 1; seed <= 5; ++seed) {
+        a.push_back(final_loss(ctx, "pair_a" + std::to_string(seed), {"seed=" + std::to_string(seed)}));
+        b.push_back(final_loss(ctx, "pair_b" + std::to_string(seed), {"seed=" + std::to_string(seed), change}));
+        half.curve.push_back(b.back() - a.back());
+    }
+    const PairedComparison p = paired_t(a, b);
+    half.numbers.push_back({"paired over 5 seeds: mean B - A +- s.e.", fmt(p.mean_difference, 3) + " +- " + fmt(p.standard_error, 3)});
+    half.numbers.push_back({"t (95 % needs |t| > " + fmt(p.critical_t) + ")", fmt(p.t, 3)});
+    if (!p.significant()) {
+        half.detector_fired = true;
+        half.detector_message = concat("paired seed sweep: B - A = ", fmt(p.mean_difference, 3), " +- ", fmt(p.standard_error, 3),
+                                       " over 5 same-seed pairs, t = ", fmt(p.t, 3), " (|t| <= ", p.critical_t,
+                                       "): the one-run difference of ", fmt(b2 - a1, 3),
+                                       " is inside seed noise; 'B beats A' is not supported");
+    }
+    return half;
+}
+
+}  // namespace
+
+std::vector<FailureScenario> lm_failure_scenarios() {
+    std::vector<FailureScenario> c;
+    c.push_back({
+        .id = "bos-missing",
+        .title = "BOS missing (the template and the tokenizer each expect the other to add it)",
+        .source = "Unsloth, Troubleshooting & FAQs (check both the extra-BOS and the missing-BOS hypotheses)",
+        .bug = "the template does not write BOS, and the tokenizer does not add one either",
+        .symptom = "training conversations start at <|im_start|>; a model served with BOS sees a prefix it never trained on",
+        .detector = "invariant template.bos_exactly_once (every rendered conversation)",
+        .fix = "let exactly one party add BOS: reftrain's templates add it, its tokenizers never do",
+        .run = bos_missing});
+    c.push_back({
+        .id = "mask-includes-prompt",
+        .title = "The loss mask supervises the prompt too",
+        .source = "Axolotl docs, training stability (train_on_inputs: false); HF TRL's completion-only collator",
+        .bug = "user and system content are marked as supervised, not only the assistant's",
+        .symptom = "the loss sees several times more tokens, most of them questions: the model learns to write the "
+                   "user's turn and the answer gets a small share of the gradient",
+        .detector = "mask audit (reftrain diagnose mask): the supervised tokens must be exactly the assistant "
+                    "messages and their end-of-turn tokens",
+        .fix = "supervise assistant content and its end-of-turn token only (train_on_inputs = false)",
+        .run = mask_includes_prompt});
+    c.push_back({
+        .id = "split-leak",
+        .title = "Validation examples also in the training set",
+        .source = "Pedro Domingos, 'A few useful things to know about machine learning' (2012); Michael Lones, "
+                  "'How to avoid machine learning pitfalls' (2021)",
+        .bug = "the validation split is drawn from the same examples as the training split",
+        .symptom = "every validation number measures memory, not generalisation: all 200 validation prompts were trained on",
+        .detector = "invariant data.split_disjoint (at data preparation: prompts of each split against the others)",
+        .fix = "split first, by a hash of the prompt, then shuffle and deduplicate within each split",
+        .run = split_leak});
+    c.push_back({
+        .id = "double-softmax",
+        .title = "A softmax before the cross-entropy",
+        .source = "Andrej Karpathy, 'most common neural net mistakes' (2018), #4: softmax outputs passed to a loss "
+                  "that expects raw scores",
+        .bug = "the model's output goes through a softmax and the cross-entropy applies its own on top",
+        .symptom = "the loss barely moves from ln V: probabilities in [0, 1] used as logits cannot make any token "
+                   "much likelier than the rest",
+        .detector = "learning plateau: the loss after 40 steps is still within 1.5 nats of ln V",
+        .fix = "hand the raw logits to the loss (nn.CrossEntropyLoss / F.cross_entropy apply log_softmax themselves)",
+        .run = double_softmax});
+    c.push_back({
+        .id = "kv-cache-mismatch",
+        .title = "The KV cache rotates new tokens from the wrong position",
+        .source = "x-transformers issues (Phil Wang): RoPE offsets under caching",
+        .bug = "each token fed through the cache is rotated as if it stood at position 0",
+        .symptom = "sampling with the cache gives other logits than a full forward of the same text: generations "
+                   "degrade while the training loss looks fine",
+        .detector = "diagnostic kv-cache: cached logits against a full recompute, position by position",
+        .fix = "rotate the new tokens at positions cache_length.. (the RoPE table starts at the cache length)",
+        .run = kv_cache_mismatch});
+    c.push_back({
+        .id = "bad-init-scale",
+        .title = "Initial weights far too large",
+        .source = "Stanford CS231n notes (Karpathy): check that the loss at init is ln(number of classes)",
+        .bug = "init std 1.0 instead of 0.02 (model.initializer_range)",
+        .symptom = "the first loss is far above ln V: the logits start huge and confidently wrong",
+        .detector = "invariant init.loss_near_log_vocab (the first step's loss within 1 nat of ln V)",
+        .fix = "init std ~ 0.02 (or 1/sqrt(fan_in)); check the first loss against ln V before a long run",
+        .run = bad_init_scale});
+    c.push_back({
+        .id = "weight-decay-on-norms",
+        .title = "Weight decay applied to the norm gains",
+        .source = "llm.c and nanoGPT (Karpathy): decay only the 2-D tensors",
+        .bug = "one parameter group for everything: the RMSNorm gains are decayed towards 0 too",
+        .symptom = "the norm gains shrink from 1 for no reason but the decay, fighting the normalisation they scale",
+        .detector = "invariant optimizer.decay_only_matrices: a zero-gradient AdamW step on a copy shows which "
+                    "tensors the optimizer decays",
+        .fix = "two param groups: weight decay for the matrices and embeddings, none for gains and biases",
+        .run = weight_decay_on_norms});
+    c.push_back({
+        .id = "dead-layer",
+        .title = "One block's parameters are never updated",
+        .source = "gradient-flow checks (ml-debug refs/diagnostics); Goodfellow et al., Deep Learning ch. 11",
+        .bug = "the last transformer block is left out of the optimizer (a forgotten or frozen param group)",
+        .symptom = "training still runs and the loss still falls, so nothing looks wrong; a whole block stays at its init",
+        .detector = "update audit: a tensor with non-zero gradients whose weights never change in 40 steps",
+        .fix = "hand the optimizer model.parameters(), or audit the param groups against the named parameters",
+        .run = dead_layer});
+    c.push_back({
+        .id = "bf16-master-weights",
+        .title = "Weights kept in bf16: small updates round away",
+        .source = "torchao PR #1124 and OneTrainer #996 (bf16 weights need stochastic rounding or fp32 masters)",
+        .bug = "the weights themselves are stored in bf16, so each update is rounded to 8 significant bits",
+        .symptom = "updates under half a bf16 step vanish: the norm gains (1.0, step 2^-7) never move at lr 3e-3",
+        .detector = "update audit: the fraction of updates with a non-zero gradient that leave the weight "
+                    "bit-identical, per tensor",
+        .fix = "keep fp32 master weights (compute in bf16, update in fp32), or use stochastic rounding",
+        .log_scale = false,
+        .run = bf16_master_weights});
+    c.push_back({
+        .id = "ga-token-mean",
+        .title = "Accumulated micro-batches averaged per micro-batch, not per token",
+        .source = "HF transformers PR #34191 (Oct 2024): gradient accumulation did not match the big batch",
+        .bug = "train.loss_normalization = micro_batches: each micro-batch's mean loss weighted 1/k although "
+               "their supervised token counts differ",
+        .symptom = "the accumulated step is not the big-batch step: tokens of short micro-batches weigh more",
+        .detector = "check: the gradient of 4 accumulated micro-batches of 2 rows equals the gradient of one batch "
+                    "of the same 8 rows",
+        .fix = "weight each micro-batch by its share of the step's supervised tokens (loss_normalization = tokens)",
+        .run = ga_token_mean});
+    c.push_back({
+        .id = "nonfinite-step-not-skipped",
+        .title = "A non-finite gradient is clipped and applied",
+        .source = "verl-omni PR #539; pocket-tts PR #262 (an inf grad norm went into the update)",
+        .bug = "the step applies the update although the gradient norm is inf",
+        .symptom = "NaN in the weights and both AdamW moments from that step on; the checkpoints carry it",
+        .detector = "check: a step whose gradient is not finite leaves weights and moments bit-identical "
+                    "(inject an inf gradient with a hook)",
+        .fix = "test the global norm before the update and skip the whole step (and every rank) when it is not finite",
+        .run = nonfinite_step_not_skipped});
+    c.push_back({
+        .id = "resume-state-loss",
+        .title = "Resume restores the weights but not the optimizer",
+        .source = "PyTorch Lightning #10766; ultralytics/yolov5 #292 (loss jumps after resuming)",
+        .bug = "loading a checkpoint restores the weights only: AdamW restarts with empty moments at step 0",
+        .symptom = "the first steps after resume take full-size, bias-corrected updates: the loss jumps, and the run "
+                   "never matches the one that was not interrupted",
+        .detector = "check: 10 steps + save + resume + 10 steps equal 20 straight steps, bitwise (weights and moments)",
+        .fix = "save and restore everything the step reads: weights, moments and step count, schedule position, "
+               "loss scale, RNG states, data position",
+        .run = resume_state_loss});
+    c.push_back({
+        .id = "loss-spike-bad-data",
+        .title = "A pocket of garbage in the data makes the loss spike",
+        .source = "Stas Bekman, ML Engineering (instabilities: a pocket of bad data behind a loss spike)",
+        .bug = "20 of 2020 training conversations have 20 random bytes as the answer",
+        .symptom = "isolated loss spikes long after the loss settled, at the steps that draw a garbage row",
+        .detector = "loss z-score spike detector in the training loop (train.loss_spike_z = 6): names the step and "
+                    "the rows of its batch by their own loss; train.loss_spike_skip drops the update",
+        .fix = "find the rows the detector names in the data and remove the pocket (or skip those batches)",
+        .run = loss_spike_bad_data});
+    c.push_back({
+        .id = "no-warmup",
+        .title = "The peak learning rate from the first step",
+        .source = "Goyal et al., 'Accurate, large minibatch SGD' (2017): gradual warmup; Axolotl docs, training stability",
+        .bug = "schedule.warmup_steps = 0 at a learning rate the run only survives with a warmup",
+        .symptom = "the loss falls, then jumps up in the first steps: an early divergence that looks like a code bug",
+        .detector = "loss z-score spike detector (train.loss_spike_z = 6), which names the step",
+        .fix = "warm the learning rate up over the first steps (here 10), or lower the peak",
+        .run = no_warmup});
+    c.push_back({
+        .id = "template-mismatch",
+        .title = "Sampling renders the prompt differently from training",
+        .source = "Unsloth, Troubleshooting & FAQs (use the chat template the model was trained with); HF chat "
+                  "templates docs (add_generation_prompt)",
+        .bug = "the sampling prompt leaves out the assistant header (add_generation_prompt = False) that training "
+               "put before every answer",
+        .symptom = "the model is asked to continue from a context it never saw: the right answer becomes much less "
+                   "likely and generations drift; the training loss looks fine",
+        .detector = "check: the sampling prompt is a prefix of the training rendering of the same conversation "
+                    "(`reftrain sample` also refuses a checkpoint's other template by its fingerprint)",
+        .fix = "render sampling prompts with the training template and its generation prompt",
+        .run = template_mismatch});
+    c.push_back({
+        .id = "seed-variance",
+        .title = "\"B beats A\" from one seed each",
+        .source = "Henderson et al., 'Deep RL that matters' (2018); Alex Irpan, 'Deep RL doesn't work yet' (2018)",
+        .bug = "a change is judged from one run each, with different seeds; here the change (one more training "
+               "example among 2000) does nothing that matters, and the fix half tests a real one (lr 0.001 instead "
+               "of 0.003)",
+        .symptom = "a one-run difference that looks like a result but is seed noise",
+        .detector = "paired seed sweep: 5 seeds, A and B with the same seed each, t-statistic of the differences",
+        .fix = "run both arms on the same seeds (at least 3-5), report mean +- s.e. of the paired difference",
+        .run = seed_variance});
+    return c;
+}
+
+}  // namespace reftrain
