@@ -68,6 +68,8 @@ public:
     Arena& grads() { return grads_; }
     Arena& acts() { return acts_; }
     Arena& act_grads() { return act_grads_; }
+    // The targets of the last forward() (B * T, kIgnoreIndex where unsupervised); empty without targets.
+    const std::vector<int64_t>& targets() const { return targets_; }
     const Arena& params() const { return params_; }
     const Arena& grads() const { return grads_; }
     const Arena& acts() const { return acts_; }

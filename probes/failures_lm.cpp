@@ -445,6 +445,64 @@ FailureHalf seed_variance(const FailureContext& ctx) {
     return half;
 }
 
+// ---- mixed precision --------------------------------------------------------------------------------------
+
+// How much of the logits' gradient (the last micro-batch's, as the backward rounded it) fp16 could not
+// hold: entries on supervised rows under 2^-14 (6.1e-5, fp16's smallest normal), where a value keeps fewer
+// than fp16's 11 significant bits, and of those the ones flushed to 0 (under 2^-25). A token of probability
+// p in a step of M supervised tokens has a gradient of p / M: with M = 100 every p under 6e-3 is in that
+// range. A loss scale of 2^16 lifts them all back into the normal range. Returns {underflowed, zero}.
+std::pair<double, double> logit_gradient_underflow(Transformer& model) {
+    const Tensor& g = model.act_grads().get("grad:logits");
+    const std::vector<int64_t>& targets = model.targets();
+    const int64_t V = model.config().vocab_size, N = g.numel() / V;
+    int64_t small = 0, zeros = 0, total = 0;
+    dispatch_float(g.dtype, "logit_gradient_underflow", [&](auto tag) {
+        const auto* x = g.ptr<decltype(tag)>();
+        for (int64_t n = 0; n < N; ++n) {
+            if (targets[static_cast<size_t>(n)] == cpu::kIgnoreIndex) continue;
+            for (int64_t v = 0; v < V; ++v) {
+                const double a = std::fabs(static_cast<double>(x[n * V + v]));
+                small += a < 6.103515625e-05;
+                zeros += a == 0.0;
+            }
+            total += V;
+        }
+    });
+    return {total ? static_cast<double>(small) / static_cast<double>(total) : 0.0,
+            total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0};
+}
+
+FailureHalf fp16_no_loss_scale(const FailureContext& ctx) {
+    // The bug is a configuration: fp16 compute with the loss scale pinned at 1 (no loss scaling). 48 rows a
+    // step (about 190 supervised tokens) put p / M under 6.1e-5 for every token with p < 1e-2.
+    std::vector<std::string> sets = {"train.precision=\"fp16\"", "train.max_steps=30", "train.batch_size=48"};
+    if (ctx.bug) {
+        sets.push_back("loss_scaler.init_scale=1.0");
+        sets.push_back("loss_scaler.growth_interval=1000000000");
+    }
+    Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
+    FailureHalf half{"logit gradients under fp16's normal range (%)", {}, {}, false, ""};
+    std::vector<double> loss;
+    std::pair<double, double> underflow;
+    for (int i = 0; i < 30; ++i) {
+        loss.push_back(trainer.train_step().loss);
+        underflow = logit_gradient_underflow(trainer.model());
+        half.curve.push_back(100.0 * underflow.first);
+    }
+    half.numbers.push_back({"logit gradients below 6.1e-5 / exactly 0, last step",
+                            fmt(100.0 * underflow.first, 3) + " % / " + fmt(100.0 * underflow.second, 3) + " %"});
+    half.numbers.push_back({"loss at the last step", fmt(loss.back())});
+    if (underflow.first > 0.5) {
+        half.detector_fired = true;
+        half.detector_message = concat("gradient underflow: ", fmt(100.0 * underflow.first, 3), " % of the logits' gradient "
+                                       "entries are below fp16's smallest normal 6.1e-5 (", fmt(100.0 * underflow.second, 3),
+                                       " % are 0): they keep only a few bits or none; scale the loss (dynamic loss "
+                                       "scaling) or compute in bf16");
+    }
+    return half;
+}
+
 }  // namespace
 
 std::vector<FailureScenario> lm_failure_scenarios() {
@@ -614,6 +672,16 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .detector = "paired seed sweep: 5 seeds, A and B with the same seed each, t-statistic of the differences",
         .fix = "run both arms on the same seeds (at least 3-5), report mean +- s.e. of the paired difference",
         .run = seed_variance});
+    c.push_back({
+        .id = "fp16-no-loss-scale",
+        .title = "fp16 gradients without loss scaling",
+        .source = "Micikevicius et al., 'Mixed precision training' (ICLR 2018): loss scaling",
+        .bug = "fp16 compute with the loss scale pinned at 1 (loss_scaler.init_scale = 1, no growth)",
+        .symptom = "almost every entry of the logits' gradient lands under fp16's smallest normal (6.1e-5) and keeps "
+                   "only a few bits; with the millions of tokens of a real step they flush to 0 and learning stalls",
+        .detector = "gradient underflow: the fraction of the logits' gradient entries below 6.1e-5 (over 50 % fires)",
+        .fix = "dynamic loss scaling (start at 2^16, back off on overflow), or compute in bf16",
+        .run = fp16_no_loss_scale});
     return c;
 }
 
