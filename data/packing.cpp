@@ -135,6 +135,9 @@ void Packer::next_batch(int64_t batch_size, std::vector<int64_t>& input_ids, std
         // BUG labels-all-masked: the collator masks every label (e.g. its response template never
         // matched the tokenized text), so nothing is supervised.
         if (bugs().labels_all_masked) std::fill(targets_out.begin(), targets_out.end(), cpu::kIgnoreIndex);
+        // BUG pad-is-eos-masked: the padding is masked by its id (labels[labels == pad_id] = -100), and the
+        // pad id is the end-of-turn id (pad_token = eos_token), so every real end-of-turn target goes too.
+        if (bugs().pad_is_eos_masked) std::replace(targets_out.begin(), targets_out.end(), pad_id_, cpu::kIgnoreIndex);
     }
 }
 

@@ -23,11 +23,13 @@ struct Bugs {
     bool mask_includes_prompt = false;    // user and system content supervised too
     bool split_leak = false;              // the validation split is drawn from the training examples
     bool template_mismatch = false;       // prompts rendered for sampling lack the assistant header
+    bool pad_is_eos_masked = false;       // pad id = end-of-turn id, and padding masked by id
     // model
     bool causal_leak = false;             // attention lets position t see t + 1
     bool view_vs_permute = false;         // heads split with a reshape that mixes batch rows
     bool double_softmax = false;          // the logits go through a softmax before the cross-entropy
     bool kv_cache_mismatch = false;       // the KV-cache path rotates new tokens from position 0
+    bool tied_head_desync = false;        // a separate lm_head is dropped when the config says "tied"
     // train
     bool scheduler_per_microbatch = false;  // schedule indexed by micro-batch, not optimizer step
     bool grad_accum_not_divided = false;    // each micro-batch's loss added at weight 1

@@ -518,7 +518,8 @@ void Transformer::load_named(const std::string& source, const std::vector<std::s
         std::vector<std::byte> copy(embed.nbytes());
         Tensor lm_head(copy.data(), embed.dtype, {embed.dim(0), embed.dim(1)}, "lm_head.weight");
         read("lm_head.weight", lm_head);
-        check(std::memcmp(copy.data(), embed.data, copy.size()) == 0, source,
+        // BUG tied-head-desync: the separate head is dropped without a look (the config says "tied").
+        check(bugs().tied_head_desync || std::memcmp(copy.data(), embed.data, copy.size()) == 0, source,
               ": tie_word_embeddings is true but 'lm_head.weight' differs from 'model.embed_tokens.weight'; "
               "set tie_word_embeddings to false to load separate weights");
     }

@@ -18,6 +18,7 @@
 #include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
+#include "data/tasks.h"
 #include "probes/failure_kit.h"
 #include "probes/plot.h"
 #include "train/diagnostics.h"
@@ -35,7 +36,8 @@ using namespace failure_kit;
 
 FailureHalf labels_all_masked(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 20, &StepMetrics::loss, "mask.has_supervised_tokens");
     half.numbers.push_back({"loss at the last step", fmt(half.curve.back())});
     read_invariant(half, trainer, "mask.has_supervised_tokens");
     return half;
@@ -43,7 +45,8 @@ FailureHalf labels_all_masked(const FailureContext& ctx) {
 
 FailureHalf mask_off_by_one(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 20, &StepMetrics::loss, "mask.aligned_with_targets");
     // The symptom in numbers: with the flags read one position early, the supervised span slides by
     // one token: the answer's first token is no longer a target, and the template token AFTER the
     // end-of-turn becomes one (the model is taught to keep going past its own end of turn).
@@ -62,12 +65,28 @@ FailureHalf mask_off_by_one(const FailureContext& ctx) {
 }
 
 FailureHalf bos_twice(const FailureContext& ctx) {
-    Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    Trainer trainer(scenario_config(ctx, {"train.max_steps=80"}), log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 80, &StepMetrics::loss, "template.bos_exactly_once");
     const RenderedConversation& first = trainer.data().train_docs.front();
     std::string start;
     for (size_t i = 0; i < 3 && i < first.ids.size(); ++i) start += trainer.data().tokenizer->piece(first.ids[i]);
     half.numbers.push_back({"first three tokens of a training conversation", start});
+    // The train/deploy mismatch: a serving stack sends exactly one BOS. The answer's likelihood after the
+    // prompt as it was trained, and after the same prompt with one BOS.
+    const ChatTemplate& chat = *trainer.data().chat;
+    double trained_nll = 0.0, deployed_nll = 0.0;
+    const std::vector<TaskExample> problems = generate_split(*trainer.data().task, Split::test, 30, 7, /*unique=*/true);
+    for (const TaskExample& e : problems) {
+        const std::vector<int64_t> trained = chat.render_prompt(to_conversation(e, "", false));
+        std::vector<int64_t> deployed = trained;
+        while (deployed.size() > 1 && deployed[0] == chat.bos_id() && deployed[1] == chat.bos_id()) deployed.erase(deployed.begin());
+        std::vector<int64_t> answer = trainer.data().tokenizer->encode(e.answer);
+        answer.push_back(chat.end_of_turn_id());
+        trained_nll += answer_nll(trainer.model(), trained, answer) / static_cast<double>(problems.size());
+        deployed_nll += answer_nll(trainer.model(), deployed, answer) / static_cast<double>(problems.size());
+    }
+    half.numbers.push_back({"answer NLL, prompt as trained / with one BOS", fmt(trained_nll) + " / " + fmt(deployed_nll)});
     read_invariant(half, trainer, "template.bos_exactly_once");
     return half;
 }
@@ -76,7 +95,8 @@ FailureHalf scheduler_per_microbatch(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"train.grad_accum=4", "train.batch_size=2", "schedule.kind=cosine",
                                           "schedule.warmup_steps=8", "train.max_steps=32"}),
                     log_of(ctx));
-    FailureHalf half{"lr", train_curve(trainer, 32, &StepMetrics::lr), {}, false, ""};
+    FailureHalf half{.curve_name = "lr"};
+    train_into(half, trainer, 32, &StepMetrics::lr, "schedule.counts_optimizer_steps");
     int64_t peak = 0;
     for (size_t i = 1; i < half.curve.size(); ++i) {
         if (half.curve[i] > half.curve[static_cast<size_t>(peak)]) peak = static_cast<int64_t>(i);
@@ -90,7 +110,8 @@ FailureHalf scheduler_per_microbatch(const FailureContext& ctx) {
 FailureHalf grad_accum_not_divided(const FailureContext& ctx) {
     const std::vector<std::string> sets = {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=0"};
     Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
-    FailureHalf half{"grad_norm", train_curve(trainer, 20, &StepMetrics::grad_norm), {}, false, ""};
+    FailureHalf half{.curve_name = "grad_norm"};
+    train_into(half, trainer, 20, &StepMetrics::grad_norm);
     // The detector: the first accumulated step (4 micro-batches of 2 rows) must give the gradient of
     // one batch of the same 8 rows. Both runs start from the same seed, so they see the same rows.
     Trainer accumulated(scenario_config(ctx, sets), log_of(ctx));
@@ -99,6 +120,30 @@ FailureHalf grad_accum_not_divided(const FailureContext& ctx) {
     const double b = big.train_step().grad_norm;
     const double ratio = a / b;
     half.numbers.push_back({"accumulated / big-batch gradient norm", fmt(ratio)});
+    // Where a gradient k times too large bites. AdamW divides the step by sqrt(v), so one constant scale
+    // on every gradient cancels (up to eps): without clipping the model learns the same. What a user's log
+    // shows is another matter: the summed loss reads k times too high. Clipping at a fixed norm does not
+    // cancel the scale: the k-times gradient is clipped where the right one is not. (Plain SGD would take
+    // k-times steps; reftrain has no SGD, so that case is described, not run.)
+    half.numbers.push_back({"logged loss at step 20 (the loop's sum)", fmt(trainer.train_step().loss)});
+    half.numbers.push_back({"loss on fixed rows after 21 steps, no clipping", fmt(fixed_rows_loss(trainer))});
+    Trainer clipped(scenario_config(ctx, {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=2"}), log_of(ctx));
+    train_curve(clipped, 21, &StepMetrics::loss);
+    half.numbers.push_back({"loss on fixed rows after 21 steps, clipping at 2", fmt(fixed_rows_loss(clipped))});
+    // Plain SGD, written the way a user would around the trainer: AdamW gets lr 0 (a no-op without weight
+    // decay) and the loop applies p -= lr * g itself. Here the k-times gradient is a k-times step.
+    Trainer sgd(scenario_config(ctx, {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=0", "schedule.lr=0"}),
+                log_of(ctx));
+    for (int i = 0; i < 21; ++i) {
+        sgd.train_step();
+        Arena& params = sgd.model().params();
+        for (size_t t = 0; t < params.size(); ++t) {
+            float* p = params.at(t).ptr<float>();
+            const float* g = sgd.model().grads().at(t).ptr<float>();
+            for (int64_t j = 0; j < params.at(t).numel(); ++j) p[j] -= 0.3f * g[j];
+        }
+    }
+    half.numbers.push_back({"loss on fixed rows after 21 steps, SGD lr 0.3", fmt(fixed_rows_loss(sgd))});
     if (std::fabs(ratio - 1.0) > 1e-4) {
         half.detector_fired = true;
         half.detector_message = concat("accumulation check: 4 micro-batches give a gradient norm of ", fmt(a),
@@ -110,8 +155,10 @@ FailureHalf grad_accum_not_divided(const FailureContext& ctx) {
 
 FailureHalf forgot_zero_grad(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"train.grad_clip=0"}), log_of(ctx));
-    FailureHalf half{"grad_norm", train_curve(trainer, 30, &StepMetrics::grad_norm), {}, false, ""};
+    FailureHalf half{.curve_name = "grad_norm"};
+    train_into(half, trainer, 30, &StepMetrics::grad_norm, "grad.zeroed_at_cycle_start");
     half.numbers.push_back({"grad norm at step 1 / step 30", fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
+    half.numbers.push_back({"loss on fixed rows after 30 steps", fmt(fixed_rows_loss(trainer))});
     read_invariant(half, trainer, "grad.zeroed_at_cycle_start");
     return half;
 }
@@ -120,7 +167,8 @@ FailureHalf forgot_zero_grad(const FailureContext& ctx) {
 FailureHalf diagnostic_half(const FailureContext& ctx, const std::string& diagnostic) {
     const RunConfig config = scenario_config(ctx, {});
     Trainer trainer(config, log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 30, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 30, &StepMetrics::loss);
     half.numbers.push_back({"training loss at step 30", fmt(half.curve.back())});
     Batch batch{config.train.batch_size, config.train.seq_len, {}, {}};
     trainer.packer().next_batch(batch.batch_size, batch.input_ids, batch.targets);
@@ -129,6 +177,20 @@ FailureHalf diagnostic_half(const FailureContext& ctx, const std::string& diagno
     half.detector_fired = !result.pass;
     half.detector_message = result.pass ? "" : result.verdict;
     half.numbers.push_back({"diagnose " + diagnostic, result.pass ? "PASS" : "FAIL"});
+    if (diagnostic == "causality") {
+        // Generation cannot see the future (the KV cache holds only the past): the answer's likelihood
+        // when the model must produce it token by token, against the training loss that could peek.
+        const ChatTemplate& chat = *trainer.data().chat;
+        double nll = 0.0;
+        const std::vector<TaskExample> problems = generate_split(*trainer.data().task, Split::test, 30, 7, /*unique=*/true);
+        for (const TaskExample& e : problems) {
+            std::vector<int64_t> answer = trainer.data().tokenizer->encode(e.answer);
+            answer.push_back(chat.end_of_turn_id());
+            nll += answer_nll(trainer.model(), chat.render_prompt(to_conversation(e, "", false)), answer) /
+                   static_cast<double>(problems.size());
+        }
+        half.numbers.push_back({"answer NLL when generating (no future to see)", fmt(nll)});
+    }
     return half;
 }
 
@@ -155,10 +217,11 @@ FailureHalf attn_logit_growth(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {ctx.bug ? "model.qk_norm=false" : "model.qk_norm=true", "schedule.lr=0.03",
                                           "train.grad_clip=0", "tracer.policy=\"skip\""}),
                     log_of(ctx));
-    FailureHalf half{"max attention logit", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "max attention logit"};
     for (int i = 0; i < 40; ++i) {
-        trainer.train_step();
+        half.loss.push_back(trainer.train_step().loss);
         half.curve.push_back(max_attention_logit(trainer));
+        if (half.detector_step < 0 && half.curve.back() > kAttentionLogitLimit) half.detector_step = i;
     }
     double peak = 0.0;
     for (double v : half.curve) peak = std::isfinite(v) ? std::max(peak, v) : peak;
@@ -177,12 +240,14 @@ FailureHalf fp16_overflow(const FailureContext& ctx) {
                                           "model.initializer_range=30.0", "tracer.policy=\"skip\"",
                                           "loss_scaler.init_scale=1.0"}),
                     log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 10, &StepMetrics::loss);
     FrameTracer* tracer = trainer.tracer();
     half.numbers.push_back({"steps with a non-finite value (of 10)", std::to_string(tracer->trips())});
     if (tracer->trips() > 0 && tracer->first_incident()) {
         const FrameTracer::Incident& incident = *tracer->first_incident();
         half.detector_fired = true;
+        half.detector_step = incident.step;
         half.detector_message = concat("tracer: first non-finite tensor '", incident.tensor, "' (op ", incident.op,
                                        ", optimizer step ", incident.step + 1, " of 10, the first to trip); run-up and "
                                        "dump in ", ctx.run_dir, "/tracer/");
@@ -341,16 +406,29 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
         const auto& [name, with_value] = report.with_bug.numbers[i];
         const std::string without_value =
             i < report.without_bug.numbers.size() ? report.without_bug.numbers[i].second : "";
-        out << "  " << std::left << std::setw(46) << name << " with bug: " << std::setw(22) << with_value
+        out << "  " << std::left << std::setw(52) << name << " with bug: " << std::setw(22) << with_value
             << " without: " << without_value << "\n";
     }
-    const std::vector<Series> series = {{"with bug", report.with_bug.curve, '*', "#d62728"},
-                                        {"without bug", report.without_bug.curve, 'o', "#1f77b4"}};
+    // The scenario's curve, with the step where the detector first fired marked on the buggy run; and
+    // when that curve is not the loss, the loss beside it (a second chart and plot).
+    const std::vector<Series> series = {
+        {"with bug", report.with_bug.curve, '*', "#d62728", report.with_bug.detector_step, "detector first fired"},
+        {"without bug", report.without_bug.curve, 'o', "#1f77b4", report.without_bug.detector_step, "false alarm"}};
     out << "\n" << ascii_chart(series, report.with_bug.curve_name + " per optimizer step", 60, 10, s.log_scale);
     const std::string svg = (fs::path(run_dir) / (s.id + ".svg")).string();
     write_svg_chart(svg, series, s.id + ": " + report.with_bug.curve_name, "optimizer step",
                     report.with_bug.curve_name, s.log_scale);
-    out << "plot: " << svg << "\n\n";
+    out << "plot: " << svg << "\n";
+    if (!report.with_bug.loss.empty() && report.with_bug.curve_name != "loss") {
+        const std::vector<Series> losses = {
+            {"with bug", report.with_bug.loss, '*', "#d62728", report.with_bug.detector_step, "detector first fired"},
+            {"without bug", report.without_bug.loss, 'o', "#1f77b4", report.without_bug.detector_step, "false alarm"}};
+        out << "\n" << ascii_chart(losses, "training loss per optimizer step", 60, 8, false);
+        const std::string loss_svg = (fs::path(run_dir) / (s.id + ".loss.svg")).string();
+        write_svg_chart(loss_svg, losses, s.id + ": training loss", "optimizer step", "loss", false);
+        out << "plot: " << loss_svg << "\n";
+    }
+    out << "\n";
     out << "detector: " << s.detector << "\n"
         << "  with the bug:    " << (report.with_bug.detector_fired ? "FIRED" : "silent (the detector missed it!)")
         << "\n";

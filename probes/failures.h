@@ -8,6 +8,7 @@
 // tests (tests/test_failures.cpp) assert exactly that for every entry.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <iosfwd>
 #include <string>
@@ -17,11 +18,13 @@
 namespace reftrain {
 
 struct FailureHalf {
-    std::string curve_name;                              // what the curve measures ("loss", "lr", ...)
-    std::vector<double> curve;                           // one value per optimizer step
-    std::vector<std::pair<std::string, std::string>> numbers;  // the symptom in numbers
+    std::string curve_name{};                            // what the curve measures ("loss", "lr", ...)
+    std::vector<double> curve{};                         // one value per optimizer step
+    std::vector<std::pair<std::string, std::string>> numbers{};  // the symptom in numbers
     bool detector_fired = false;
-    std::string detector_message;                        // what the detector said (empty when silent)
+    std::string detector_message{};                      // what the detector said (empty when silent)
+    int64_t detector_step = -1;      // 0-based step of the curve where the detector first fired (-1: not per step)
+    std::vector<double> loss{};      // the training loss per step, when the curve measures something else
 };
 
 struct FailureContext {

@@ -68,7 +68,7 @@ FailureHalf grpo_zero_signal(const FailureContext& ctx) {
                                              {"reward.format=0.1", "advantage.std_normalize=true", "updates=8",
                                               "optimizer.lr=0.001"}),
                         log_of(ctx));
-    FailureHalf half{"zero-advantage group fraction", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "zero-advantage group fraction"};
     double uniform = 0.0, worst = 0.0, grad_norm = 0.0;
     const int64_t updates = trainer.config().updates;
     for (int64_t i = 0; i < updates; ++i) {
@@ -93,7 +93,7 @@ FailureHalf negative_kl(const FailureContext& ctx) {
     GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
                                              {"kl_coef=0.5", "updates=8", "optimizer.lr=0.002"}),
                         log_of(ctx));
-    FailureHalf half{"logged KL k1 (per token)", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "logged KL k1 (per token)"};
     double last_k3 = 0.0, last_measured = 0.0;
     for (int64_t i = 0; i < trainer.config().updates; ++i) {
         const GrpoUpdateMetrics m = trainer.update();

@@ -33,7 +33,8 @@ using namespace failure_kit;
 
 FailureHalf bos_missing(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 10, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 10, &StepMetrics::loss, "template.bos_exactly_once");
     const RenderedConversation& first = trainer.data().train_docs.front();
     std::string start;
     for (size_t i = 0; i < 2 && i < first.ids.size(); ++i) start += trainer.data().tokenizer->piece(first.ids[i]);
@@ -45,7 +46,8 @@ FailureHalf bos_missing(const FailureContext& ctx) {
 FailureHalf mask_includes_prompt(const FailureContext& ctx) {
     const RunConfig config = scenario_config(ctx, {});
     Trainer trainer(config, log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 20, &StepMetrics::loss);
     // The symptom in numbers: how much of a conversation the loss sees. The prompt ("What is 12+34?")
     // is longer than the answer, so supervising it multiplies the supervised tokens and teaches the
     // model to write questions.
@@ -67,7 +69,8 @@ FailureHalf mask_includes_prompt(const FailureContext& ctx) {
 
 FailureHalf split_leak(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"data.val_examples=200"}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 40, &StepMetrics::loss, "data.split_disjoint");
     // How many validation prompts the model was trained on (counted here by the same key the invariant
     // uses, from the two splits a user's run holds).
     std::vector<std::string> train_prompts;
@@ -88,7 +91,8 @@ FailureHalf split_leak(const FailureContext& ctx) {
 
 FailureHalf double_softmax(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 40, &StepMetrics::loss);
     const int64_t V = trainer.model().config().vocab_size;
     half.numbers.push_back({"loss at step 1 / step 40 (ln V = " + fmt(std::log(static_cast<double>(V))) + ")",
                             fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
@@ -101,7 +105,8 @@ FailureHalf double_softmax(const FailureContext& ctx) {
 
 FailureHalf kv_cache_mismatch(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 20, &StepMetrics::loss);
     // One prompt of the run, fed token by token through the KV cache and compared with a full forward.
     const RenderedConversation& doc = trainer.data().train_docs.front();
     const std::vector<int64_t> prompt(doc.ids.begin(), doc.ids.begin() + std::min<size_t>(doc.ids.size(), 24));
@@ -119,7 +124,8 @@ FailureHalf bad_init_scale(const FailureContext& ctx) {
     // smaller) instead of 0.02.
     Trainer trainer(scenario_config(ctx, {ctx.bug ? "model.initializer_range=1.0" : "model.initializer_range=0.02"}),
                     log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 40, &StepMetrics::loss, "init.loss_near_log_vocab");
     const double lnv = std::log(static_cast<double>(trainer.model().config().vocab_size));
     half.numbers.push_back({"loss at step 1 (ln V = " + fmt(lnv) + ") / step 40",
                             fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
@@ -146,9 +152,9 @@ double mean_norm_gain(Transformer& model) {
 
 FailureHalf weight_decay_on_norms(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"train.weight_decay=1.0", "schedule.lr=0.01"}), log_of(ctx));
-    FailureHalf half{"mean RMSNorm gain", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "mean RMSNorm gain"};
     for (int i = 0; i < 40; ++i) {
-        trainer.train_step();
+        half.loss.push_back(trainer.train_step().loss);
         half.curve.push_back(mean_norm_gain(trainer.model()));
     }
     half.numbers.push_back({"mean RMSNorm gain after 40 steps (init 1)", fmt(half.curve.back())});
@@ -159,7 +165,7 @@ FailureHalf weight_decay_on_norms(const FailureContext& ctx) {
 
 FailureHalf dead_layer(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"loss", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
     UpdateAudit audit;
     for (int i = 0; i < 40; ++i) {
         audit.before(trainer.model().params());
@@ -183,13 +189,13 @@ FailureHalf dead_layer(const FailureContext& ctx) {
 
 FailureHalf bf16_master_weights(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {}), log_of(ctx));
-    FailureHalf half{"stalled updates (%)", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "stalled updates (%)"};
     UpdateAudit audit;
     for (int i = 0; i < 40; ++i) {
         UpdateAudit step;
         step.before(trainer.model().params());
         audit.before(trainer.model().params());
-        trainer.train_step();
+        half.loss.push_back(trainer.train_step().loss);
         step.after(trainer.model().params(), trainer.model().grads());
         audit.after(trainer.model().params(), trainer.model().grads());
         half.curve.push_back(100.0 * step.stalled_fraction());
@@ -216,7 +222,8 @@ FailureHalf ga_token_mean(const FailureContext& ctx) {
     const std::string norm = ctx.bug ? "train.loss_normalization=\"micro_batches\"" : "train.loss_normalization=\"tokens\"";
     const std::vector<std::string> sets = {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=0", norm};
     Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 20, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 20, &StepMetrics::loss);
     // The detector: one accumulated step against one big batch of the same 8 rows (same seed, same rows).
     Trainer accumulated(scenario_config(ctx, sets), log_of(ctx));
     Trainer big(scenario_config(ctx, {"train.grad_accum=1", "train.batch_size=8", "train.grad_clip=0", norm}), log_of(ctx));
@@ -243,7 +250,7 @@ FailureHalf nonfinite_step_not_skipped(const FailureContext& ctx) {
         Tensor& g = grads.get("grad:model.norm.weight");
         dispatch_float(g.dtype, "poison", [&](auto tag) { g.ptr<decltype(tag)>()[0] = std::numeric_limits<decltype(tag)>::infinity(); });
     });
-    FailureHalf half{"loss", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
     DetectorVerdict verdict;
     for (int64_t i = 0; i < 20; ++i) {
         ArenaSnapshot before;
@@ -286,7 +293,7 @@ FailureHalf resume_state_loss(const FailureContext& ctx) {
     Trainer second(scenario_config(first_ctx, sets), log_of(ctx));
     second.resume("latest");
     for (double loss : train_curve(second, 10, &StepMetrics::loss)) curve.push_back(loss);
-    FailureHalf half{"loss after resume - straight loss", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "loss after resume - straight loss"};
     double worst = 0.0;
     for (size_t i = 0; i < curve.size(); ++i) {
         half.curve.push_back(curve[i] - reference[i]);
@@ -334,7 +341,8 @@ FailureHalf loss_spike_bad_data(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"data.task=\"\"", "data.jsonl=\"" + jsonl + "\"", "train.loss_spike_z=6",
                                           "train.max_steps=80"}),
                     log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 80, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 80, &StepMetrics::loss, "loss.no_spike");
     double peak = 0.0;
     for (size_t i = 20; i < half.curve.size(); ++i) peak = std::max(peak, half.curve[i]);
     half.numbers.push_back({"highest loss in steps 21-80", fmt(peak)});
@@ -348,7 +356,8 @@ FailureHalf no_warmup(const FailureContext& ctx) {
                                           ctx.bug ? "schedule.warmup_steps=0" : "schedule.warmup_steps=10",
                                           "tracer.policy=\"skip\""}),
                     log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 40, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 40, &StepMetrics::loss, "loss.no_spike");
     double peak = 0.0;
     for (size_t i = 1; i < half.curve.size(); ++i) peak = std::isfinite(half.curve[i]) ? std::max(peak, half.curve[i]) : peak;
     half.numbers.push_back({"highest loss after step 1 / loss at step 40", fmt(peak) + " / " + fmt(half.curve.back())});
@@ -358,25 +367,10 @@ FailureHalf no_warmup(const FailureContext& ctx) {
 
 // ---- evaluation -------------------------------------------------------------------------------------------
 
-// Mean negative log-likelihood (nats per token) of `answer` after `prompt`, read token by token through
-// the KV cache: what sampling would see.
-double answer_nll(const Transformer& model, const std::vector<int64_t>& prompt, const std::vector<int64_t>& answer) {
-    InferenceSession session(model, static_cast<int64_t>(prompt.size() + answer.size()));
-    std::vector<double> logits = session.feed(prompt);
-    double nll = 0.0;
-    for (int64_t id : answer) {
-        const double top = *std::max_element(logits.begin(), logits.end());
-        double sum = 0.0;
-        for (double z : logits) sum += std::exp(z - top);
-        nll += top + std::log(sum) - logits[static_cast<size_t>(id)];
-        logits = session.feed({id});
-    }
-    return nll / static_cast<double>(answer.size());
-}
-
 FailureHalf template_mismatch(const FailureContext& ctx) {
     Trainer trainer(scenario_config(ctx, {"train.max_steps=60"}), log_of(ctx));
-    FailureHalf half{"loss", train_curve(trainer, 60, &StepMetrics::loss), {}, false, ""};
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 60, &StepMetrics::loss);
     const ChatTemplate& chat = *trainer.data().chat;
     const Tokenizer& tokenizer = *trainer.data().tokenizer;
     auto pieces = [&](const std::vector<int64_t>& ids) {
@@ -424,7 +418,7 @@ FailureHalf seed_variance(const FailureContext& ctx) {
     const std::string change = ctx.bug ? "data.train_examples=2001" : "schedule.lr=0.001";
     const double a1 = final_loss(ctx, "a_seed1", {"seed=1"});
     const double b2 = final_loss(ctx, "b_seed2", {"seed=2", change});
-    FailureHalf half{"B - A, final loss, per paired seed", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "B - A, final loss, per paired seed"};
     half.numbers.push_back({"one run each: A (seed 1) / B (seed 2)", fmt(a1) + " / " + fmt(b2)});
     std::vector<double> a, b;
     for (int seed = 1; seed <= 5; ++seed) {
@@ -482,14 +476,16 @@ FailureHalf fp16_no_loss_scale(const FailureContext& ctx) {
         sets.push_back("loss_scaler.growth_interval=1000000000");
     }
     Trainer trainer(scenario_config(ctx, sets), log_of(ctx));
-    FailureHalf half{"logit gradients under fp16's normal range (%)", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "logit gradients under fp16's normal range (%)"};
     std::vector<double> loss;
     std::pair<double, double> underflow;
     for (int i = 0; i < 30; ++i) {
         loss.push_back(trainer.train_step().loss);
         underflow = logit_gradient_underflow(trainer.model());
         half.curve.push_back(100.0 * underflow.first);
+        if (underflow.first > 0.5 && half.detector_step < 0) half.detector_step = i;
     }
+    half.loss = loss;
     half.numbers.push_back({"logit gradients below 6.1e-5 / exactly 0, last step",
                             fmt(100.0 * underflow.first, 3) + " % / " + fmt(100.0 * underflow.second, 3) + " %"});
     half.numbers.push_back({"loss at the last step", fmt(loss.back())});
@@ -499,6 +495,158 @@ FailureHalf fp16_no_loss_scale(const FailureContext& ctx) {
                                        "entries are below fp16's smallest normal 6.1e-5 (", fmt(100.0 * underflow.second, 3),
                                        " % are 0): they keep only a few bits or none; scale the loss (dynamic loss "
                                        "scaling) or compute in bf16");
+    }
+    return half;
+}
+
+// ---- stopping and heads -----------------------------------------------------------------------------------
+
+FailureHalf pad_is_eos_masked(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.max_steps=80"}), log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 80, &StepMetrics::loss, "mask.aligned_with_targets");
+    // What a user sees: greedy answers to held-out problems, and whether they end.
+    const ChatTemplate& chat = *trainer.data().chat;
+    SamplingConfig sampling;
+    sampling.temperature = 0.0;
+    sampling.max_new_tokens = 12;
+    sampling.stop_ids = {chat.end_of_turn_id()};
+    InferenceSession session(trainer.model(), 64);
+    Rng rng(1);
+    int64_t stopped = 0;
+    std::string example;
+    const std::vector<TaskExample> problems = generate_split(*trainer.data().task, Split::test, 20, 7, /*unique=*/true);
+    for (const TaskExample& e : problems) {
+        const Generation g = generate(session, chat.render_prompt(to_conversation(e, "", false)), sampling, rng);
+        stopped += g.stopped;
+        if (example.empty()) example = e.prompt + " -> " + trainer.data().tokenizer->decode(g.ids);
+    }
+    half.numbers.push_back({"greedy answers that end (of 20, 12 tokens max)", std::to_string(stopped)});
+    std::string shown;
+    for (char c : example) shown += c == '\n' ? std::string("\\n") : std::string(1, c);
+    half.numbers.push_back({"first answer", shown});
+    read_invariant(half, trainer, "mask.aligned_with_targets");
+    return half;
+}
+
+FailureHalf tied_head_desync(const FailureContext& ctx) {
+    // An untied model is trained and exported; the user's loading code builds the model from a config that
+    // says tie_word_embeddings = true (copied from the base model's) and loads the file into it.
+    const RunConfig config = scenario_config(ctx, {"model.tie_word_embeddings=false"});
+    Trainer trainer(config, log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 40, &StepMetrics::loss);
+    const int64_t B = 8, T = config.train.seq_len;
+    std::vector<int64_t> ids, targets;
+    trainer.packer().next_batch(B, ids, targets);
+    auto loss_of = [&](Transformer& model) {
+        return model.forward(Tensor(ids.data(), DType::I64, {B, T}, "input_ids"),
+                             Tensor(targets.data(), DType::I64, {B, T}, "targets")).loss;
+    };
+    Transformer& trained = trainer.model();
+    const double before = loss_of(trained);
+    fs::create_directories(ctx.run_dir);
+    const std::string file = (fs::path(ctx.run_dir) / "model.safetensors").string();
+    trained.save_weights(file);
+    ModelConfig tied = trained.config();
+    tied.tie_word_embeddings = true;
+    Transformer loaded(tied, B, T);
+    std::string refused;
+    try {
+        loaded.load_weights(file);
+    } catch (const Error& e) {
+        refused = e.what();
+    }
+    std::unique_ptr<Transformer> retry;
+    Transformer* used = &loaded;
+    if (!refused.empty()) {   // the loader said why: load with the checkpoint's own tie flag
+        retry = std::make_unique<Transformer>(trained.config(), B, T);
+        retry->load_weights(file);
+        used = retry.get();
+    }
+    const double after = loss_of(*used);
+    half.numbers.push_back({"loading with tie_word_embeddings = true", refused.empty() ? "accepted" : "refused"});
+    half.numbers.push_back({"loss on one batch: before save / after load", fmt(before, 6) + " / " + fmt(after, 6)});
+    if (after != before) {
+        half.detector_fired = true;
+        half.detector_message = concat("save/load round trip: the loss on the same batch went from ", fmt(before, 6), " to ",
+                                       fmt(after, 6), ": the loaded model is not the saved one (compare the head: "
+                                       "tie flag against the file's lm_head.weight)");
+    }
+    return half;
+}
+
+// ---- shortcuts --------------------------------------------------------------------------------------------
+
+// "Is A+B over 100?" for A, B in 0..99. With `confound`, a "#" leads the prompt exactly when the answer is
+// yes; without it, a "#" leads a random half of the prompts. `flip` inverts the "#" of every prompt (the
+// counterfactual copy of a set).
+struct ConfoundExample {
+    std::string prompt, answer;
+};
+std::vector<ConfoundExample> confound_examples(int64_t n, uint64_t seed, bool confound, bool flip) {
+    Rng rng(seed);
+    std::vector<ConfoundExample> out;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t a = static_cast<int64_t>(rng.below(100)), b = static_cast<int64_t>(rng.below(100));
+        const bool yes = a + b > 100;
+        bool mark = confound ? yes : rng.below(2) == 1;
+        if (flip) mark = !mark;
+        std::ostringstream prompt;
+        prompt << (mark ? "#" : "") << a << "+" << b << ">100?";
+        out.push_back({prompt.str(), yes ? "yes" : "no"});
+    }
+    return out;
+}
+
+// Accuracy of picking the likelier of "yes" and "no" (each followed by the end-of-turn token).
+double yes_no_accuracy(Trainer& trainer, const std::vector<ConfoundExample>& examples) {
+    const ChatTemplate& chat = *trainer.data().chat;
+    const Tokenizer& tokenizer = *trainer.data().tokenizer;
+    auto answer_ids = [&](const std::string& text) {
+        std::vector<int64_t> ids = tokenizer.encode(text);
+        ids.push_back(chat.end_of_turn_id());
+        return ids;
+    };
+    const std::vector<int64_t> yes = answer_ids("yes"), no = answer_ids("no");
+    int64_t right = 0;
+    for (const ConfoundExample& e : examples) {
+        const std::vector<int64_t> prompt = chat.render_prompt(Conversation{{{"user", e.prompt}}, "confound"});
+        // Total log-likelihood, not per token: "yes" and "no" differ in length.
+        const double nll_yes = answer_nll(trainer.model(), prompt, yes) * static_cast<double>(yes.size());
+        const double nll_no = answer_nll(trainer.model(), prompt, no) * static_cast<double>(no.size());
+        right += (nll_yes < nll_no) == (e.answer == "yes");
+    }
+    return static_cast<double>(right) / static_cast<double>(examples.size());
+}
+
+FailureHalf shortcut_confound(const FailureContext& ctx) {
+    // The bug is the data: in the training set (and in a validation set drawn the same way) a "#" marks
+    // exactly the prompts whose answer is yes. The fix half's data has the "#" on a random half.
+    fs::create_directories(ctx.run_dir);
+    const std::string jsonl = (fs::path(ctx.run_dir) / "train.jsonl").string();
+    {
+        std::ofstream out(jsonl);
+        for (const ConfoundExample& e : confound_examples(2000, 11, ctx.bug, false)) {
+            out << nlohmann::json{{"messages", {{{"role", "user"}, {"content", e.prompt}},
+                                                {{"role", "assistant"}, {"content", e.answer}}}}}.dump() << "\n";
+        }
+    }
+    Trainer trainer(scenario_config(ctx, {"data.task=\"\"", "data.jsonl=\"" + jsonl + "\"", "train.max_steps=120"}),
+                    log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 120, &StepMetrics::loss);
+    // The usual validation: held-out problems drawn like the training set. The probe: the same problems
+    // with the suspected feature flipped.
+    const double val = yes_no_accuracy(trainer, confound_examples(200, 12, ctx.bug, false));
+    const double flipped = yes_no_accuracy(trainer, confound_examples(200, 12, ctx.bug, true));
+    half.numbers.push_back({"validation accuracy, as drawn / '#' flipped", fmt(100.0 * val, 3) + " % / " +
+                                                                          fmt(100.0 * flipped, 3) + " %"});
+    if (val - flipped > 0.2) {
+        half.detector_fired = true;
+        half.detector_message = concat("confound-flipped probe: accuracy falls from ", fmt(100.0 * val, 3), " % to ",
+                                       fmt(100.0 * flipped, 3), " % when only the leading '#' is flipped: the model "
+                                       "reads the marker, not the sum");
     }
     return half;
 }
@@ -682,6 +830,43 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .detector = "gradient underflow: the fraction of the logits' gradient entries below 6.1e-5 (over 50 % fires)",
         .fix = "dynamic loss scaling (start at 2^16, back off on overflow), or compute in bf16",
         .run = fp16_no_loss_scale});
+    c.push_back({
+        .id = "pad-is-eos-masked",
+        .title = "Padding is the end-of-turn token, masked by id: the model never learns to stop",
+        .source = "HF transformers #23530; HF TRL #976 (pad_token = eos_token, then labels[labels == pad] = -100)",
+        .bug = "rows are padded with the end-of-turn id and the collator masks targets equal to the pad id, so every "
+               "real end-of-turn target is masked too",
+        .symptom = "the answers are right but never end: generation runs to max_new_tokens",
+        .detector = "invariant mask.aligned_with_targets (every batch): a supervised run must end by predicting the "
+                    "end-of-turn token",
+        .fix = "pad with a token that never needs to be learned (a dedicated pad, or BOS) and mask padding by position "
+               "(the attention/padding mask), never by id",
+        .run = pad_is_eos_masked});
+    c.push_back({
+        .id = "tied-head-desync",
+        .title = "A separate output head dropped by a loader that believes the model is tied",
+        .source = "NeMo Automodel #2571; HF transformers PR #42612 (tied and untied heads confused on save/load)",
+        .bug = "an untied model's file is loaded into a model configured tie_word_embeddings = true, and the loader "
+               "drops the file's lm_head.weight without comparing it with the embedding",
+        .symptom = "the loaded model computes another function: its loss on the same batch jumps",
+        .detector = "check: save, load, and the loss on the same batch is bitwise the same",
+        .fix = "take the tie flag from the checkpoint; refuse a separate lm_head that differs from the embedding "
+               "when tied (reftrain's loader does)",
+        .run = tied_head_desync});
+    c.push_back({
+        .id = "shortcut-confound",
+        .title = "A spurious marker predicts the answer",
+        .source = "gwern, 'The neural net tank urban legend' (2011, the tank story); Geirhos et al., 'Shortcut learning "
+                  "in deep neural networks' (2020)",
+        .bug = "the data: a '#' leads exactly the prompts of 'is A+B over 100?' whose answer is yes, in training and in "
+               "a validation set drawn the same way",
+        .symptom = "excellent validation accuracy from a model that learned the marker, not the sum: it fails as soon "
+                   "as the marker stops agreeing with the answer",
+        .detector = "confound-flipped probe eval: the same validation problems with the suspected feature flipped; "
+                    "an accuracy drop of over 20 points fires",
+        .fix = "break the correlation in the data (or balance it), and keep a counterfactual eval for every feature "
+               "that could stand in for the label",
+        .run = shortcut_confound});
     return c;
 }
 

@@ -83,7 +83,7 @@ FailureHalf reward_mean_shift(const FailureContext& ctx) {
         load_ppo_config("", {"normalize_reward=true", "total_timesteps=64000", "threads=1", "log_every=0"});
     config.run_dir = ctx.run_dir;
     PpoTrainer trainer(config, log_of(ctx));
-    FailureHalf half{"mean return of the last 20 episodes", {}, {}, false, ""};
+    FailureHalf half{.curve_name = "mean return of the last 20 episodes"};
     auto last_mean = [&](size_t count) {
         const std::vector<double>& r = trainer.episode_returns();
         count = std::min(count, r.size());

@@ -73,12 +73,20 @@ std::string ascii_chart(const std::vector<Series>& series, const std::string& ti
         axis.resize(10, ' ');
         out << axis << "|" << grid[static_cast<size_t>(row)] << "\n";
     }
-    out << std::string(10, ' ') << "+" << std::string(static_cast<size_t>(width), '-') << "\n";
+    std::string axis_line(static_cast<size_t>(width), '-');
+    std::string markers;
+    for (const Series& s : series) {
+        if (s.marker < 0) continue;
+        const int x = r.steps <= 1 ? 0 : static_cast<int>(std::lround(double(s.marker) * (width - 1) / double(r.steps - 1)));
+        axis_line[static_cast<size_t>(std::clamp(x, 0, width - 1))] = '^';
+        markers += "   ^ " + s.name + ": " + s.marker_label + " at step " + std::to_string(s.marker + 1);
+    }
+    out << std::string(10, ' ') << "+" << axis_line << "\n";
     out << std::string(11, ' ') << "step 1" << std::string(static_cast<size_t>(std::max(1, width - 12)), ' ') << r.steps
         << "\n";
     out << "  ";
     for (const Series& s : series) out << s.mark << " " << s.name << "   ";
-    out << "(! = not finite)\n";
+    out << "(! = not finite)" << markers << "\n";
     return out.str();
 }
 
@@ -142,6 +150,13 @@ void write_svg_chart(const std::string& path, const std::vector<Series>& series,
             points += buf;
         }
         flush();
+        if (s.marker >= 0) {
+            const double x = px(static_cast<size_t>(s.marker));
+            svg << "<line class=\"marker\" x1=\"" << x << "\" y1=\"" << top << "\" x2=\"" << x << "\" y2=\"" << top + ph
+                << "\" stroke=\"" << s.color << "\" stroke-dasharray=\"4,3\"/>\n";
+            svg << "<text x=\"" << x + 3 << "\" y=\"" << top + ph - 4 << "\" fill=\"" << s.color << "\">" << s.marker_label
+                << " (step " << s.marker + 1 << ")</text>\n";
+        }
         svg << "<text x=\"" << left + pw - 4 << "\" y=\"" << legend_y << "\" text-anchor=\"end\" fill=\"" << s.color
             << "\">" << s.name
             << (nonfinite > 0 ? " (! = " + std::to_string(nonfinite) + " non-finite steps)" : std::string()) << "</text>\n";

@@ -40,5 +40,24 @@ TEST(Plot, NonFinitePointsAreMarkedInTheSvgAndTheAsciiChart) {
     EXPECT_EQ(clean.substr(0, clean.rfind('\n', clean.find("not finite"))).find('!'), std::string::npos) << clean;
 }
 
+TEST(Plot, TheStepWhereADetectorFiredIsMarked) {
+    Series bad{"with bug", {1.0, 1.2, 3.0, 2.0, 1.1}, '*', "#d62728", 2, "detector first fired"};
+    const Series good{"without bug", {1.0, 0.9, 0.8, 0.7, 0.6}, 'o', "#1f77b4"};
+    const std::string ascii = ascii_chart({bad, good}, "loss", 41, 6);
+    // Step 3 of 5 on a 41-column axis is column 20; the legend names the series and the step.
+    const std::string axis = ascii.substr(ascii.find("+"), 42);
+    EXPECT_EQ(axis.find('^'), 21u) << ascii;
+    EXPECT_NE(ascii.find("^ with bug: detector first fired at step 3"), std::string::npos) << ascii;
+    const std::string path = (testing::scratch_dir("plot_marker") / "chart.svg").string();
+    write_svg_chart(path, {bad, good}, "loss", "step", "loss");
+    std::ifstream in(path);
+    std::stringstream svg;
+    svg << in.rdbuf();
+    EXPECT_EQ(count_of(svg.str(), "class=\"marker\""), 1u);
+    EXPECT_NE(svg.str().find("detector first fired (step 3)"), std::string::npos);
+    bad.marker = -1;
+    EXPECT_EQ(ascii_chart({bad, good}, "loss").find('^'), std::string::npos);
+}
+
 }  // namespace
 }  // namespace reftrain

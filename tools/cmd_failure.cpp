@@ -110,7 +110,7 @@ void register_failure_commands(CLI::App& app) {
 
     failure->add_subcommand("list", "List the catalog")->callback([] {
         for (const FailureScenario& s : failure_catalog()) {
-            std::cout << std::left << std::setw(26) << s.id << s.title << "\n";
+            std::cout << std::left << std::setw(28) << s.id << s.title << "\n";
         }
         std::cout << "\nrun one: reftrain failure run ID   (docs: docs/failures/ID.md)\n";
     });

@@ -126,8 +126,11 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
     if (config_.train.loss_spike_z > 0.0) {
         spike_ = std::make_unique<LossSpikeDetector>(config_.train.loss_spike_z, config_.train.loss_spike_window);
     }
+    // Rows are padded with BOS, which the packer never supervises. BUG pad-is-eos-masked: padded with the
+    // end-of-turn token instead (pad_token = eos_token), which the packer then masks by id.
+    const int64_t pad_id = bugs().pad_is_eos_masked ? data_.chat->end_of_turn_id() : data_.chat->bos_id();
     packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
-                                       config_.seed, data_.chat->bos_id());
+                                       config_.seed, pad_id);
     micro_ids_.resize(config_.train.grad_accum);
     micro_targets_.resize(config_.train.grad_accum);
 }
