@@ -123,15 +123,20 @@ DetectorVerdict prompt_not_training_prefix(const std::vector<int64_t>& training_
                          ": the model is asked to continue from a context it never saw")};
 }
 
-double t_critical_95(int64_t dof) {
-    static const double table[] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-                                   2.201,  2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-                                   2.080,  2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
-    check(dof >= 1, "t_critical_95: needs at least 1 degree of freedom (2 pairs), got ", dof);
-    return dof <= 30 ? table[dof - 1] : 1.96;
+double t_critical(int64_t dof, double level) {
+    static const double t95[] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+                                 2.201,  2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+                                 2.080,  2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
+    static const double t99[] = {63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169,
+                                 3.106,  3.055, 3.012, 2.977, 2.947, 2.921, 2.898, 2.878, 2.861, 2.845,
+                                 2.831,  2.819, 2.807, 2.797, 2.787, 2.779, 2.771, 2.763, 2.756, 2.750};
+    check(dof >= 1, "t_critical: needs at least 1 degree of freedom (2 pairs), got ", dof);
+    check(level == 0.95 || level == 0.99, "t_critical: level must be 0.95 or 0.99, got ", level);
+    const double* table = level == 0.95 ? t95 : t99;
+    return dof <= 30 ? table[dof - 1] : (level == 0.95 ? 1.960 : 2.576);
 }
 
-PairedComparison paired_t(const std::vector<double>& a, const std::vector<double>& b) {
+PairedComparison paired_t(const std::vector<double>& a, const std::vector<double>& b, double level) {
     check(a.size() == b.size() && a.size() >= 2, "paired_t: needs two equal-length lists of at least 2 runs, got ",
           a.size(), " and ", b.size());
     PairedComparison c;
@@ -146,7 +151,7 @@ PairedComparison paired_t(const std::vector<double>& a, const std::vector<double
     c.standard_error = std::sqrt(var / static_cast<double>(d.size()));
     c.t = c.standard_error > 0.0 ? c.mean_difference / c.standard_error
                                  : (c.mean_difference == 0.0 ? 0.0 : std::copysign(INFINITY, c.mean_difference));
-    c.critical_t = t_critical_95(c.pairs - 1);
+    c.critical_t = t_critical(c.pairs - 1, level);
     return c;
 }
 

@@ -20,6 +20,7 @@ namespace reftrain::failure_kit {
 // step, lr 3e-3, invariants in warn mode); `extra` adds or overrides keys.
 inline RunConfig scenario_config(const FailureContext& ctx, const std::vector<std::string>& extra) {
     std::vector<std::string> sets = {"run_dir=" + ctx.run_dir,
+                                     "seed=" + std::to_string(ctx.seed),
                                      "threads=1",
                                      "model.hidden_size=48",
                                      "model.intermediate_size=96",

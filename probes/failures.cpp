@@ -123,8 +123,8 @@ FailureHalf grad_accum_not_divided(const FailureContext& ctx) {
     // Where a gradient k times too large bites. AdamW divides the step by sqrt(v), so one constant scale
     // on every gradient cancels (up to eps): without clipping the model learns the same. What a user's log
     // shows is another matter: the summed loss reads k times too high. Clipping at a fixed norm does not
-    // cancel the scale: the k-times gradient is clipped where the right one is not. (Plain SGD would take
-    // k-times steps; reftrain has no SGD, so that case is described, not run.)
+    // cancel the scale: the k-times gradient is clipped where the right one is not. Plain SGD takes k-times
+    // steps (run below with a user-side update loop).
     half.numbers.push_back({"logged loss at step 20 (the loop's sum)", fmt(trainer.train_step().loss)});
     half.numbers.push_back({"loss on fixed rows after 21 steps, no clipping", fmt(fixed_rows_loss(trainer))});
     Trainer clipped(scenario_config(ctx, {"train.grad_accum=4", "train.batch_size=2", "train.grad_clip=2"}), log_of(ctx));
@@ -380,7 +380,7 @@ const FailureScenario& find_failure(const std::string& id) {
     fail("unknown failure '", id, "' (known: ", known, ")");
 }
 
-FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out) {
+FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out, uint64_t seed) {
     const FailureScenario& s = find_failure(id);
     fs::create_directories(run_dir);
     FailureReport report;
@@ -392,12 +392,12 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
         const std::vector<std::string> switches = bug_names();
         std::optional<ScopedBug> bug;
         if (std::find(switches.begin(), switches.end(), s.id) != switches.end()) bug.emplace(s.id);
-        report.with_bug = s.run({true, (fs::path(run_dir) / "with_bug").string(), &log_bug});
+        report.with_bug = s.run({true, (fs::path(run_dir) / "with_bug").string(), &log_bug, seed});
     }
     reset_bugs();
-    report.without_bug = s.run({false, (fs::path(run_dir) / "without_bug").string(), &log_fixed});
+    report.without_bug = s.run({false, (fs::path(run_dir) / "without_bug").string(), &log_fixed, seed});
 
-    out << "failure " << s.id << ": " << s.title << "\n"
+    out << "failure " << s.id << ": " << s.title << (seed != 1 ? concat(" (seed ", seed, ")") : std::string()) << "\n"
         << "  source:   " << s.source << "\n"
         << "  bug:      " << s.bug << "\n"
         << "  symptom:  " << s.symptom << "\n\n";

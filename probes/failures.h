@@ -31,6 +31,7 @@ struct FailureContext {
     bool bug = false;            // the half with the bug switched on
     std::string run_dir;         // this half's directory (checkpoints, tracer dumps)
     std::ostream* log = nullptr; // the training log of this half
+    uint64_t seed = 1;           // both halves' seed (`failure run ID --seed N`); the docs quote seed 1
 };
 
 struct FailureScenario {
@@ -63,6 +64,6 @@ struct FailureReport {
 
 // Runs both halves (bug on, then off, same seed), prints the report to `out`, writes
 // <run_dir>/<id>.svg, and returns the two halves.
-FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out);
+FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out, uint64_t seed = 1);
 
 }  // namespace reftrain

@@ -32,7 +32,8 @@ std::string fmt(double v, int precision = 3) {
 // mostly wrongly). Returns its checkpoint directory.
 std::string weak_sft_checkpoint(const FailureContext& ctx) {
     const RunConfig config = load_run_config(
-        "", {"run_dir=" + (fs::path(ctx.run_dir) / "sft").string(), "threads=1", "model.hidden_size=48",
+        "", {"run_dir=" + (fs::path(ctx.run_dir) / "sft").string(), "seed=" + std::to_string(ctx.seed), "threads=1",
+             "model.hidden_size=48",
              "model.intermediate_size=96", "model.num_hidden_layers=2", "model.num_attention_heads=4",
              "model.num_key_value_heads=2", "model.head_dim=12", "model.max_position_embeddings=64",
              "data.tokenizer=byte", "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
@@ -46,6 +47,7 @@ std::string weak_sft_checkpoint(const FailureContext& ctx) {
 
 GrpoConfig scenario_grpo_config(const FailureContext& ctx, const std::string& init, const std::vector<std::string>& extra) {
     std::vector<std::string> sets = {"init=" + init, "run_dir=" + (fs::path(ctx.run_dir) / "grpo").string(),
+                                     "seed=" + std::to_string(ctx.seed),
                                      "threads=1", "sampling.prompts_per_update=8", "sampling.group_size=8",
                                      "sampling.max_new_tokens=4", "seq_len=32", "micro_batch_size=32",
                                      "eval.examples=0", "log_every=0", "invariants={\"default\": \"warn\"}"};
@@ -88,10 +90,12 @@ FailureHalf grpo_zero_signal(const FailureContext& ctx) {
     return half;
 }
 
-// A KL penalty strong enough to matter; the policy moves fast at this learning rate.
+// A KL penalty strong enough to matter; the policy moves fast at this learning rate. The format reward
+// gives the weak model's groups some spread (ended its turn or not) even when every answer is wrong, so the
+// policy moves on every seed (with correctness alone, seed 2's groups were all 0 and nothing moved).
 FailureHalf negative_kl(const FailureContext& ctx) {
     GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
-                                             {"kl_coef=0.5", "updates=8", "optimizer.lr=0.002"}),
+                                             {"kl_coef=0.5", "updates=8", "optimizer.lr=0.002", "reward.format=0.1"}),
                         log_of(ctx));
     FailureHalf half{.curve_name = "logged KL k1 (per token)"};
     double last_k3 = 0.0, last_measured = 0.0;

@@ -74,7 +74,7 @@ FailureHalf split_leak(const FailureContext& ctx) {
     // How many validation prompts the model was trained on (counted here by the same key the invariant
     // uses, from the two splits a user's run holds).
     std::vector<std::string> train_prompts;
-    for (const TaskExample& e : generate_split(*trainer.data().task, Split::train, 2000, 1)) train_prompts.push_back(e.prompt);
+    for (const TaskExample& e : generate_split(*trainer.data().task, Split::train, 2000, ctx.seed)) train_prompts.push_back(e.prompt);
     std::sort(train_prompts.begin(), train_prompts.end());
     int64_t seen = 0;
     for (const TaskExample& e : trainer.data().val_examples) {
@@ -416,19 +416,20 @@ FailureHalf seed_variance(const FailureContext& ctx) {
     // which only reshuffles the data order); without it, the change is real (lr 0.001 instead of 0.003). Either way the claim is
     // first made the usual way, one run each with whatever seeds they got, then tested by a paired sweep.
     const std::string change = ctx.bug ? "data.train_examples=2001" : "schedule.lr=0.001";
-    const double a1 = final_loss(ctx, "a_seed1", {"seed=1"});
-    const double b2 = final_loss(ctx, "b_seed2", {"seed=2", change});
+    const std::string s1 = std::to_string(ctx.seed), s2 = std::to_string(ctx.seed + 1);
+    const double a1 = final_loss(ctx, "a_seed" + s1, {"seed=" + s1});
+    const double b2 = final_loss(ctx, "b_seed" + s2, {"seed=" + s2, change});
     FailureHalf half{.curve_name = "B - A, final loss, per paired seed"};
-    half.numbers.push_back({"one run each: A (seed 1) / B (seed 2)", fmt(a1) + " / " + fmt(b2)});
+    half.numbers.push_back({"one run each: A (seed " + s1 + ") / B (seed " + s2 + ")", fmt(a1) + " / " + fmt(b2)});
     std::vector<double> a, b;
-    for (int seed = 1; seed <= 5; ++seed) {
+    for (uint64_t seed = ctx.seed; seed < ctx.seed + 5; ++seed) {
         a.push_back(final_loss(ctx, "pair_a" + std::to_string(seed), {"seed=" + std::to_string(seed)}));
         b.push_back(final_loss(ctx, "pair_b" + std::to_string(seed), {"seed=" + std::to_string(seed), change}));
         half.curve.push_back(b.back() - a.back());
     }
     const PairedComparison p = paired_t(a, b);
     half.numbers.push_back({"paired over 5 seeds: mean B - A +- s.e.", fmt(p.mean_difference, 3) + " +- " + fmt(p.standard_error, 3)});
-    half.numbers.push_back({"t (95 % needs |t| > " + fmt(p.critical_t) + ")", fmt(p.t, 3)});
+    half.numbers.push_back({"t (99 % needs |t| > " + fmt(p.critical_t) + ")", fmt(p.t, 3)});
     if (!p.significant()) {
         half.detector_fired = true;
         half.detector_message = concat("paired seed sweep: B - A = ", fmt(p.mean_difference, 3), " +- ", fmt(p.standard_error, 3),

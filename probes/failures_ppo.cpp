@@ -48,6 +48,7 @@ FailureHalf probe_half(const FailureContext& ctx, const std::string& env, const 
                        const std::function<double(PpoTrainer&)>& curve_of) {
     PpoConfig config = probe_ppo_config(env, {});
     config.run_dir = ctx.run_dir;  // metrics.jsonl of this half
+    config.seed = ctx.seed;
     FailureHalf half{curve_name, {}, {}, false, ""};
     const ProbeReport report = run_probe(config, log_of(ctx), [&](PpoTrainer& trainer, const PpoUpdateMetrics&) {
         half.curve.push_back(curve_of(trainer));
@@ -82,6 +83,7 @@ FailureHalf reward_mean_shift(const FailureContext& ctx) {
     PpoConfig config =
         load_ppo_config("", {"normalize_reward=true", "total_timesteps=64000", "threads=1", "log_every=0"});
     config.run_dir = ctx.run_dir;
+    config.seed = ctx.seed;
     PpoTrainer trainer(config, log_of(ctx));
     FailureHalf half{.curve_name = "mean return of the last 20 episodes"};
     auto last_mean = [&](size_t count) {

@@ -134,8 +134,11 @@ TEST_F(FailureDetectors, TrainerNamesTheGarbageRowsOfASpikeAndCanSkipTheUpdate) 
             const StepMetrics m = trainer.train_step();
             const bool spiked = trainer.invariants().violations("loss.no_spike") > spikes_before;
             const bool unchanged = std::memcmp(before.data(), params.data(), params.nbytes()) == 0;
-            if (spiked) EXPECT_EQ(unchanged, skip) << "step " << i + 1 << ": skip = " << skip;
-            if (!spiked) EXPECT_FALSE(unchanged) << "step " << i + 1;
+            if (spiked) {
+                EXPECT_EQ(unchanged, skip) << "step " << i + 1 << ": skip = " << skip;
+            } else {
+                EXPECT_FALSE(unchanged) << "step " << i + 1;
+            }
             skipped += m.skipped;
         }
         ASSERT_GT(trainer.invariants().violations("loss.no_spike"), 0) << log.str();
@@ -422,7 +425,9 @@ TEST_F(FailureDetectors, PairedTTellsARealGainFromSeedNoise) {
     EXPECT_TRUE(r.significant()) << r.t;
     const PairedComparison n = paired_t(a, noise);
     EXPECT_FALSE(n.significant()) << n.t;
-    EXPECT_DOUBLE_EQ(n.critical_t, 2.776);
+    EXPECT_DOUBLE_EQ(n.critical_t, 4.604);   // 99 %, 4 degrees of freedom
+    EXPECT_DOUBLE_EQ(paired_t(a, noise, 0.95).critical_t, 2.776);
+    reftrain::testing::expect_error([&] { paired_t(a, noise, 0.9); }, {"level must be 0.95 or 0.99"});
     reftrain::testing::expect_error([] { paired_t({1.0}, {2.0}); }, {"at least 2 runs"});
 }
 

@@ -29,7 +29,7 @@ protected:
 // each such pair comes back as one entry with two candidates.
 std::vector<std::vector<std::string>> measured_figures(const std::string& page) {
     std::vector<std::vector<std::string>> figures;
-    const std::regex sentence(R"(Measured:([\s\S]*?)(\.\s+[A-Z*(]|\.\s*$|\n\n))");
+    const std::regex sentence(R"(Measured:([\s\S]*?)(\.\s+(?=[A-Z*(])|\.\s*$|\n\n))");
     const std::regex alternative(R"((-?[0-9][0-9.e+-]*)[^()]*?\(with OPENBLAS_CORETYPE=\w+: (-?[0-9][0-9.e+-]*)\))");
     const std::regex number(R"((^|[^\w.^])(-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?)(?![\w]))");
     for (std::sregex_iterator m(page.begin(), page.end(), sentence), end; m != end; ++m) {
