@@ -338,7 +338,7 @@ std::string write_addition_jsonl(const std::string& dir, int64_t garbage) {
 FailureHalf loss_spike_bad_data(const FailureContext& ctx) {
     // The bug is the data: 20 garbage conversations among 2000 (1 %). The detector is on in both halves.
     const std::string jsonl = write_addition_jsonl(ctx.run_dir, ctx.bug ? 20 : 0);
-    Trainer trainer(scenario_config(ctx, {"data.task=\"\"", "data.jsonl=\"" + jsonl + "\"", "train.loss_spike_z=6",
+    Trainer trainer(scenario_config(ctx, {"data.task=\"\"", "data.jsonl=\"" + jsonl + "\"", "train.loss_spike_z=12",
                                           "train.max_steps=80"}),
                     log_of(ctx));
     FailureHalf half{.curve_name = "loss"};
@@ -352,8 +352,8 @@ FailureHalf loss_spike_bad_data(const FailureContext& ctx) {
 
 FailureHalf no_warmup(const FailureContext& ctx) {
     // The bug is a configuration: the peak learning rate from step 0 instead of after a warmup.
-    Trainer trainer(scenario_config(ctx, {"schedule.kind=\"linear_warmup\"", "schedule.lr=0.3", "train.grad_clip=0", "train.loss_spike_z=6",
-                                          ctx.bug ? "schedule.warmup_steps=0" : "schedule.warmup_steps=10",
+    Trainer trainer(scenario_config(ctx, {"schedule.kind=\"linear_warmup\"", "schedule.lr=0.3", "train.grad_clip=0", "train.loss_spike_z=12",
+                                          ctx.bug ? "schedule.warmup_steps=0" : "schedule.warmup_steps=20",
                                           "tracer.policy=\"skip\""}),
                     log_of(ctx));
     FailureHalf half{.curve_name = "loss"};
@@ -784,7 +784,7 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .source = "Stas Bekman, ML Engineering (instabilities: a pocket of bad data behind a loss spike)",
         .bug = "20 of 2020 training conversations have 20 random bytes as the answer",
         .symptom = "isolated loss spikes long after the loss settled, at the steps that draw a garbage row",
-        .detector = "loss z-score spike detector in the training loop (train.loss_spike_z = 6): names the step and "
+        .detector = "loss z-score spike detector in the training loop (train.loss_spike_z = 12): names the step and "
                     "the rows of its batch by their own loss; train.loss_spike_skip drops the update",
         .fix = "find the rows the detector names in the data and remove the pocket (or skip those batches)",
         .run = loss_spike_bad_data});
@@ -794,8 +794,8 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .source = "Goyal et al., 'Accurate, large minibatch SGD' (2017): gradual warmup; Axolotl docs, training stability",
         .bug = "schedule.warmup_steps = 0 at a learning rate the run only survives with a warmup",
         .symptom = "the loss falls, then jumps up in the first steps: an early divergence that looks like a code bug",
-        .detector = "loss z-score spike detector (train.loss_spike_z = 6), which names the step",
-        .fix = "warm the learning rate up over the first steps (here 10), or lower the peak",
+        .detector = "loss z-score spike detector (train.loss_spike_z = 12; in the first steps: a loss over 1.5 x the first), which names the step",
+        .fix = "warm the learning rate up over the first steps (here 20), or lower the peak",
         .run = no_warmup});
     c.push_back({
         .id = "template-mismatch",

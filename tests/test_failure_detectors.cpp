@@ -122,7 +122,7 @@ TEST_F(FailureDetectors, TrainerNamesTheGarbageRowsOfASpikeAndCanSkipTheUpdate) 
     for (bool skip : {false, true}) {
         std::ostringstream log;
         Trainer trainer(tiny_run(std::string("spike_") + (skip ? "skip" : "apply"),
-                                 {"data.task=\"\"", "data.jsonl=\"" + garbage + "\"", "train.loss_spike_z=6",
+                                 {"data.task=\"\"", "data.jsonl=\"" + garbage + "\"", "train.loss_spike_z=12",
                                   std::string("train.loss_spike_skip=") + (skip ? "true" : "false")}),
                         log);
         int64_t skipped = 0;
@@ -144,13 +144,13 @@ TEST_F(FailureDetectors, TrainerNamesTheGarbageRowsOfASpikeAndCanSkipTheUpdate) 
         ASSERT_GT(trainer.invariants().violations("loss.no_spike"), 0) << log.str();
         EXPECT_EQ(skipped > 0, skip);
         const std::string message = trainer.invariants().last_message("loss.no_spike");
-        reftrain::testing::expect_contains(message, {"standard deviations above", "highest rows: micro-batch 0 row",
+        reftrain::testing::expect_contains(message, {"x the step-to-step noise", "highest rows: micro-batch 0 row",
                                                      "\"ant\\n~~"});
     }
     // The same run on clean data: silent.
     std::ostringstream log;
     Trainer clean(tiny_run("spike_clean", {"data.task=\"\"", "data.jsonl=\"" + write_user_jsonl("spike_clean_data", 0) + "\"",
-                                           "train.loss_spike_z=6"}),
+                                           "train.loss_spike_z=12"}),
                   log);
     for (int i = 0; i < 80; ++i) clean.train_step();
     EXPECT_EQ(clean.invariants().violations("loss.no_spike"), 0) << clean.invariants().last_message("loss.no_spike");

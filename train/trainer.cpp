@@ -267,7 +267,9 @@ std::string Trainer::describe_spike(const LossSpike& spike, const std::vector<st
     std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.loss > b.loss; });
     std::ostringstream s;
     s << std::setprecision(4) << "step " << spike.step + 1 << ": loss " << spike.loss;
-    if (spike.z > 0.0) s << " is " << spike.z << " standard deviations above the last steps' mean " << spike.mean << " (std " << spike.std << ")";
+    if (spike.z > 0.0) {
+        s << " is " << spike.z << " x the step-to-step noise (" << spike.std << ") above the last steps' median " << spike.mean;
+    }
     if (spike.above_first) s << (spike.z > 0.0 ? ", and" : "") << " is above " << kDivergenceFactor << " x the first step's loss (the run diverges)";
     if (!rows.empty()) {
         s << "; median row loss " << rows[rows.size() / 2].loss << "; highest rows:";
