@@ -11,6 +11,7 @@
 
 #include "kernels/bugs.h"
 #include "kernels/random.h"
+#include "model/generate.h"
 #include "tests/test_util.h"
 #include "train/diagnostics.h"
 
@@ -369,6 +370,95 @@ TEST_F(Diagnostics, RunDiagnosticBuildsTheRunsModelAndRefusesUnknownNames) {
     EXPECT_TRUE(r.pass) << format_result(r);
     testing::expect_contains(format_result(r), {"diagnose causality: PASS", "max_grad_after_t = 0"});
     testing::expect_error([&] { run_diagnostic("causalty", config, {}, log); }, {"unknown diagnostic", "causality"});
+}
+
+// ---- black-box checks: any model, any decode loop, no switch needed -----------------------------------------
+
+// reftrain's model as a black box: the logits of a (B, T) batch.
+LogitsFn logits_of(Transformer& model) {
+    return [&model](const std::vector<int64_t>& ids, int64_t B, int64_t T) {
+        std::vector<int64_t> copy = ids;
+        model.forward(Tensor(copy.data(), DType::I64, {B, T}, "input_ids"), Tensor());
+        const Tensor& logits = model.acts().get("logits");
+        std::vector<double> out(static_cast<size_t>(logits.numel()));
+        for (size_t i = 0; i < out.size(); ++i) out[i] = logits.ptr<float>()[i];
+        return out;
+    };
+}
+
+// A user's toy "model", written the way a bug is written in user code: the logits at t read a running
+// sum of the tokens up to t, and (`peek`) the next token too; (`batch_norm`) every position's logits
+// are centred over the batch, as a BatchNorm over the batch axis would.
+LogitsFn user_model(bool peek, bool batch_norm, int64_t V) {
+    return [=](const std::vector<int64_t>& ids, int64_t B, int64_t T) {
+        std::vector<double> out(static_cast<size_t>(B * T * V));
+        for (int64_t b = 0; b < B; ++b) {
+            double sum = 0.0;
+            for (int64_t t = 0; t < T; ++t) {
+                sum += static_cast<double>(ids[b * T + t]);
+                const double next = peek && t + 1 < T ? static_cast<double>(ids[b * T + t + 1]) : 0.0;
+                for (int64_t v = 0; v < V; ++v) out[(b * T + t) * V + v] = std::sin(0.1 * sum * (v + 1) + 0.3 * next);
+            }
+        }
+        if (batch_norm) {
+            for (int64_t i = 0; i < T * V; ++i) {
+                double mean = 0.0;
+                for (int64_t b = 0; b < B; ++b) mean += out[b * T * V + i] / static_cast<double>(B);
+                for (int64_t b = 0; b < B; ++b) out[b * T * V + i] -= mean;
+            }
+        }
+        return out;
+    };
+}
+
+TEST_F(Diagnostics, CausalityByPerturbationAgreesWithTheGradientCheckOnOurModel) {
+    Fixture f;
+    EXPECT_TRUE(check_causality_by_perturbation(logits_of(f.model), f.batch.input_ids, 3, 12, 40).pass);
+    ScopedBug bug("causal-leak");
+    const DiagnosticResult r = check_causality_by_perturbation(logits_of(f.model), f.batch.input_ids, 3, 12, 40);
+    EXPECT_FALSE(r.pass) << format_result(r);
+    EXPECT_EQ(r.number("leaking_positions"), 11);   // every token is seen one position early
+}
+
+TEST_F(Diagnostics, CausalityByPerturbationCatchesAUserModelThatPeeksAtTheNextToken) {
+    const std::vector<int64_t> ids = random_batch(2, 10, 30, 4).input_ids;
+    EXPECT_TRUE(check_causality_by_perturbation(user_model(false, false, 30), ids, 2, 10, 30).pass);
+    const DiagnosticResult r = check_causality_by_perturbation(user_model(true, false, 30), ids, 2, 10, 30);
+    EXPECT_FALSE(r.pass);
+    testing::expect_contains(r.verdict, {"9 of 9 perturbed positions change earlier outputs", "position t sees the future"});
+}
+
+TEST_F(Diagnostics, BatchIndependenceByPerturbationCatchesOurBugAndAUserBatchNorm) {
+    Fixture f;
+    EXPECT_TRUE(check_batch_independence_by_perturbation(logits_of(f.model), f.batch.input_ids, 3, 12, 40).pass);
+    {
+        ScopedBug bug("view-vs-permute");
+        EXPECT_FALSE(check_batch_independence_by_perturbation(logits_of(f.model), f.batch.input_ids, 3, 12, 40).pass);
+    }
+    const std::vector<int64_t> ids = random_batch(3, 6, 30, 5).input_ids;
+    EXPECT_TRUE(check_batch_independence_by_perturbation(user_model(false, false, 30), ids, 3, 6, 30).pass);
+    const DiagnosticResult r = check_batch_independence_by_perturbation(user_model(false, true, 30), ids, 3, 6, 30);
+    EXPECT_FALSE(r.pass);
+    testing::expect_contains(r.verdict, {"3 of 3 rows change other rows' outputs", "batch rows are mixed"});
+}
+
+TEST_F(Diagnostics, DecodeLoopComparedWithTheFullForwardCatchesAUserLoopThatResetsTheCache) {
+    Fixture f(tiny_config(), 1, 10);
+    const std::vector<int64_t> prompt(f.batch.input_ids.begin(), f.batch.input_ids.begin() + 10);
+    std::vector<double> full = logits_of(f.model)(prompt, 1, 10);
+    InferenceSession right(f.model, 10);
+    EXPECT_TRUE(compare_decode_with_full([&](int64_t token) { return right.feed({token}); }, prompt, full, 40).pass);
+    // No switch: the user's loop clears the cache before every token, so each one sits at position 0 and
+    // sees nothing before it.
+    InferenceSession wrong(f.model, 10);
+    const DiagnosticResult r = compare_decode_with_full(
+        [&](int64_t token) {
+            wrong.reset();
+            return wrong.feed({token});
+        },
+        prompt, full, 40);
+    EXPECT_FALSE(r.pass);
+    EXPECT_EQ(r.number("first_mismatch_position"), 1);   // position 0 has nothing before it either way
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <sstream>
 
@@ -534,26 +535,19 @@ DiagnosticResult check_gradcheck(const ModelConfig& config, const Batch& batch, 
 
 // ---- kv-cache -----------------------------------------------------------------------------------------------
 
-DiagnosticResult check_kv_cache(const Transformer& model, const std::vector<int64_t>& prompt, double relative_tolerance) {
-    const ModelConfig& c = model.config();
-    const int64_t L = static_cast<int64_t>(prompt.size()), V = c.vocab_size;
-    check(L >= 1 && L <= c.max_position_embeddings, "kv-cache: the prompt has ", L,
-          " tokens; it needs 1 .. max_position_embeddings = ", c.max_position_embeddings);
-    // The full recompute: a (1, L) model with the same weights (the arenas have the same layout).
-    Transformer full(c, 1, L, model.dtype());
-    check(full.params().nbytes() == model.params().nbytes(), "kv-cache: parameter layouts differ");
-    std::memcpy(full.params().data(), model.params().data(), model.params().nbytes());
-    std::vector<int64_t> ids = prompt;
-    full.forward(Tensor(ids.data(), DType::I64, {1, L}, "input_ids"), Tensor());
-    const Tensor& logits = full.acts().get("logits");  // (1, L, V)
-
-    InferenceSession session(model, L);
+DiagnosticResult compare_decode_with_full(const DecodeFn& decode, const std::vector<int64_t>& prompt,
+                                          const std::vector<double>& full, int64_t V, double relative_tolerance) {
+    const int64_t L = static_cast<int64_t>(prompt.size());
+    check(static_cast<int64_t>(full.size()) == L * V, "kv-cache: the full forward gave ", full.size(),
+          " logits for ", L, " positions x V = ", V);
     double max_diff = 0.0, max_logit = 0.0;
     std::vector<double> diffs(L, 0.0);
     for (int64_t t = 0; t < L; ++t) {
-        const std::vector<double>& cached = session.feed({prompt[t]});
+        const std::vector<double> cached = decode(prompt[t]);
+        check(static_cast<int64_t>(cached.size()) == V, "kv-cache: the decode loop returned ", cached.size(),
+              " logits at position ", t, ", want V = ", V);
         for (int64_t v = 0; v < V; ++v) {
-            const double full_value = element(logits, t * V + v);
+            const double full_value = full[t * V + v];
             diffs[t] = std::max(diffs[t], std::fabs(cached[v] - full_value));
             max_logit = std::max(max_logit, std::fabs(full_value));
         }
@@ -599,6 +593,126 @@ DiagnosticResult check_kv_cache(const Transformer& model, const std::vector<int6
           << "in the full path shows up here too, since decoding cannot see the future)";
     }
     r.verdict = v.str();
+    return r;
+}
+
+DiagnosticResult check_kv_cache(const Transformer& model, const std::vector<int64_t>& prompt, double relative_tolerance) {
+    const ModelConfig& c = model.config();
+    const int64_t L = static_cast<int64_t>(prompt.size()), V = c.vocab_size;
+    check(L >= 1 && L <= c.max_position_embeddings, "kv-cache: the prompt has ", L,
+          " tokens; it needs 1 .. max_position_embeddings = ", c.max_position_embeddings);
+    // The full recompute: a (1, L) model with the same weights (the arenas have the same layout).
+    Transformer full(c, 1, L, model.dtype());
+    check(full.params().nbytes() == model.params().nbytes(), "kv-cache: parameter layouts differ");
+    std::memcpy(full.params().data(), model.params().data(), model.params().nbytes());
+    std::vector<int64_t> ids = prompt;
+    full.forward(Tensor(ids.data(), DType::I64, {1, L}, "input_ids"), Tensor());
+    const Tensor& logits = full.acts().get("logits");  // (1, L, V)
+    std::vector<double> full_logits(static_cast<size_t>(L * V));
+    for (int64_t i = 0; i < L * V; ++i) full_logits[i] = element(logits, i);
+    InferenceSession session(model, L);
+    return compare_decode_with_full([&](int64_t token) { return session.feed({token}); }, prompt, full_logits, V,
+                                    relative_tolerance);
+}
+
+namespace {
+
+// The largest change of the outputs selected by `watch(b, t)` between two logit sets of a (B, T) batch.
+double moved(const std::vector<double>& a, const std::vector<double>& b, int64_t B, int64_t T, int64_t V,
+             const std::function<bool(int64_t, int64_t)>& watch, int64_t* where_b, int64_t* where_t) {
+    double worst = 0.0;
+    for (int64_t row = 0; row < B; ++row) {
+        for (int64_t t = 0; t < T; ++t) {
+            if (!watch(row, t)) continue;
+            for (int64_t v = 0; v < V; ++v) {
+                const size_t i = static_cast<size_t>((row * T + t) * V + v);
+                const double d = std::fabs(a[i] - b[i]);
+                if (!(d <= worst)) {
+                    worst = std::isnan(d) ? INFINITY : d;
+                    *where_b = row;
+                    *where_t = t;
+                }
+            }
+        }
+    }
+    return worst;
+}
+
+std::vector<double> checked_logits(const LogitsFn& logits_of, const std::vector<int64_t>& ids, int64_t B, int64_t T,
+                                   int64_t V, const char* name) {
+    std::vector<double> out = logits_of(ids, B, T);
+    check(static_cast<int64_t>(out.size()) == B * T * V, name, ": the logits function returned ", out.size(),
+          " values for B * T * V = ", B, " * ", T, " * ", V);
+    return out;
+}
+
+}  // namespace
+
+DiagnosticResult check_causality_by_perturbation(const LogitsFn& logits_of, const std::vector<int64_t>& ids, int64_t B,
+                                                 int64_t T, int64_t V) {
+    check(B >= 1 && T >= 2 && static_cast<int64_t>(ids.size()) == B * T, "causality: needs a (B, T) batch with T >= 2");
+    const std::vector<double> base = checked_logits(logits_of, ids, B, T, V, "causality");
+    DiagnosticResult r;
+    r.name = "causality";
+    double worst = 0.0;
+    int64_t worst_s = -1, worst_t = -1, leaks = 0;
+    for (int64_t s = 1; s < T; ++s) {
+        std::vector<int64_t> changed = ids;
+        for (int64_t row = 0; row < B; ++row) changed[row * T + s] = (changed[row * T + s] + 1) % V;
+        int64_t b = -1, t = -1;
+        const double d = moved(base, checked_logits(logits_of, changed, B, T, V, "causality"), B, T, V,
+                               [s](int64_t, int64_t pos) { return pos < s; }, &b, &t);
+        if (d > 0.0) {
+            ++leaks;
+            if (!(d <= worst)) {
+                worst = d;
+                worst_s = s;
+                worst_t = t;
+            }
+        }
+    }
+    r.pass = leaks == 0;
+    r.numbers = {{"positions_perturbed", static_cast<double>(T - 1)},
+                 {"leaking_positions", static_cast<double>(leaks)},
+                 {"max_change_before", worst}};
+    r.verdict = r.pass ? concat("changing any token leaves every earlier position's logits exactly as they were (",
+                                T - 1, " positions perturbed)")
+                       : concat(leaks, " of ", T - 1, " perturbed positions change earlier outputs; the largest: the "
+                                "token at ", worst_s, " moves the logits at ", worst_t, " by ", format_number(worst),
+                                ": position t sees the future");
+    return r;
+}
+
+DiagnosticResult check_batch_independence_by_perturbation(const LogitsFn& logits_of, const std::vector<int64_t>& ids,
+                                                          int64_t B, int64_t T, int64_t V) {
+    check(B >= 2 && T >= 1 && static_cast<int64_t>(ids.size()) == B * T,
+          "batch-independence: needs a (B, T) batch with B >= 2");
+    const std::vector<double> base = checked_logits(logits_of, ids, B, T, V, "batch-independence");
+    DiagnosticResult r;
+    r.name = "batch-independence";
+    double worst = 0.0;
+    int64_t worst_from = -1, worst_to = -1, leaks = 0;
+    for (int64_t row = 0; row < B; ++row) {
+        std::vector<int64_t> changed = ids;
+        for (int64_t t = 0; t < T; ++t) changed[row * T + t] = (changed[row * T + t] + 1) % V;
+        int64_t b = -1, t = -1;
+        const double d = moved(base, checked_logits(logits_of, changed, B, T, V, "batch-independence"), B, T, V,
+                               [row](int64_t other, int64_t) { return other != row; }, &b, &t);
+        if (d > 0.0) {
+            ++leaks;
+            if (!(d <= worst)) {
+                worst = d;
+                worst_from = row;
+                worst_to = b;
+            }
+        }
+    }
+    r.pass = leaks == 0;
+    r.numbers = {{"rows_perturbed", static_cast<double>(B)}, {"leaking_rows", static_cast<double>(leaks)},
+                 {"max_change_elsewhere", worst}};
+    r.verdict = r.pass ? concat("changing any row leaves every other row's logits exactly as they were (", B, " rows)")
+                       : concat(leaks, " of ", B, " rows change other rows' outputs; the largest: row ", worst_from,
+                                " moves row ", worst_to, " by ", format_number(worst), ": batch rows are mixed");
     return r;
 }
 

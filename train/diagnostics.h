@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <string>
 #include <utility>
@@ -88,6 +89,27 @@ DiagnosticResult check_causality(Transformer& model, Batch& batch, std::vector<i
 // For each batch row b: loss on row b only (the batch's targets, other rows ignored), backward, and
 // every other row's grad:model.embed_tokens.out must be exactly 0. Needs batch_size >= 2.
 DiagnosticResult check_batch_independence(Transformer& model, Batch& batch);
+
+// ---- the same three checks for any model: black boxes ------------------------------------------------------
+// The checks above read reftrain's own backward. These read only logits, so they test any model or decode
+// loop, yours included (a PyTorch forward wrapped in a callback, a hand-written cache loop), by
+// perturbation: change one input token and see which outputs move. `logits_of(ids, B, T)` returns the
+// logits of a (B, T) batch, row-major (B * T * V values). Exact: a healthy model's untouched outputs do
+// not move at all (the same arithmetic on the same inputs), so any change is a leak.
+using LogitsFn = std::function<std::vector<double>(const std::vector<int64_t>& ids, int64_t B, int64_t T)>;
+// Position s's token replaced (by (id + 1) mod V) for each s in 1..T-1: every output at t < s must keep
+// its exact value. Names the first (t, s) pair that moved.
+DiagnosticResult check_causality_by_perturbation(const LogitsFn& logits_of, const std::vector<int64_t>& ids, int64_t B,
+                                                 int64_t T, int64_t V);
+// Row r's tokens replaced, for each row: every other row's outputs must keep their exact values.
+DiagnosticResult check_batch_independence_by_perturbation(const LogitsFn& logits_of, const std::vector<int64_t>& ids,
+                                                          int64_t B, int64_t T, int64_t V);
+// A decode loop against a full forward: `decode(token)` feeds one token and returns the next-token logits
+// (V values); `full` are the full forward's logits of the same L tokens (L * V). Same bound as
+// check_kv_cache. check_kv_cache is this with reftrain's InferenceSession as the decode loop.
+using DecodeFn = std::function<std::vector<double>(int64_t token)>;
+DiagnosticResult compare_decode_with_full(const DecodeFn& decode, const std::vector<int64_t>& prompt,
+                                          const std::vector<double>& full, int64_t V, double relative_tolerance = 1e-4);
 
 // ---- gradcheck ----------------------------------------------------------------------------------------------
 struct GradcheckOptions {
