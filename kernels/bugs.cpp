@@ -28,6 +28,7 @@ const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
         {"double-softmax", &Bugs::double_softmax},
         {"kv-cache-mismatch", &Bugs::kv_cache_mismatch},
         {"tied-head-desync", &Bugs::tied_head_desync},
+        {"left-pad-positions", &Bugs::left_pad_positions},
         {"scheduler-per-microbatch", &Bugs::scheduler_per_microbatch},
         {"grad-accum-not-divided", &Bugs::grad_accum_not_divided},
         {"forgot-zero-grad", &Bugs::forgot_zero_grad},

@@ -30,6 +30,7 @@ struct Bugs {
     bool double_softmax = false;          // the logits go through a softmax before the cross-entropy
     bool kv_cache_mismatch = false;       // the KV-cache path rotates new tokens from position 0
     bool tied_head_desync = false;        // a separate lm_head is dropped when the config says "tied"
+    bool left_pad_positions = false;      // batched generation feeds the left pads as tokens
     // train
     bool scheduler_per_microbatch = false;  // schedule indexed by micro-batch, not optimizer step
     bool grad_accum_not_divided = false;    // each micro-batch's loss added at weight 1

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <memory>
 #include <numeric>
 #include <string>
 
@@ -286,6 +287,59 @@ Generation generate(InferenceSession& session, const std::vector<int64_t>& promp
         if (static_cast<int64_t>(result.ids.size()) < limit) logits = &session.feed({id});
     }
     return result;
+}
+
+std::vector<Generation> generate_batch(const Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
+                                       const SamplingConfig& config, int64_t pad_id, Rng& rng,
+                                       std::vector<std::vector<double>>* first_logits) {
+    check(!prompts.empty(), "generate_batch: no prompts");
+    check(config.max_new_tokens >= 0, "generate_batch: max_new_tokens ", config.max_new_tokens, " must be >= 0");
+    size_t longest = 0;
+    for (size_t r = 0; r < prompts.size(); ++r) {
+        check(!prompts[r].empty(), "generate_batch: prompt ", r, " is empty; at least one token is needed");
+        longest = std::max(longest, prompts[r].size());
+    }
+    const int64_t max_len = std::min<int64_t>(model.config().max_position_embeddings,
+                                              static_cast<int64_t>(longest) + config.max_new_tokens);
+    const size_t R = prompts.size();
+    std::vector<std::unique_ptr<InferenceSession>> sessions(R);
+    std::vector<const std::vector<double>*> logits(R);
+    for (size_t r = 0; r < R; ++r) {
+        sessions[r] = std::make_unique<InferenceSession>(model, max_len);
+        // The row as laid out in the batch: pads first, then the prompt.
+        std::vector<int64_t> row(longest - prompts[r].size(), pad_id);
+        row.insert(row.end(), prompts[r].begin(), prompts[r].end());
+        // BUG left-pad-positions: the whole padded row is fed, pads included.
+        logits[r] = &sessions[r]->feed(bugs().left_pad_positions ? row : prompts[r]);
+        if (first_logits) first_logits->push_back(*logits[r]);
+    }
+    std::vector<Generation> results(R);
+    std::vector<bool> done(R, false);
+    for (int64_t step = 0; step < config.max_new_tokens; ++step) {
+        bool any = false;
+        for (size_t r = 0; r < R; ++r) {
+            if (done[r]) continue;
+            if (sessions[r]->length() >= sessions[r]->max_len()) {
+                done[r] = true;
+                continue;
+            }
+            const int64_t id = sample_from_logits(*logits[r], config, rng);
+            results[r].ids.push_back(id);
+            if (std::find(config.stop_ids.begin(), config.stop_ids.end(), id) != config.stop_ids.end()) {
+                results[r].stopped = true;
+                done[r] = true;
+                continue;
+            }
+            if (step + 1 < config.max_new_tokens && sessions[r]->length() < sessions[r]->max_len()) {
+                logits[r] = &sessions[r]->feed({id});
+                any = true;
+            } else {
+                done[r] = true;
+            }
+        }
+        if (!any) break;
+    }
+    return results;
 }
 
 }  // namespace reftrain

@@ -60,4 +60,16 @@ int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConf
 Generation generate(InferenceSession& session, const std::vector<int64_t>& prompt, const SamplingConfig& config,
                     Rng& rng);
 
+// Batched generation as a server lays it out: the prompts are left-padded with `pad_id` to the longest,
+// then decoded in lockstep, one token for every unfinished row per step, rows in order (so sampling draws
+// from `rng` row by row within a step). Each row has a cache of its own and starts at its first real
+// token: its positions count from 0 there and no pad is ever attended, so every row generates exactly
+// what generate() gives for its prompt alone. `first_logits`, when given, receives each row's logits
+// after its prompt (the batch's first prediction), for comparing with one-at-a-time decoding.
+// BUG left-pad-positions: the pads are fed as tokens, so a short prompt's positions count from the first
+// pad and it attends to the pads (a left-padded batch run without its attention mask and position ids).
+std::vector<Generation> generate_batch(const Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
+                                       const SamplingConfig& config, int64_t pad_id, Rng& rng,
+                                       std::vector<std::vector<double>>* first_logits = nullptr);
+
 }  // namespace reftrain

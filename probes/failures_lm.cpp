@@ -652,6 +652,57 @@ FailureHalf shortcut_confound(const FailureContext& ctx) {
     return half;
 }
 
+// ---- batched generation -----------------------------------------------------------------------------------
+
+FailureHalf left_pad_positions(const FailureContext& ctx) {
+    Trainer trainer(scenario_config(ctx, {"train.max_steps=80"}), log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 80, &StepMetrics::loss);
+    // A batch of 20 held-out problems and one long request (with a system prompt) that sets the batch's
+    // length, so the short prompts get about 30 pads on the left.
+    const ChatTemplate& chat = *trainer.data().chat;
+    std::vector<std::vector<int64_t>> prompts;
+    const std::vector<TaskExample> problems = generate_split(*trainer.data().task, Split::test, 20, 7, /*unique=*/true);
+    for (const TaskExample& e : problems) prompts.push_back(chat.render_prompt(to_conversation(e, "", false)));
+    prompts.push_back(chat.render_prompt(to_conversation(problems[0], "Reply with the sum only.", false)));
+    SamplingConfig greedy;
+    greedy.temperature = 0.0;
+    greedy.max_new_tokens = 6;
+    greedy.stop_ids = {chat.end_of_turn_id()};
+    Rng rng(1);
+    std::vector<std::vector<double>> batched_logits;
+    const std::vector<Generation> batched = generate_batch(trainer.model(), prompts, greedy, chat.bos_id(), rng, &batched_logits);
+    // One at a time, each prompt alone (what the batch must reproduce), and the detector's comparison of
+    // the first prediction of every row.
+    InferenceSession session(trainer.model(), 64);
+    int64_t differ = 0, worst_row = -1;
+    double worst = 0.0;
+    for (size_t r = 0; r < prompts.size(); ++r) {
+        const Generation alone = generate(session, prompts[r], greedy, rng);
+        differ += alone.ids != batched[r].ids;
+        session.reset();
+        const std::vector<double> first = session.feed(prompts[r]);
+        for (size_t v = 0; v < first.size(); ++v) {
+            const double d = std::fabs(first[v] - batched_logits[r][v]);
+            if (d > worst) {
+                worst = d;
+                worst_row = static_cast<int64_t>(r);
+            }
+        }
+    }
+    half.numbers.push_back({"greedy answers that differ from one at a time (of 21)", std::to_string(differ)});
+    half.numbers.push_back({"max |batched - alone| first-token logit", fmt(worst)});
+    if (worst > 1e-4) {
+        const size_t pads = prompts.back().size() - prompts[static_cast<size_t>(worst_row)].size();
+        half.detector_fired = true;
+        half.detector_message = concat("batched vs one-at-a-time: row ", worst_row, " (", pads,
+                                       " left pads) predicts its first token with logits ", fmt(worst),
+                                       " away from the same prompt decoded alone: the pads reach the real tokens "
+                                       "(attended, or shifting the positions)");
+    }
+    return half;
+}
+
 }  // namespace
 
 std::vector<FailureScenario> lm_failure_scenarios() {
@@ -868,6 +919,17 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .fix = "break the correlation in the data (or balance it), and keep a counterfactual eval for every feature "
                "that could stand in for the label",
         .run = shortcut_confound});
+    c.push_back({
+        .id = "left-pad-positions",
+        .title = "Left-padded batched generation attends to its pads",
+        .source = "unsloth #3699; HF transformers #22161 (batched generation with left padding answers differently)",
+        .bug = "batched generation feeds the left pads as tokens: short rows attend to the pads and count their "
+               "positions from the first pad",
+        .symptom = "the same request gets another answer in a batch than alone; the short rows of a batch suffer",
+        .detector = "check: every row's first-token logits in the batch equal the same prompt decoded alone",
+        .fix = "an attention mask over the pads and position ids that start at each row's first real token (or "
+               "a cache per row that starts there, as reftrain's generate_batch does)",
+        .run = left_pad_positions});
     return c;
 }
 

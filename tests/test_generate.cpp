@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/bugs.h"
 #include "kernels/random.h"
 #include "model/generate.h"
 #include "model/transformer.h"
@@ -378,6 +379,45 @@ TEST(Generate, StopIdsEndGenerationAndLimitsAreRespected) {
 }
 
 // ---- (7) errors -----------------------------------------------------------------------------------
+
+TEST(Generate, ABatchOfLeftPaddedPromptsGeneratesWhatEachPromptGeneratesAlone) {
+    reset_bugs();
+    Transformer model(gqa_config(), 1, 1, DType::F32);
+    randomize(model, 71);
+    const std::vector<std::vector<int64_t>> prompts = {random_ids(3, 23, 72), random_ids(1, 23, 73),
+                                                       random_ids(7, 23, 74), random_ids(2, 23, 75)};
+    SamplingConfig greedy;
+    greedy.temperature = 0.0;
+    greedy.max_new_tokens = 5;
+    Rng rng(1);
+    std::vector<std::vector<double>> first;
+    const std::vector<Generation> batch = generate_batch(model, prompts, greedy, 0, rng, &first);
+    ASSERT_EQ(batch.size(), prompts.size());
+    InferenceSession session(model, 12);
+    for (size_t r = 0; r < prompts.size(); ++r) {
+        EXPECT_EQ(batch[r].ids, generate(session, prompts[r], greedy, rng).ids) << "row " << r;
+        session.reset();
+        EXPECT_EQ(first[r], session.feed(prompts[r])) << "row " << r << ": the first prediction, bitwise";
+    }
+    // A user's own batched loop that feeds the left pads (no switch): the short rows' first predictions
+    // move; the longest row, which has no pads, does not.
+    for (size_t r = 0; r < prompts.size(); ++r) {
+        std::vector<int64_t> row(7 - prompts[r].size(), 0);
+        row.insert(row.end(), prompts[r].begin(), prompts[r].end());
+        session.reset();
+        const std::vector<double> padded = session.feed(row);
+        if (prompts[r].size() == 7) {
+            EXPECT_EQ(padded, first[r]);
+        } else {
+            EXPECT_NE(padded, first[r]) << "row " << r << " with " << 7 - prompts[r].size() << " pads";
+        }
+    }
+    ScopedBug bug("left-pad-positions");
+    std::vector<std::vector<double>> buggy;
+    generate_batch(model, prompts, greedy, 0, rng, &buggy);
+    EXPECT_NE(buggy[1], first[1]);
+    EXPECT_EQ(buggy[2], first[2]) << "the longest prompt has no pads";
+}
 
 TEST(Generate, ErrorsNameTheIdPositionAndLimit) {
     Transformer model(gqa_config(), 1, 1, DType::F32);
