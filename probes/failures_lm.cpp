@@ -18,6 +18,7 @@
 #include "model/generate.h"
 #include "probes/failure_kit.h"
 #include "train/diagnostics.h"
+#include "train/evaluate.h"
 #include "train/update_audit.h"
 
 namespace reftrain {
@@ -703,6 +704,47 @@ FailureHalf left_pad_positions(const FailureContext& ctx) {
     return half;
 }
 
+// ---- evaluation artefacts ---------------------------------------------------------------------------------
+
+FailureHalf bos_alignment_fake_gain(const FailureContext& ctx) {
+    // The claim under test: "the new packing improves validation loss". The new packing packs validation
+    // into BOS-aligned rows of 27 tokens, whole conversations only, so the longer conversations (the
+    // 2-digit sums) drop out of the number. To make the point clean both "runs" are the same trained model:
+    // nothing about learning differs. With the bug the two are compared on their own validation numbers;
+    // without it, on one fixed set of tokens (every validation conversation, whole, from its BOS).
+    Trainer trainer(scenario_config(ctx, {"data.val_examples=300", "train.max_steps=60"}), log_of(ctx));
+    FailureHalf half{.curve_name = "loss"};
+    train_into(half, trainer, 60, &StepMetrics::loss);
+    const std::vector<RenderedConversation>& all = trainer.data().val_docs;
+    std::vector<RenderedConversation> short_only;
+    for (const RenderedConversation& r : all) {
+        if (r.ids.size() <= 28) short_only.push_back(r);   // what rows of 27 (+1) tokens can hold whole
+    }
+    Transformer& model = trainer.model();
+    const int64_t B = model.batch_size(), T = trainer.packer().seq_len(), bos = trainer.data().chat->bos_id();
+    const ValidationLoss old_packing = validation_loss(model, all, B, T, bos);
+    const ValidationLoss new_packing = validation_loss(model, short_only, B, T, bos);
+    const ValidationLoss fixed = old_packing;   // the fixed set: every conversation, whole
+    const double reported_old = old_packing.loss, reported_new = ctx.bug ? new_packing.loss : fixed.loss;
+    const int64_t tokens_new = ctx.bug ? new_packing.tokens : fixed.tokens;
+    half.numbers.push_back({"reported validation loss, old / new packing", fmt(reported_old) + " / " + fmt(reported_new)});
+    half.numbers.push_back({"validation tokens behind them, old / new", std::to_string(old_packing.tokens) + " / " +
+                                                                        std::to_string(tokens_new)});
+    // The detector: two validation numbers are comparable only over the same tokens. It checks the token
+    // counts the evaluations report; the gain on the fixed tokens (here exactly 0: the same model) is what
+    // is left of the claim.
+    const double claimed = reported_old - reported_new, confirmed = fixed.loss - fixed.loss;
+    half.numbers.push_back({"gain claimed / on the fixed tokens", fmt(claimed, 3) + " / " + fmt(confirmed, 3)});
+    if (tokens_new != old_packing.tokens) {
+        half.detector_fired = true;
+        half.detector_message = concat("fixed-token eval: the two validation numbers cover different tokens (",
+                                       old_packing.tokens, " against ", tokens_new, "): the new packing's gain of ",
+                                       fmt(claimed, 3), " nats is ", fmt(confirmed, 3), " on the same ", fixed.tokens,
+                                       " tokens in the same contexts; the number changed, the model did not");
+    }
+    return half;
+}
+
 }  // namespace
 
 std::vector<FailureScenario> lm_failure_scenarios() {
@@ -930,6 +972,20 @@ std::vector<FailureScenario> lm_failure_scenarios() {
         .fix = "an attention mask over the pads and position ids that start at each row's first real token (or "
                "a cache per row that starts there, as reftrain's generate_batch does)",
         .run = left_pad_positions});
+    c.push_back({
+        .id = "bos-alignment-fake-gain",
+        .title = "A packing change lowers the validation loss without better learning",
+        .source = "nanochat (Karpathy), via its DeepWiki: the lower validation loss after BOS-aligned packing was "
+                  "fewer noisy tokens in the eval, not better learning",
+        .bug = "a packing change is judged by the validation loss it reports, where the new BOS-aligned rows of 27 "
+               "tokens leave the longer conversations out of the number (both runs are the same model here)",
+        .symptom = "the validation loss drops clearly while nothing about learning changed: it is measured on fewer, "
+                   "easier tokens",
+        .detector = "fixed-token eval: two validation numbers are compared only over the same tokens (the token "
+                    "counts must agree), and the gain is re-measured on that fixed set",
+        .fix = "compare runs on one fixed evaluation (same tokens, same contexts; bits per byte across tokenizers), "
+               "and look at how many tokens each validation number covers",
+        .run = bos_alignment_fake_gain});
     return c;
 }
 
