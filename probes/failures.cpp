@@ -235,15 +235,34 @@ FailureHalf attn_logit_growth(const FailureContext& ctx) {
 }
 
 FailureHalf fp16_overflow(const FailureContext& ctx) {
-    // A model whose MLP products pass 65504, fp16's largest value: fp16 (the bug) vs bf16 (the fix).
+    // A model whose residual stream runs far above fp16's largest value (65504) while computing exactly the
+    // function of a healthy one: the embedding and every block's output projections scaled up together by
+    // 10^6. Pre-norm blocks read the stream through an RMSNorm, which does not see a common
+    // scale, and the final norm removes it: the "massive activations" of trained LLMs, or a checkpoint
+    // trained in bf16 and fine-tuned in fp16. fp16 (the bug) against bf16 (the fix), same weights.
     Trainer trainer(scenario_config(ctx, {ctx.bug ? "train.precision=fp16" : "train.precision=bf16",
-                                          "model.initializer_range=30.0", "tracer.policy=\"skip\"",
-                                          "loss_scaler.init_scale=1.0"}),
+                                          "tracer.policy=\"skip\"", "loss_scaler.init_scale=1.0"}),
                     log_of(ctx));
+    for (const Tensor& p : trainer.model().params().tensors()) {
+        const bool scaled = p.name == "model.embed_tokens.weight" || p.name.find("o_proj.weight") != std::string::npos ||
+                            p.name.find("down_proj.weight") != std::string::npos;
+        if (!scaled) continue;
+        float* x = p.ptr<float>();
+        for (int64_t i = 0; i < p.numel(); ++i) x[i] *= 1e6f;
+    }
     FailureHalf half{.curve_name = "loss"};
     train_into(half, trainer, 10, &StepMetrics::loss);
     FrameTracer* tracer = trainer.tracer();
     half.numbers.push_back({"steps with a non-finite value (of 10)", std::to_string(tracer->trips())});
+    half.numbers.push_back({"loss at step 1 / step 10", fmt(half.curve.front()) + " / " + fmt(half.curve.back())});
+    {   // The same run without the scaling: both precisions train it alike.
+        FailureContext plain_ctx = ctx;
+        plain_ctx.run_dir = (fs::path(ctx.run_dir) / "unscaled").string();
+        Trainer plain(scenario_config(plain_ctx, {ctx.bug ? "train.precision=fp16" : "train.precision=bf16",
+                                                  "tracer.policy=\"skip\"", "loss_scaler.init_scale=1.0"}),
+                      log_of(ctx));
+        half.numbers.push_back({"the unscaled model: loss at step 10", fmt(train_curve(plain, 10, &StepMetrics::loss).back())});
+    }
     if (tracer->trips() > 0 && tracer->first_incident()) {
         const FrameTracer::Incident& incident = *tracer->first_incident();
         half.detector_fired = true;
@@ -350,11 +369,14 @@ std::vector<FailureScenario> build_catalog() {
         .id = "fp16-overflow",
         .title = "fp16 activations past 65504 become inf, then NaN",
         .source = "Stas Bekman, DebugUnderflowOverflow in HF transformers: keep a buffer of frames before the first inf",
-        .bug = "compute in fp16 (emulated) with a model whose MLP products exceed 65504; the fix computes in bf16",
-        .symptom = "inf in an activation, NaN in the loss, skipped or destroyed steps",
+        .bug = "compute in fp16 (emulated) with a model whose residual stream runs far above 65504 while computing "
+               "exactly a healthy model's function (embedding and output projections scaled by 10^6, which pre-norm "
+               "blocks do not see); the fix computes in bf16, same weights",
+        .symptom = "inf in the first activation past the range, NaN in the loss, every step skipped; in bf16 the same "
+                   "model trains normally",
         .detector = "frame tracer: names the first tensor that went non-finite, with the frames before it",
-        .fix = "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or fix the scale that "
-               "made the activations that large",
+        .fix = "compute in bf16 (fp32's exponent range), or keep the overflowing op in fp32, or bring the activations "
+               "back into range (a checkpoint's scale can be moved between a norm's input and its gain)",
         .run = fp16_overflow});
     // Reinforcement learning (docs/failures/README.md, second table): PPO on the probe environments and CartPole
     // (probes/failures_ppo.cpp), GRPO on the chat model (probes/failures_grpo.cpp).
