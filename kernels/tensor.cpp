@@ -67,4 +67,13 @@ void expect_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
           "' (", dtype_name(b.dtype), ") must have the same dtype");
 }
 
+std::vector<double> values_as_f64(const Tensor& t) {
+    std::vector<double> out(static_cast<size_t>(t.numel()));
+    dispatch_float(t.dtype, "values_as_f64", [&](auto tag) {
+        const auto* p = t.ptr<decltype(tag)>();
+        for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+    });
+    return out;
+}
+
 }  // namespace reftrain

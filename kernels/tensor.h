@@ -81,4 +81,7 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
     }
 }
 
+// A copy of an F32 or F64 tensor's values as doubles (checks that read weights or gradients of either).
+std::vector<double> values_as_f64(const Tensor& t);
+
 }  // namespace reftrain

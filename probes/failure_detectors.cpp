@@ -8,20 +8,6 @@
 
 namespace reftrain {
 
-namespace {
-
-std::vector<double> as_doubles(const Tensor& t) {
-    std::vector<double> out(static_cast<size_t>(t.numel()));
-    dispatch_float(t.dtype, "failure detector", [&](auto tag) {
-        using T = decltype(tag);
-        const T* p = t.ptr<T>();
-        for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
-    });
-    return out;
-}
-
-}  // namespace
-
 DetectorVerdict loss_plateau_near_uniform(const std::vector<double>& curve, int64_t vocab_size, double margin) {
     check(!curve.empty() && vocab_size > 1, "loss_plateau_near_uniform: needs a loss curve and a vocabulary");
     const double uniform = std::log(static_cast<double>(vocab_size));
@@ -39,7 +25,7 @@ DetectorVerdict gradients_differ(const Arena& a, const Arena& b, const std::stri
     double worst = 0.0;
     std::string worst_name;
     for (size_t i = 0; i < a.size(); ++i) {
-        const std::vector<double> x = as_doubles(a.at(i)), y = as_doubles(b.at(i));
+        const std::vector<double> x = values_as_f64(a.at(i)), y = values_as_f64(b.at(i));
         double diff = 0.0, scale = 0.0;
         for (size_t j = 0; j < x.size(); ++j) {
             diff = std::max(diff, std::fabs(x[j] - y[j]));
@@ -61,7 +47,7 @@ ArenaSnapshot snapshot(const std::vector<const Arena*>& arenas) {
     for (const Arena* arena : arenas) {
         for (const Tensor& t : arena->tensors()) {
             s.names.push_back(t.name);
-            s.values.push_back(as_doubles(t));
+            s.values.push_back(values_as_f64(t));
         }
     }
     return s;

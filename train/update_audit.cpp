@@ -7,23 +7,9 @@
 
 namespace reftrain {
 
-namespace {
-
-std::vector<double> as_doubles(const Tensor& t) {
-    std::vector<double> out(static_cast<size_t>(t.numel()));
-    dispatch_float(t.dtype, "UpdateAudit", [&](auto tag) {
-        using T = decltype(tag);
-        const T* p = t.ptr<T>();
-        for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
-    });
-    return out;
-}
-
-}  // namespace
-
 void UpdateAudit::before(const Arena& params) {
     saved_.clear();
-    for (const Tensor& p : params.tensors()) saved_.push_back(as_doubles(p));
+    for (const Tensor& p : params.tensors()) saved_.push_back(values_as_f64(p));
     if (stats_.empty()) {
         for (const Tensor& p : params.tensors()) stats_.push_back({p.name, 0, 0, 0});
     }
@@ -35,7 +21,7 @@ void UpdateAudit::after(const Arena& params, const Arena& grads) {
     check(saved_.size() == params.size() && grads.size() == params.size(),
           "UpdateAudit::after: call before() first with the same parameters (and twin gradients)");
     for (size_t i = 0; i < params.size(); ++i) {
-        const std::vector<double> now = as_doubles(params.at(i)), g = as_doubles(grads.at(i));
+        const std::vector<double> now = values_as_f64(params.at(i)), g = values_as_f64(grads.at(i));
         TensorUpdateStats& s = stats_[i];
         for (size_t j = 0; j < now.size(); ++j) {
             const bool moved = now[j] != saved_[i][j];
