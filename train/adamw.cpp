@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 
 #include "kernels/bugs.h"
@@ -72,26 +71,32 @@ void AdamW::step(double lr) {
 
 
 std::vector<std::string> tensors_decayed_by(const Arena& params, const AdamWConfig& config) {
-    // A copy of the weights, zero gradients, fresh moments: Adam's own term is 0 / (0 + eps) = 0, so
-    // whatever moves was moved by weight decay alone. Probed with a decay of 0.1 when the run has none,
-    // to see the grouping the optimizer would use.
-    Arena copy("decay probe"), grads("decay probe grads");
+    // One element per parameter, under the parameter's name and with its number of axes (all the decay
+    // rule may look at), holding 1; zero gradients; fresh moments. Adam's own term is then 0 / (0 + eps)
+    // = 0, so whatever moves was moved by weight decay alone. Probed with a decay of 0.1 when the run has
+    // none, to see the grouping the optimizer would use. Costs a few bytes per tensor, not a copy of the
+    // model.
+    Arena probe("decay probe"), grads("decay probe grads");
     for (const Tensor& p : params.tensors()) {
-        std::vector<int64_t> shape(p.shape.begin(), p.shape.begin() + p.ndim);
-        copy.add(p.name, p.dtype, shape);
-        grads.add("grad:" + p.name, p.dtype, shape);
+        const std::vector<int64_t> ones(static_cast<size_t>(p.ndim), 1);
+        probe.add(p.name, p.dtype, ones);
+        grads.add("grad:" + p.name, p.dtype, ones);
     }
-    copy.allocate();
+    probe.allocate();
     grads.allocate();
     grads.zero();
-    for (size_t i = 0; i < params.size(); ++i) std::memcpy(copy.at(i).data, params.at(i).data, params.at(i).nbytes());
-    AdamWConfig probe = config;
-    if (probe.weight_decay == 0.0) probe.weight_decay = 0.1;
-    AdamW optimizer(copy, grads, probe);
+    for (const Tensor& t : probe.tensors()) {
+        dispatch_float(t.dtype, "tensors_decayed_by", [&](auto tag) { *t.ptr<decltype(tag)>() = 1; });
+    }
+    AdamWConfig with_decay = config;
+    if (with_decay.weight_decay == 0.0) with_decay.weight_decay = 0.1;
+    AdamW optimizer(probe, grads, with_decay);
     optimizer.step(1e-2);
     std::vector<std::string> moved;
-    for (size_t i = 0; i < params.size(); ++i) {
-        if (std::memcmp(copy.at(i).data, params.at(i).data, params.at(i).nbytes()) != 0) moved.push_back(params.at(i).name);
+    for (const Tensor& t : probe.tensors()) {
+        bool changed = false;
+        dispatch_float(t.dtype, "tensors_decayed_by", [&](auto tag) { changed = *t.ptr<decltype(tag)>() != 1; });
+        if (changed) moved.push_back(t.name);
     }
     return moved;
 }

@@ -58,9 +58,10 @@ private:
     std::string last_block_prefix_;   // "model.layers.<L-1>." (the dead-layer switch)
 };
 
-// The parameters an AdamW step with `config` decays, observed rather than asked: one step on a copy of
-// `params` with zero gradients, where anything that moves was moved by the decay alone (probed with a
-// decay of 0.1 if config has none). Feeds the invariant optimizer.decay_only_matrices.
+// The parameters an AdamW step with `config` decays, observed rather than asked: one step on a
+// one-element stand-in for every parameter (same name and number of axes) with zero gradients, where
+// anything that moves was moved by the decay alone (probed with a decay of 0.1 if config has none).
+// Feeds the invariant optimizer.decay_only_matrices.
 std::vector<std::string> tensors_decayed_by(const Arena& params, const AdamWConfig& config);
 
 }  // namespace reftrain
