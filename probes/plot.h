@@ -14,7 +14,7 @@ struct Series {
     char mark = '*';              // ASCII marker
     std::string color = "#d62728";  // SVG stroke
     int64_t marker = -1;          // a step to mark on this series (0-based; -1 = none), e.g. a detector's first firing
-    std::string marker_label;     // what the marker means ("detector fired")
+    std::string marker_label{};   // what the marker means ("detector fired")
 };
 
 // A width x height character chart with a y-axis range and a legend line. Non-finite points are
