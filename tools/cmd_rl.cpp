@@ -1,5 +1,6 @@
 // tools/cmd_rl.cpp — `reftrain rl --config F` (PPO, or GRPO when F says "algorithm": "grpo") and
 // `reftrain probe list | run ENV`: wiring only, the work is in train/ppo.cpp and train/grpo.cpp.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -19,6 +20,48 @@
 #include "train/run_config.h"
 
 namespace reftrain {
+
+namespace {
+
+// `probe run all`: every probe environment, one summary row each (the ladder of docs/rl.md in order);
+// the training logs are kept out of the table. Exits 1 naming the environments that were not solved.
+void run_all_probes(const std::vector<std::string>& sets) {
+    std::printf("%-17s %-11s %-16s %-16s %8s %6s\n", "env", "verdict", "worst |V - V*|", "worst |pi - pi*|", "updates",
+                "s");
+    std::vector<std::string> unsolved;
+    double seconds = 0.0;
+    int64_t total = 0;
+    for (const std::string& name : env_names()) {
+        if (name == "cartpole") continue;
+        std::ostringstream log;
+        const ProbeReport report = run_probe(probe_ppo_config(name, sets), log);
+        double worst_value = 0.0, worst_prob = 0.0;
+        for (const ProbeCheck& c : report.checks) {
+            worst_value = std::max(worst_value, std::fabs(c.value - c.expected_value));
+            for (size_t k = 0; k < c.expected_probs.size() && k < c.probs.size(); ++k) {
+                worst_prob = std::max(worst_prob, std::fabs(c.probs[k] - c.expected_probs[k]));
+            }
+        }
+        std::printf("%-17s %-11s %-16.4f %-16.4f %8zu %6.1f\n", name.c_str(), report.solved ? "SOLVED" : "NOT SOLVED",
+                    worst_value, worst_prob, report.updates.size(), report.seconds);
+        std::fflush(stdout);
+        seconds += report.seconds;
+        ++total;
+        if (!report.solved) unsolved.push_back(name);
+    }
+    std::printf("%lld of %lld probe environments solved; %.1f s in all (tolerances: |V - V*| <= 0.05 x max(1, |V*|), "
+                "|pi - pi*| <= 0.02)\n",
+                static_cast<long long>(total - static_cast<int64_t>(unsolved.size())), static_cast<long long>(total), seconds);
+    if (!unsolved.empty()) {
+        std::string names;
+        for (const std::string& n : unsolved) names += (names.empty() ? "" : ", ") + n;
+        const std::string message = "probe run all: NOT SOLVED: " + names + " (reftrain probe run ENV shows the table)";
+        std::fprintf(stderr, "reftrain: %s\n", message.c_str());
+        throw CLI::RuntimeError(message, 1);
+    }
+}
+
+}  // namespace
 
 namespace {
 
@@ -101,13 +144,17 @@ void register_rl_commands(CLI::App& app) {
         int64_t seed = -1;
     };
     auto a = std::make_shared<ProbeArgs>();
-    auto* run = probe->add_subcommand("run", "train PPO on one probe environment and check V and pi");
-    run->add_option("env", a->env, "probe environment (see `reftrain probe list`)")->required();
+    auto* run = probe->add_subcommand("run", "train PPO on one probe environment (or all) and check V and pi");
+    run->add_option("env", a->env, "probe environment (see `reftrain probe list`), or all")->required();
     run->add_option("--set", a->sets, "override one PPO key, e.g. --set bugs.advantage_sign=true")->take_all();
     run->add_option("--seed", a->seed, "seed (default 1)");
     run->callback([a] {
         std::vector<std::string> sets = a->sets;
         if (a->seed >= 0) sets.push_back("seed=" + std::to_string(a->seed));
+        if (a->env == "all") {
+            run_all_probes(sets);
+            return;
+        }
         const PpoConfig config = probe_ppo_config(a->env, sets);
         std::cout << "reftrain probe run " << a->env << ": " << config.num_envs << " copies x " << config.num_steps
                   << " steps, " << config.total_timesteps << " env steps, gamma " << config.gamma << ", seed "
