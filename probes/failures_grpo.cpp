@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "probes/failure_kit.h"
 #include "probes/failures.h"
 #include "train/grpo.h"
 #include "train/trainer.h"
@@ -20,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::ostream& log_of(const FailureContext& ctx) { return ctx.log ? *ctx.log : std::cerr; }
+using failure_kit::log_of;
 
 std::string fmt(double v, int precision = 3) {
     std::ostringstream s;
@@ -31,15 +32,9 @@ std::string fmt(double v, int precision = 3) {
 // A weak SFT model: 40 steps of the catalog's tiny addition run (it answers in the right format, and
 // mostly wrongly). Returns its checkpoint directory.
 std::string weak_sft_checkpoint(const FailureContext& ctx) {
-    const RunConfig config = load_run_config(
-        "", {"run_dir=" + (fs::path(ctx.run_dir) / "sft").string(), "seed=" + std::to_string(ctx.seed), "threads=1",
-             "model.hidden_size=48",
-             "model.intermediate_size=96", "model.num_hidden_layers=2", "model.num_attention_heads=4",
-             "model.num_key_value_heads=2", "model.head_dim=12", "model.max_position_embeddings=64",
-             "data.tokenizer=byte", "data.task_options={\"min_digits\": 1, \"max_digits\": 2}",
-             "data.train_examples=2000", "data.val_examples=0", "data.test_examples=0", "train.batch_size=8",
-             "train.seq_len=48", "train.max_steps=40", "schedule.lr=0.003", "eval.every=0",
-             "eval.exact_match_examples=0", "eval.final_test=false", "tracer.enabled=false"});
+    FailureContext sft = ctx;
+    sft.run_dir = (fs::path(ctx.run_dir) / "sft").string();
+    const RunConfig config = failure_kit::scenario_config(sft, {"tracer.enabled=false"});
     Trainer trainer(config, log_of(ctx));
     for (int64_t i = 0; i < config.train.max_steps; ++i) trainer.train_step();
     return trainer.save_checkpoint();

@@ -5,6 +5,7 @@
 // and pi against probe_cases() within the stated tolerances (probes/probe_runs.h, run_probe). Each
 // half takes well under a second on one core. reward-mean-shift needs a task with a "will to live", so it trains
 // on CartPole for 64k steps; its detector is the trainer's invariant rl.reward_scale_only.
+#include "probes/failure_kit.h"
 #include "probes/failures.h"
 
 #include <cmath>
@@ -20,7 +21,7 @@ namespace reftrain {
 
 namespace {
 
-std::ostream& log_of(const FailureContext& ctx) { return ctx.log ? *ctx.log : std::cerr; }
+using failure_kit::log_of;
 
 std::string fmt(double v, int precision = 3) {
     std::ostringstream s;

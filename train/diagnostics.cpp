@@ -646,40 +646,54 @@ std::vector<double> checked_logits(const LogitsFn& logits_of, const std::vector<
     return out;
 }
 
+// The loop both perturbation checks share: for each of `n` perturbations, `perturb(k, ids)` edits a copy
+// of the batch, and the outputs `watched(k, b, t)` says must not move are compared with the unperturbed
+// ones. Counts the perturbations that moved any of them and keeps the largest move and where it was.
+struct Leaks {
+    int64_t count = 0, k = -1, b = -1, t = -1;
+    double worst = 0.0;
+};
+Leaks find_leaks(const LogitsFn& logits_of, const std::vector<int64_t>& ids, int64_t B, int64_t T, int64_t V,
+                 const char* name, int64_t n, const std::function<void(int64_t, std::vector<int64_t>&)>& perturb,
+                 const std::function<bool(int64_t, int64_t, int64_t)>& watched) {
+    const std::vector<double> base = checked_logits(logits_of, ids, B, T, V, name);
+    Leaks leaks;
+    for (int64_t k = 0; k < n; ++k) {
+        std::vector<int64_t> changed = ids;
+        perturb(k, changed);
+        int64_t b = -1, t = -1;
+        const double d = moved(base, checked_logits(logits_of, changed, B, T, V, name), B, T, V,
+                               [&](int64_t row, int64_t pos) { return watched(k, row, pos); }, &b, &t);
+        if (!(d > 0.0)) continue;
+        ++leaks.count;
+        if (!(d <= leaks.worst)) leaks = {leaks.count, k, b, t, d};
+    }
+    return leaks;
+}
+
 }  // namespace
 
 DiagnosticResult check_causality_by_perturbation(const LogitsFn& logits_of, const std::vector<int64_t>& ids, int64_t B,
                                                  int64_t T, int64_t V) {
     check(B >= 1 && T >= 2 && static_cast<int64_t>(ids.size()) == B * T, "causality: needs a (B, T) batch with T >= 2");
-    const std::vector<double> base = checked_logits(logits_of, ids, B, T, V, "causality");
+    // Perturbation k changes position s = k + 1 in every row; the outputs before s must not move.
+    const Leaks leaks = find_leaks(
+        logits_of, ids, B, T, V, "causality", T - 1,
+        [&](int64_t k, std::vector<int64_t>& x) {
+            for (int64_t row = 0; row < B; ++row) x[row * T + k + 1] = (x[row * T + k + 1] + 1) % V;
+        },
+        [](int64_t k, int64_t, int64_t t) { return t < k + 1; });
     DiagnosticResult r;
     r.name = "causality";
-    double worst = 0.0;
-    int64_t worst_s = -1, worst_t = -1, leaks = 0;
-    for (int64_t s = 1; s < T; ++s) {
-        std::vector<int64_t> changed = ids;
-        for (int64_t row = 0; row < B; ++row) changed[row * T + s] = (changed[row * T + s] + 1) % V;
-        int64_t b = -1, t = -1;
-        const double d = moved(base, checked_logits(logits_of, changed, B, T, V, "causality"), B, T, V,
-                               [s](int64_t, int64_t pos) { return pos < s; }, &b, &t);
-        if (d > 0.0) {
-            ++leaks;
-            if (!(d <= worst)) {
-                worst = d;
-                worst_s = s;
-                worst_t = t;
-            }
-        }
-    }
-    r.pass = leaks == 0;
+    r.pass = leaks.count == 0;
     r.numbers = {{"positions_perturbed", static_cast<double>(T - 1)},
-                 {"leaking_positions", static_cast<double>(leaks)},
-                 {"max_change_before", worst}};
+                 {"leaking_positions", static_cast<double>(leaks.count)},
+                 {"max_change_before", leaks.worst}};
     r.verdict = r.pass ? concat("changing any token leaves every earlier position's logits exactly as they were (",
                                 T - 1, " positions perturbed)")
-                       : concat(leaks, " of ", T - 1, " perturbed positions change earlier outputs; the largest: the "
-                                "token at ", worst_s, " moves the logits at ", worst_t, " by ", format_number(worst),
-                                ": position t sees the future");
+                       : concat(leaks.count, " of ", T - 1, " perturbed positions change earlier outputs; the largest: "
+                                "the token at ", leaks.k + 1, " moves the logits at ", leaks.t, " by ",
+                                format_number(leaks.worst), ": position t sees the future");
     return r;
 }
 
@@ -687,32 +701,21 @@ DiagnosticResult check_batch_independence_by_perturbation(const LogitsFn& logits
                                                           int64_t B, int64_t T, int64_t V) {
     check(B >= 2 && T >= 1 && static_cast<int64_t>(ids.size()) == B * T,
           "batch-independence: needs a (B, T) batch with B >= 2");
-    const std::vector<double> base = checked_logits(logits_of, ids, B, T, V, "batch-independence");
+    // Perturbation k changes every token of row k; the other rows' outputs must not move.
+    const Leaks leaks = find_leaks(
+        logits_of, ids, B, T, V, "batch-independence", B,
+        [&](int64_t k, std::vector<int64_t>& x) {
+            for (int64_t t = 0; t < T; ++t) x[k * T + t] = (x[k * T + t] + 1) % V;
+        },
+        [](int64_t k, int64_t row, int64_t) { return row != k; });
     DiagnosticResult r;
     r.name = "batch-independence";
-    double worst = 0.0;
-    int64_t worst_from = -1, worst_to = -1, leaks = 0;
-    for (int64_t row = 0; row < B; ++row) {
-        std::vector<int64_t> changed = ids;
-        for (int64_t t = 0; t < T; ++t) changed[row * T + t] = (changed[row * T + t] + 1) % V;
-        int64_t b = -1, t = -1;
-        const double d = moved(base, checked_logits(logits_of, changed, B, T, V, "batch-independence"), B, T, V,
-                               [row](int64_t other, int64_t) { return other != row; }, &b, &t);
-        if (d > 0.0) {
-            ++leaks;
-            if (!(d <= worst)) {
-                worst = d;
-                worst_from = row;
-                worst_to = b;
-            }
-        }
-    }
-    r.pass = leaks == 0;
-    r.numbers = {{"rows_perturbed", static_cast<double>(B)}, {"leaking_rows", static_cast<double>(leaks)},
-                 {"max_change_elsewhere", worst}};
+    r.pass = leaks.count == 0;
+    r.numbers = {{"rows_perturbed", static_cast<double>(B)}, {"leaking_rows", static_cast<double>(leaks.count)},
+                 {"max_change_elsewhere", leaks.worst}};
     r.verdict = r.pass ? concat("changing any row leaves every other row's logits exactly as they were (", B, " rows)")
-                       : concat(leaks, " of ", B, " rows change other rows' outputs; the largest: row ", worst_from,
-                                " moves row ", worst_to, " by ", format_number(worst), ": batch rows are mixed");
+                       : concat(leaks.count, " of ", B, " rows change other rows' outputs; the largest: row ", leaks.k,
+                                " moves row ", leaks.b, " by ", format_number(leaks.worst), ": batch rows are mixed");
     return r;
 }
 
