@@ -9,11 +9,18 @@
 #   gpu_vs_torch.txt / .json   bench/gpu_vs_torch.py: the 135M step against PyTorch eager / compile
 #   cpu_vs_torch.txt bench/cpu_step_vs_torch.py --threads 2: the tiny step against PyTorch's CPU path
 #                    (--sdpa, then --sdpa --compile)
+#   sanitize.log     compute-sanitizer memcheck (phase sanitize, named only)
 #   summary.txt      each phase's status and the result lines
 #
-# Usage:  scripts/device_bench.sh [PHASE...]   phases: build test gpu cpu (default: all four, in order)
+# Usage:  scripts/device_bench.sh [PHASE...]   phases: build test gpu cpu (default: all four, in order),
+#                                              and sanitize (compute-sanitizer memcheck; named only)
 #         scripts/device_bench.sh deps         ON THE DEVELOPMENT MACHINE (with Debian's apt): download
 #                                              the build's library packages into .debs/ for `carry`
+#         scripts/device_bench.sh pack         ON THE DEVELOPMENT MACHINE, after building build-gpu there
+#                                              with the same nvcc as the GPU machine's: copy the built
+#                                              binaries, the ctest files and the run-time .debs into
+#                                              .devcarry/ (git-ignored, ~25 MB) for `carry`; then run
+#                                              `scripts/device_bench.sh test gpu` there, no build phase
 # Environment (small defaults keep the whole run under ~9 minutes on 16 cores):
 #   BUILD_DIR (build-gpu)  CUDA_ARCH (90)  JOBS (16)  PYTHON (see below)
 #   GPU_ROUNDS (2)  GPU_STEPS (20)  GPU_WARMUP (5)  GPU_MODES (eager,compile)  GPU_DETERMINISTIC (both)
@@ -76,6 +83,35 @@ if [ "${1:-}" = deps ]; then
   fi
   du -sh "$DEBS_DIR"
   echo "now name \".debs\" in the device call's carry"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# pack: on the development machine only. The GPU machine's time is short and its build of the CUDA
+# kernels takes minutes; a build made here with the same CUDA release runs there unchanged, given the
+# run-time libraries (Debian's OpenBLAS, SentencePiece, protobuf-lite, Google Benchmark) and the paths
+# baked into it (the source and build directories, the OpenBLAS file), which the device side recreates.
+CARRY_DIR=$root/.devcarry
+RUNTIME_PACKAGES=(libopenblas0-openmp libgfortran5 libquadmath0 libgomp1 libsentencepiece0 libbenchmark1debian)
+if [ "${1:-}" = pack ]; then
+  src_build=$root/${BUILD_DIR}
+  for f in reftrain_cuda_tests bench_gpu_step reftrain; do
+    [ -x "$src_build/$f" ] || { echo "pack: $src_build/$f is missing: build it first (cmake -DREFTRAIN_CUDA=ON" \
+      "-DCMAKE_CUDA_ARCHITECTURES=90 -B ${BUILD_DIR}, then make reftrain_cuda_tests bench_gpu_step reftrain)"; exit 1; }
+  done
+  rm -rf "$CARRY_DIR" && mkdir -p "$CARRY_DIR/build" "$CARRY_DIR/debs"
+  cp "$src_build"/{reftrain_cuda_tests,bench_gpu_step,reftrain,CTestTestfile.cmake} "$CARRY_DIR/build/"
+  cp "$src_build"/reftrain_cuda_tests\[*\]_*.cmake "$CARRY_DIR/build/"
+  strip --strip-unneeded "$CARRY_DIR/build"/{reftrain_cuda_tests,bench_gpu_step,reftrain}
+  # The absolute paths compiled into the binaries and written into the ctest files.
+  { echo "source_dir=$root"; echo "build_dir=$src_build"
+    echo "openblas=$(grep -o 'REFTRAIN_OPENBLAS_LIBRARY="[^"]*' "$src_build/CMakeFiles/reftrain_kernels.dir/flags.make" | head -1 | sed 's/.*="//')"
+    echo "nvcc=$(nvcc --version 2>/dev/null | tail -1)"; } > "$CARRY_DIR/paths.txt"
+  (cd "$CARRY_DIR/debs" && apt-get download "${RUNTIME_PACKAGES[@]}") || { echo "apt-get download failed"; exit 1; }
+  exclude=$(git rev-parse --git-path info/exclude)
+  grep -qx '/.devcarry/' "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo '/.devcarry/' >> "$exclude"; }
+  cat "$CARRY_DIR/paths.txt"; du -sh "$CARRY_DIR"
+  echo "now name \".devcarry\" in the device call's carry and run: scripts/device_bench.sh test gpu"
   exit 0
 fi
 
@@ -157,8 +193,50 @@ use_sysroot() {
                 "-DZLIB_LIBRARY=$lib/libz.so")
 }
 
+# A build packed on the development machine (`pack` above): unpack its run-time libraries, and recreate
+# the absolute paths compiled into it and written into its ctest files.
+use_packed_build() {
+  local source_dir build_dir openblas deb arch=x86_64-linux-gnu
+  source_dir=$(sed -n 's/^source_dir=//p' "$CARRY_DIR/paths.txt")
+  build_dir=$(sed -n 's/^build_dir=//p' "$CARRY_DIR/paths.txt")
+  openblas=$(sed -n 's/^openblas=//p' "$CARRY_DIR/paths.txt")
+  rm -rf "$SYSROOT" && mkdir -p "$SYSROOT"
+  for deb in "$CARRY_DIR"/debs/*.deb; do dpkg -x "$deb" "$SYSROOT"; done
+  export LD_LIBRARY_PATH="$SYSROOT/usr/lib/$arch:$SYSROOT/usr/lib/$arch/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if [ "$source_dir" != "$root" ] && [ ! -e "$source_dir" ]; then
+    mkdir -p "$(dirname "$source_dir")" && ln -s "$root" "$source_dir"
+  fi
+  [ -e "$source_dir/$(basename "$build_dir")" ] || ln -s "$CARRY_DIR/build" "$root/$(basename "$build_dir")"
+  if [ -n "$openblas" ] && [ ! -e "$openblas" ]; then  # a new file in a new directory, nothing replaced
+    mkdir -p "$(dirname "$openblas")" && cp "$SYSROOT/usr/lib/$arch/openblas-openmp/$(basename "$openblas")" "$openblas"
+  fi
+  BUILD_DIR=$(basename "$build_dir")
+  note "build: packed on the development machine ($(sed -n 's/^nvcc=//p' "$CARRY_DIR/paths.txt")), run from $build_dir"
+  # The CUDA libraries (cudart, cublasLt, nvrtc, cuDNN) come from the GPU machine: the toolkit's
+  # directories, else PyTorch's nvidia-* wheels. Each one the loader cannot find is looked for there.
+  local binaries=("$root/$BUILD_DIR/reftrain_cuda_tests" "$root/$BUILD_DIR/bench_gpu_step" "$root/$BUILD_DIR/reftrain")
+  local name dir found unresolved search_dirs
+  search_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null
+                "$PY" -c 'import nvidia, os; [print(os.path.join(d, s, "lib")) for d in nvidia.__path__ for s in sorted(os.listdir(d))]' 2>/dev/null)
+  for name in $(ldd "${binaries[@]}" 2>/dev/null | awk '/not found/ {print $1}' | sort -u); do
+    found=
+    for dir in $search_dirs; do
+      if [ -e "$dir/$name" ]; then found=$dir; break; fi
+    done
+    if [ -n "$found" ]; then
+      export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$found"
+      note "  $name from $found"
+    fi
+  done
+  unresolved=$(ldd "${binaries[@]}" 2>&1 | grep 'not found' | sort -u)
+  [ -n "$unresolved" ] && note "libraries not found: $unresolved"
+  { echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "${binaries[0]}"; } >> "$OUT/env.txt" 2>&1
+}
+
 missing=$(missing_headers)
-if ls "$DEBS_DIR"/*.deb >/dev/null 2>&1; then
+if [ -f "$CARRY_DIR/paths.txt" ]; then
+  use_packed_build
+elif ls "$DEBS_DIR"/*.deb >/dev/null 2>&1; then
   # Carried packages are used whenever they are there, so that every library comes from one place.
   note "libraries: from the carried packages in $DEBS_DIR (headers missing on this machine: ${missing:-none})"
   use_sysroot
@@ -224,11 +302,21 @@ if want test && [ "$(limit "${TEST_TIMEOUT:-150}")" = 0 ]; then
   skip_note "ctest -L gpu"
 elif want test; then
   t0=$(date +%s)
-  timeout "$(limit "${TEST_TIMEOUT:-150}")" ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure -j "${CTEST_JOBS:-4}" \
-    --timeout 120 > "$OUT/ctest_gpu.log" 2>&1
+  # -V keeps every test's output: the "[measured]" lines (tests/cuda/cuda_test_util.h) are the figures.
+  # The bf16 addition run (1800 steps on the GPU and again on the CPU) goes last, on its own limit.
+  timeout "$(limit "${TEST_TIMEOUT:-150}")" ctest --test-dir "$BUILD_DIR" -L gpu -V -j "${CTEST_JOBS:-4}" \
+    -E Bf16AdditionReachesTheCpuAccuracy --timeout 120 > "$OUT/ctest_gpu.log" 2>&1
   rc=$?
   note "ctest -L gpu: exit $rc in $(( $(date +%s) - t0 ))s; $(grep -E 'tests passed|tests failed|No tests were found' "$OUT/ctest_gpu.log" | tail -1)"
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Exception|Not Run)\)" "$OUT/ctest_gpu.log" | head -30 | tee -a "$SUMMARY"
+  if [ "$(limit "${ADDITION_TIMEOUT:-200}")" = 0 ]; then
+    skip_note "CudaTrainer.Bf16AdditionReachesTheCpuAccuracy"
+  else
+    t0=$(date +%s)
+    timeout "$(limit "${ADDITION_TIMEOUT:-200}")" "$BUILD_DIR/reftrain_cuda_tests" \
+      --gtest_filter=CudaTrainer.Bf16AdditionReachesTheCpuAccuracy >> "$OUT/ctest_gpu.log" 2>&1
+    note "bf16 addition GPU vs CPU: exit $? in $(( $(date +%s) - t0 ))s; $(grep -E '^bf16 addition' "$OUT/ctest_gpu.log" | tail -1)"
+  fi
 fi
 
 if want gpu && [ "$(limit "${GPU_TIMEOUT:-300}")" = 0 ]; then
@@ -275,6 +363,25 @@ for line in open(sys.argv[1]):
         print(f"CPU target reftrain / PyTorch {r['torch_version']} >= 1.2x: {r['ratio']:.2f}x "
               f"{'PASS' if ok else 'MISS'} ({(r['ratio'] / 1.2 - 1):+.1%} against the target)")
 PYEOF
+fi
+
+# sanitize (optional, not in the default phases): compute-sanitizer's memcheck over the element-wise,
+# attention and optimizer kernels' tests (out-of-bounds and misaligned accesses, uninitialised device
+# memory reads are initcheck's, not run here). memcheck slows kernels ~10-100x: small shapes only.
+if want sanitize && [ "$(limit "${SANITIZE_TIMEOUT:-90}")" = 0 ]; then
+  skip_note "compute-sanitizer memcheck"
+elif want sanitize; then
+  t0=$(date +%s)
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -z "$sanitizer" ]; then
+    note "compute-sanitizer: not found"
+  else
+    timeout "$(limit "${SANITIZE_TIMEOUT:-90}")" "$sanitizer" --tool memcheck --error-exitcode 3 \
+      "$BUILD_DIR/reftrain_cuda_tests" --gtest_filter="${SANITIZE_FILTER:-Dtypes/CudaOps.*:Dtypes/CudaAttention.*:CudaOptim.*:CudaMixedGradients.*}" \
+      > "$OUT/sanitize.log" 2>&1
+    rc=$?
+    note "compute-sanitizer memcheck: exit $rc in $(( $(date +%s) - t0 ))s (3 = errors found, 124 = out of time); $(grep -E 'ERROR SUMMARY|tests ran|PASSED|FAILED' "$OUT/sanitize.log" | tr '\n' ' ' | cut -c1-300)"
+  fi
 fi
 
 note "device_bench: total $(elapsed)"

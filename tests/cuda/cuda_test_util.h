@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -154,6 +155,12 @@ inline std::vector<float> from_bf16(const std::vector<uint16_t>& bits) {
 // values rounded to bf16 and back: the inputs the CPU reference sees in a bf16 comparison.
 inline std::vector<float> rounded_bf16(const std::vector<float>& values) { return from_bf16(to_bf16(values)); }
 
+// One line per comparison, "[measured] WHAT: worst relative error E (bound B)", so that a GPU run's log
+// holds the figures (docs/cuda.md quotes them), not only pass or fail.
+inline void report_measured(const std::string& what, double worst, double bound) {
+    std::printf("[measured] %s: worst relative error %.3g (bound %.3g)\n", what.c_str(), worst, bound);
+}
+
 // The comparison used by every GPU test. For each element
 //   error_i = |got_i - want_i| / max(|want_i|, floor),   floor = floor_fraction * max_j |want_j|
 // and the test fails if any error_i > bound or any got_i is NaN/inf where want_i is finite (a poisoned
@@ -179,6 +186,7 @@ inline double expect_close(const std::vector<float>& got, const std::vector<floa
     EXPECT_LE(worst, bound) << what << ": worst relative error " << worst << " at element " << worst_index
                             << " (got " << got[worst_index] << ", want " << want[worst_index] << ", bound "
                             << bound << ")";
+    report_measured(what, worst, bound);
     return worst;
 }
 

@@ -12,6 +12,7 @@
 // batches end bitwise equal (F32 and BF16).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -74,10 +75,16 @@ double normwise_error(const std::vector<float>& gpu, const Tensor& cpu) {
 }
 
 // Every tensor of a GPU arena against the CPU arena's tensor of the same name (parameters, gradients).
+// Prints the worst tensor (cuda_test_util.h's "[measured]" line).
 void expect_arena_close(const DeviceArena& gpu, const Arena& cpu, cudaStream_t stream, double bound, const char* what) {
+    double worst = 0.0;
+    std::string worst_name;
     for (const Tensor& t : gpu.tensors()) {
-        EXPECT_LE(normwise_error(download_f32(t, stream), cpu.get(t.name)), bound) << what << ": " << t.name;
+        const double error = normwise_error(download_f32(t, stream), cpu.get(t.name));
+        EXPECT_LE(error, bound) << what << ": " << t.name;
+        if (!(error <= worst)) worst = error, worst_name = t.name;
     }
+    cuda_testing::report_measured(std::string(what) + " (" + gpu.label() + ", normwise, worst " + worst_name + ")", worst, bound);
 }
 
 TEST(CudaModel, F32ForwardBackwardMatchesCpu) {
@@ -93,11 +100,16 @@ TEST(CudaModel, F32ForwardBackwardMatchesCpu) {
     EXPECT_EQ(rg.supervised_tokens, rc.supervised_tokens);
     EXPECT_NEAR(rg.loss, rc.loss, 2e-5 * rc.loss);
     int compared = 0;
+    double worst = 0.0;
     for (const Tensor& t : gpu.acts().tensors()) {
         if (!cpu.acts().contains(t.name)) continue;  // attn_lse (the CPU keeps attn_probs instead)
-        EXPECT_LE(normwise_error(download_f32(t, gpu.stream()), cpu.acts().get(t.name)), 1e-4) << t.name;
+        const double error = normwise_error(download_f32(t, gpu.stream()), cpu.acts().get(t.name));
+        EXPECT_LE(error, 1e-4) << t.name;
+        worst = std::max(worst, error);
         ++compared;
     }
+    cuda_testing::report_measured("F32 forward activations (normwise)", worst, 1e-4);
+    cuda_testing::report_measured("F32 loss", std::abs(rg.loss - rc.loss) / rc.loss, 2e-5);
     EXPECT_GT(compared, 30);
     cpu.zero_grad();
     gpu.zero_grad();
@@ -129,6 +141,9 @@ TEST(CudaModel, F32TrainStepsMatchCpu) {
         const CudaStepResult r = cuda_train_step(gpu, gpu_opt, micro, 1e-2, max_norm, nullptr, step);
         EXPECT_NEAR(r.loss, cpu_loss, 2e-5 * cpu_loss) << "step " << step;
         EXPECT_NEAR(r.grad_norm, cpu_norm, 1e-4 * cpu_norm) << "step " << step;
+        cuda_testing::report_measured("F32 step " + std::to_string(step) + " loss", std::abs(r.loss - cpu_loss) / cpu_loss, 2e-5);
+        cuda_testing::report_measured("F32 step " + std::to_string(step) + " grad norm",
+                                      std::abs(r.grad_norm - cpu_norm) / cpu_norm, 1e-4);
         EXPECT_GT(cpu_norm, max_norm) << "the test wants clipping to be exercised";
         EXPECT_FALSE(r.skipped);
     }
@@ -147,6 +162,7 @@ TEST(CudaModel, Bf16MatchesCpuEmulation) {
     const double cpu_loss = cpu.forward(batch.ids_t(), batch.targets_t()).loss;
     const double gpu_loss = gpu.forward(batch.ids_t(), batch.targets_t()).loss;
     EXPECT_NEAR(gpu_loss, cpu_loss, 1e-2 * cpu_loss);
+    cuda_testing::report_measured("BF16 loss against the CPU emulation", std::abs(gpu_loss - cpu_loss) / cpu_loss, 1e-2);
     cpu.zero_grad();
     gpu.zero_grad();
     cpu.backward();
