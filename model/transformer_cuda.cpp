@@ -11,7 +11,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/check.h"
@@ -68,6 +71,62 @@ struct TracePass {
     size_t batch_start = 0, next_slot = 0;
 };
 
+// Per-op GPU time, on when REFTRAIN_CUDA_OP_TIMES is set: a pair of CUDA events around each op's
+// launch (nothing is synchronised during the run), read when the model is destroyed and printed to
+// stderr, largest total first. Ops are grouped by name and first output with the layer index
+// replaced by N. The optimizer, clipping and the loss scaler are outside the ops: a step's time minus
+// the table's total is theirs plus launch gaps. A profiling aid where Nsight Systems is not available.
+struct OpTimes {
+    struct Mark {
+        std::string key;
+        cudaEvent_t start = nullptr, stop = nullptr;
+    };
+    bool on = std::getenv("REFTRAIN_CUDA_OP_TIMES") != nullptr;
+    std::vector<Mark> marks;
+
+    static std::string key_of(std::string_view op, const Tensor* output) {
+        std::string name = output != nullptr ? output->name : "";
+        const size_t at = name.find("layers.");
+        if (at != std::string::npos) {
+            size_t end = at + 7;
+            while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
+            name = name.substr(0, at + 7) + "N" + name.substr(end);
+        }
+        return std::string(op) + " " + name;
+    }
+    void begin(std::string_view op, const Tensor* output, cudaStream_t stream) {
+        Mark m{key_of(op, output)};
+        REFTRAIN_CUDA_CHECK(cudaEventCreate(&m.start));
+        REFTRAIN_CUDA_CHECK(cudaEventCreate(&m.stop));
+        REFTRAIN_CUDA_CHECK(cudaEventRecord(m.start, stream));
+        marks.push_back(std::move(m));
+    }
+    void end(cudaStream_t stream) { REFTRAIN_CUDA_CHECK(cudaEventRecord(marks.back().stop, stream)); }
+
+    ~OpTimes() {
+        if (marks.empty()) return;
+        std::map<std::string, std::pair<double, int>> by_key;
+        double total = 0.0;
+        for (Mark& m : marks) {
+            float ms = 0.0f;
+            if (cudaEventSynchronize(m.stop) == cudaSuccess && cudaEventElapsedTime(&ms, m.start, m.stop) == cudaSuccess) {
+                by_key[m.key].first += ms;
+                by_key[m.key].second += 1;
+                total += ms;
+            }
+            cudaEventDestroy(m.start);
+            cudaEventDestroy(m.stop);
+        }
+        std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_key.begin(), by_key.end());
+        std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+        std::fprintf(stderr, "op times (REFTRAIN_CUDA_OP_TIMES): %.1f ms in %zu op launches\n", total, marks.size());
+        for (const auto& [key, value] : rows) {
+            std::fprintf(stderr, "  %9.2f ms %5.1f%% %6d calls  %s\n", value.first, 100.0 * value.first / total, value.second,
+                         key.c_str());
+        }
+    }
+};
+
 struct CudaTransformer::Impl {
     DType act_dtype = DType::F32;                  // BF16 for native bf16, else F32
     DeviceArena compute{"compute weights"};        // BF16 copy (bf16) or fp16-rounded F32 copy (fp16)
@@ -77,6 +136,8 @@ struct CudaTransformer::Impl {
     cuda::CrossEntropyDeviceResult* ce_result = nullptr;
     std::vector<DecoderLayer> layers;
     bool have_targets = false;
+
+    OpTimes op_times;
 
     // tracer
     TracePass pass;
@@ -262,8 +323,8 @@ std::unique_ptr<HostCopy> host_copy(const Tensor& t, cudaStream_t stream) {
 // Runs one op: flushes the tracer's pending batch if the op is about to overwrite a tensor still in it,
 // launches, rounds the `rounded` outputs for fp16 emulation, and queues all outputs for statistics.
 template <class Launch>
-void run_op(CudaTransformer& model, TracePass& pass, cuda::TensorStatsRecord* stats_device, size_t capacity,
-            DType precision, std::string_view op, std::initializer_list<const Tensor*> rounded,
+void run_op(CudaTransformer& model, TracePass& pass, OpTimes& times, cuda::TensorStatsRecord* stats_device,
+            size_t capacity, DType precision, std::string_view op, std::initializer_list<const Tensor*> rounded,
             std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs,
             Launch&& launch) {
     const bool trace = tracing(model.tracer());
@@ -271,9 +332,15 @@ void run_op(CudaTransformer& model, TracePass& pass, cuda::TensorStatsRecord* st
         bool overlap = false;
         for (const Tensor* t : rounded) overlap |= std::find(pass.pending_ptrs.begin(), pass.pending_ptrs.end(), t) != pass.pending_ptrs.end();
         for (const Tensor* t : exact) overlap |= std::find(pass.pending_ptrs.begin(), pass.pending_ptrs.end(), t) != pass.pending_ptrs.end();
-        if (overlap) flush(pass, stats_device, model.stream());
+        if (overlap) {
+            if (times.on) times.begin("tracer statistics", nullptr, model.stream());
+            flush(pass, stats_device, model.stream());
+            if (times.on) times.end(model.stream());
+        }
     }
+    if (times.on) times.begin(op, rounded.size() > 0 ? *rounded.begin() : exact.size() > 0 ? *exact.begin() : nullptr, model.stream());
     launch();
+    if (times.on) times.end(model.stream());
     if (precision == DType::F16) {
         for (const Tensor* t : rounded) cuda::round_to_precision(*t, DType::F16, model.stream());
     }
@@ -367,7 +434,7 @@ ForwardResult CudaTransformer::forward(const Tensor& input_ids, const Tensor& ta
     auto op = [&](std::string_view name, std::initializer_list<const Tensor*> rounded,
                   std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs,
                   auto&& launch) {
-        run_op(*this, m.pass, m.stats_device, m.stats_capacity, prec, name, rounded, exact, inputs, launch);
+        run_op(*this, m.pass, m.op_times, m.stats_device, m.stats_capacity, prec, name, rounded, exact, inputs, launch);
     };
     const Tensor& cos = m.rope.get("rope.cos");
     const Tensor& sin = m.rope.get("rope.sin");
@@ -481,7 +548,7 @@ void CudaTransformer::backward(double loss_weight) {
     auto op = [&](std::string_view name, std::initializer_list<const Tensor*> rounded,
                   std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs,
                   auto&& launch) {
-        run_op(*this, m.pass, m.stats_device, m.stats_capacity, prec, name, rounded, exact, inputs, launch);
+        run_op(*this, m.pass, m.op_times, m.stats_device, m.stats_capacity, prec, name, rounded, exact, inputs, launch);
     };
     const Tensor& ids = m.io.get("input_ids");
     const Tensor& tgt = m.io.get("targets");

@@ -101,7 +101,9 @@ if [ "${1:-}" = pack ]; then
   done
   rm -rf "$CARRY_DIR" && mkdir -p "$CARRY_DIR/build" "$CARRY_DIR/debs"
   cp "$src_build"/{reftrain_cuda_tests,bench_gpu_step,reftrain,CTestTestfile.cmake} "$CARRY_DIR/build/"
-  cp "$src_build"/reftrain_cuda_tests\[*\]_*.cmake "$CARRY_DIR/build/"
+  # Every gtest include file: CTestTestfile.cmake includes the CPU suites' too (each one adds a
+  # NOT_BUILT test when its list is absent), and a missing include stops ctest before any test runs.
+  cp "$src_build"/*\[*\]_*.cmake "$CARRY_DIR/build/"
   strip --strip-unneeded "$CARRY_DIR/build"/{reftrain_cuda_tests,bench_gpu_step,reftrain}
   # The absolute paths compiled into the binaries and written into the ctest files.
   { echo "source_dir=$root"; echo "build_dir=$src_build"
