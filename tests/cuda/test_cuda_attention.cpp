@@ -19,12 +19,13 @@
 //                few ulps of their O(1) terms. 200x below a bf16 error.
 //   BF16 kernel  2e-2 against the CPU run in fp32 on the bf16-rounded inputs and prefill: the kernel
 //                rounds each stored value once to bf16 (2^-9 = 0.2%; 0.39% seen at the floor).
-//   cuDNN        2e-2 for out; lse 1e-3 (its exp2-based softmax and tensor-core accumulation order; a
+//   cuDNN        out and gradients normwise 1e-2 (kBoundCudnnNormwise: the per-element 2e-2 with a 1% floor
+//                failed on the H200 at 7-22%, a few ulps of the tensor's maximum); lse 1e-3 (its exp2-based softmax and tensor-core accumulation order; a
 //                base-2 lse would be off by 44%, a missing scale by far more). Its gradients are
 //                flash attention's: R[t] = dout[t].out[t] from the stored BF16 out, where the CPU (and
 //                the kernel) sum P dP exactly; where dP - R cancels that costs up to ~15% of a small
 //                gradient element (seen in the emulation with that R). So cuDNN's dq, dk, dv are held
-//                at 2e-2 to that same formula evaluated in fp64 on the GPU's own out (it also rounds P
+//                (normwise) to that same formula evaluated in fp64 on the GPU's own out (it also rounds P
 //                and dS to bf16 for its tensor-core products: a few times 2^-9, with margin).
 // Determinism: two runs of forward + backward must give the same bytes: the kernel backend always,
 // the cuDNN backward in deterministic mode (cuda::set_deterministic(true)).
@@ -56,6 +57,12 @@ constexpr double kBoundF32Backward = 1e-4;
 constexpr double kBoundBF16 = 2e-2;
 constexpr double kBoundLseKernel = 2e-5;
 constexpr double kBoundLseCudnn = 1e-3;
+// cuDNN's out and gradients, normwise (|got - want| / max |want|): it rounds P and dS to bf16 for its
+// tensor-core products and its dQ, dK, dV to bf16 in scratch before the ADD, so its error is a few
+// bf16 ulps of the tensor's LARGEST values, which the 1% floor turns into 7-22% at small elements (the
+// first H200 run: out 0.074-0.10, gradients up to 0.22 at the floor, i.e. about 1e-3 to 2e-3 of the
+// tensor's maximum). 1e-2 is 2.5 ulps at the maximum; a wrong mask, scale or layout is off by O(1).
+constexpr double kBoundCudnnNormwise = 1e-2;
 
 struct AttentionCase {
     int64_t B, T, Hq, Hkv, D;
@@ -321,13 +328,14 @@ void compare_with_cpu(const AttentionCase& c, DType dt, const char* backend, dou
         ref.dk_twice = accumulated(gpu.dk_once, ref.dk, 1);
         ref.dv_twice = accumulated(gpu.dv_once, ref.dv, 1);
     }
-    const double forward_bound = dt == DType::F32 ? kBoundF32Forward : kBoundBF16;
-    const double backward_bound = dt == DType::F32 ? kBoundF32Backward : kBoundBF16;
+    const double forward_bound = flash_reference ? kBoundCudnnNormwise : dt == DType::F32 ? kBoundF32Forward : kBoundBF16;
+    const double backward_bound = flash_reference ? kBoundCudnnNormwise : dt == DType::F32 ? kBoundF32Backward : kBoundBF16;
+    const double floor = flash_reference ? 1.0 : kFloorFraction;  // 1.0: normwise
     const std::string what = concat(backend, " ", dtype_name(dt), " ", c.name(), ": ");
-    auto compare = [](const std::vector<float>& got, const std::vector<float>& want, double bound,
-                      const std::string& label) { expect_close(got, want, bound, label, kFloorFraction); };
+    auto compare = [&](const std::vector<float>& got, const std::vector<float>& want, double bound,
+                       const std::string& label) { expect_close(got, want, bound, label, floor); };
     compare(gpu.out, ref.out, forward_bound, what + "out");
-    compare(gpu.lse, ref.lse, lse_bound, what + "lse");
+    expect_close(gpu.lse, ref.lse, lse_bound, what + "lse", kFloorFraction);
     compare(gpu.dq_once, ref.dq_once, backward_bound, what + "dq (prefill + gradient)");
     compare(gpu.dk_once, ref.dk_once, backward_bound, what + "dk (prefill + gradient)");
     compare(gpu.dv_once, ref.dv_once, backward_bound, what + "dv (prefill + gradient)");

@@ -147,7 +147,12 @@ TEST(CudaModel, F32TrainStepsMatchCpu) {
         EXPECT_GT(cpu_norm, max_norm) << "the test wants clipping to be exercised";
         EXPECT_FALSE(r.skipped);
     }
-    expect_arena_close(gpu.params(), cpu.params(), gpu.stream(), 1e-4, "after 3 F32 steps");
+    // AdamW divides each gradient element by its own running RMS, so an element whose CPU and GPU values
+    // differ in relative terms (those near zero: the two sum in different orders) moves by a visibly
+    // different fraction of lr. The first H200 run measured 1.04e-3 normwise (q_proj, layer 1) with the
+    // loss at 1e-6 and the norm at 3e-6; the AdamW kernel itself is held to 2e-6 on identical gradients
+    // (test_cuda_optim.cpp). 5e-3 leaves 5x; a missed update or a wrong lr is off by ~lr / |w| = 10%.
+    expect_arena_close(gpu.params(), cpu.params(), gpu.stream(), 5e-3, "after 3 F32 steps");
 }
 
 TEST(CudaModel, Bf16MatchesCpuEmulation) {
