@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <iostream>
 #include <sstream>
 #include <string_view>
@@ -165,6 +166,30 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "the group advantage code (train/grpo.cpp, group_advantages): statistics in fp64, a group with "
          "max == min gets exactly 0, and the eps of the std normalisation is not tiny",
          M::fatal},
+        {"rl.advantages_bounded",
+         "a group's advantages are not finite or exceed what the group's rewards allow: with std "
+         "normalisation |A| <= (G - 1) / sqrt(G) for any G rewards, without it |A| <= max - min",
+         "a non-finite reward entered the group statistics (one NaN makes the whole group NaN), or the std was "
+         "computed as sqrt(E[r^2] - E[r]^2) in low precision, which cancels to ~0 on a near-constant group "
+         "and divides a small difference by almost nothing",
+         "the rewards before normalising (each finite?), and the std formula: two-pass (r - mean)^2 in fp64",
+         M::warn},
+        {"rl.ratio_moves_after_first_epoch",
+         "after an optimizer step inside the update, the importance ratio p / p_old is still exactly 1 on "
+         "every token, so PPO's clip can never act",
+         "the old log-probs are taken from the current forward at every inner epoch (exp(logp - "
+         "logp.detach())) instead of once, before the first step, and kept",
+         "where the old log-probs are set: once per update, from the sampler or the first inner forward, "
+         "detached; the clip fraction should be > 0 on inner epochs >= 2",
+         M::warn},
+        {"rl.sampler_matches_trainer",
+         "before any step the trainer's log-probs of the sampled tokens differ from the sampler's: the "
+         "importance ratio and the KL are biased from the first step (silently off-policy)",
+         "the trainer scores another distribution than the sampler drew from: a temperature, top-k or top-p "
+         "applied on one side only, another precision or another checkpoint on the sampler",
+         "the sampler's settings against the trainer's scoring (train/grpo.cpp: the policy scores "
+         "softmax(logits / temperature)); mean |log p_trainer - log p_sampler| should be ~1e-6",
+         M::warn},
     };
     return invariants;
 }
@@ -730,6 +755,80 @@ bool check_uniform_group_zero_advantage(Invariants& inv, std::span<const double>
                       concat("update ", update, ": ", violating, " of ", uniform, " groups with uniform rewards (of ",
                              groups, ") have non-zero advantages, largest |A| = ", worst, "; first: group ", first,
                              ", every reward ", r[0], ", advantage ", advantages[first * group_size]));
+}
+
+bool check_advantages_bounded(Invariants& inv, std::span<const double> rewards, std::span<const double> advantages,
+                              int64_t group_size, bool std_normalize, int64_t update) {
+    const char* name = "rl.advantages_bounded";
+    if (!inv.enabled(name)) return true;
+    check(group_size >= 2 && rewards.size() == advantages.size() && rewards.size() % static_cast<size_t>(group_size) == 0,
+          "check_advantages_bounded: ", rewards.size(), " rewards and ", advantages.size(),
+          " advantages do not form groups of ", group_size);
+    const int64_t G = group_size, groups = static_cast<int64_t>(rewards.size()) / G;
+    // max_i |r_i - mean| / s <= (G - 1) / sqrt(G) for the sample std s (Samuelson's inequality); a
+    // relative slack of 1e-9 for rounding.
+    const double std_bound = (static_cast<double>(G) - 1.0) / std::sqrt(static_cast<double>(G)) * (1.0 + 1e-9);
+    int64_t violating = 0, first = -1;
+    double first_worst = 0.0, first_bound = 0.0;
+    for (int64_t g = 0; g < groups; ++g) {
+        const double* r = rewards.data() + g * G;
+        const double* a = advantages.data() + g * G;
+        double spread = 0.0;
+        if (std::all_of(r, r + G, [](double x) { return std::isfinite(x); })) {
+            const auto [lo, hi] = std::minmax_element(r, r + G);
+            spread = (*hi - *lo) * (1.0 + 1e-9);
+        }
+        const double bound = std_normalize ? std_bound : spread;
+        double worst = 0.0;
+        bool bad = false;
+        for (int64_t i = 0; i < G; ++i) {
+            if (!std::isfinite(a[i]) || std::fabs(a[i]) > bound) {
+                bad = true;
+                worst = std::isfinite(a[i]) ? std::max(worst, std::fabs(a[i])) : a[i];
+                if (!std::isfinite(a[i])) break;
+            }
+        }
+        if (bad && violating++ == 0) first = g, first_worst = worst, first_bound = bound;
+    }
+    if (violating == 0) return inv.report(name, true);
+    std::ostringstream rs;
+    for (int64_t i = 0; i < G; ++i) rs << (i ? ", " : "") << std::setprecision(10) << rewards[first * G + i];
+    return inv.report(name, false,
+                      concat("update ", update, ": ", violating, " of ", groups, " groups; first: group ", first,
+                             " with rewards [", rs.str(), "] has |A| = ", first_worst, " against a bound of ",
+                             first_bound, std_normalize ? " ((G - 1) / sqrt(G), std-normalised)" : " (max - min)"));
+}
+
+bool check_ratio_moves(Invariants& inv, int64_t inner_epoch, double max_ratio_deviation, bool policy_changed,
+                       int64_t update) {
+    const char* name = "rl.ratio_moves_after_first_epoch";
+    if (!inv.enabled(name) || inner_epoch < 1 || !policy_changed) return true;
+    const bool ok = std::isfinite(max_ratio_deviation) && max_ratio_deviation > 0.0;
+    return inv.report(name, ok,
+                      concat("update ", update, ", inner epoch ", inner_epoch + 1, ": max |ratio - 1| = ",
+                             max_ratio_deviation, " after the policy took an optimizer step in this update"));
+}
+
+bool check_sampler_matches_trainer(Invariants& inv, std::span<const double> sampler_logprobs,
+                                   std::span<const double> trainer_logprobs, double tolerance, int64_t update) {
+    const char* name = "rl.sampler_matches_trainer";
+    if (!inv.enabled(name)) return true;
+    check(sampler_logprobs.size() == trainer_logprobs.size(), "check_sampler_matches_trainer: ",
+          sampler_logprobs.size(), " sampler log-probs and ", trainer_logprobs.size(), " trainer log-probs");
+    if (sampler_logprobs.empty()) return inv.report(name, true);
+    double sum = 0.0, worst = 0.0;
+    size_t worst_at = 0;
+    for (size_t i = 0; i < sampler_logprobs.size(); ++i) {
+        const double gap = std::fabs(trainer_logprobs[i] - sampler_logprobs[i]);
+        sum += gap;
+        if (!(gap <= worst)) worst = gap, worst_at = i;
+    }
+    const double mean = sum / static_cast<double>(sampler_logprobs.size());
+    return inv.report(name, std::isfinite(mean) && mean <= tolerance,
+                      concat("update ", update, ": mean |log p_trainer - log p_sampler| = ", mean, " over ",
+                             sampler_logprobs.size(), " sampled tokens (tolerance ", tolerance, "), largest ", worst,
+                             " at token ", worst_at, " (sampler ", sampler_logprobs[worst_at], ", trainer ",
+                             trainer_logprobs[worst_at], ")"));
 }
 
 }  // namespace reftrain

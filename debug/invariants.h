@@ -228,4 +228,21 @@ inline constexpr double kUniformGroupAdvantageTolerance = 1e-12;
 bool check_uniform_group_zero_advantage(Invariants& inv, std::span<const double> rewards,
                                         std::span<const double> advantages, int64_t group_size, int64_t update);
 
+// rl.advantages_bounded — every advantage finite; with std normalisation |A| <= (G - 1) / sqrt(G) (the
+// most a sample can deviate from its mean in sample standard deviations), without it |A| <= max - min
+// of the group's rewards. Reads rewards and advantages only.
+bool check_advantages_bounded(Invariants& inv, std::span<const double> rewards, std::span<const double> advantages,
+                              int64_t group_size, bool std_normalize, int64_t update);
+
+// rl.ratio_moves_after_first_epoch — on inner epoch >= 2 (inner_epoch >= 1, 0-based) of an update whose
+// policy has changed since its old log-probs were taken, some token's ratio must differ from 1.
+bool check_ratio_moves(Invariants& inv, int64_t inner_epoch, double max_ratio_deviation, bool policy_changed,
+                       int64_t update);
+
+// rl.sampler_matches_trainer — before any step, the mean |log p_trainer - log p_sampler| over the sampled
+// tokens is at most `tolerance` (the same weights score the same tokens: only the two code paths'
+// rounding may differ).
+bool check_sampler_matches_trainer(Invariants& inv, std::span<const double> sampler_logprobs,
+                                   std::span<const double> trainer_logprobs, double tolerance, int64_t update);
+
 }  // namespace reftrain

@@ -46,6 +46,10 @@ const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
         {"truncation-as-termination", &Bugs::truncation_as_termination},
         {"negative-kl", &Bugs::negative_kl},
         {"grpo-zero-signal", &Bugs::grpo_zero_signal},
+        {"ratio-always-one", &Bugs::ratio_always_one},
+        {"sampler-logprob-mismatch", &Bugs::sampler_logprob_mismatch},
+        {"std-cancellation", &Bugs::std_cancellation},
+        {"nan-reward-poisons-batch", &Bugs::nan_reward_poisons_batch},
     };
     return entries;
 }

@@ -52,6 +52,11 @@ struct Bugs {
     bool negative_kl = false;               // KL's log-ratio is log p_ref - log p (kl_log_ratio): k1 < 0
     bool grpo_zero_signal = false;          // group stats in fp32, eps 1e-8, no uniform-group rule
                                             // (group_advantages): uniform groups get O(1) advantages
+    bool ratio_always_one = false;          // the old log-probs are re-taken from the current policy at every
+                                            // inner epoch (exp(logp - logp.detach())): the ratio is always 1
+    bool sampler_logprob_mismatch = false;  // the trainer scores at temperature 1 what was sampled at another
+    bool std_cancellation = false;          // group std as sqrt(E[r^2] - E[r]^2) in fp32
+    bool nan_reward_poisons_batch = false;  // rewards enter the group statistics unchecked (a NaN spreads)
 
     bool operator==(const Bugs&) const = default;   // every switch compared (tests: "all off" is Bugs{})
 };

@@ -218,20 +218,31 @@ const std::vector<double>& InferenceSession::feed(const std::vector<int64_t>& id
 
 // ---- sampling ---------------------------------------------------------------------------------------
 
-int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConfig& config, Rng& rng) {
+namespace {
+
+// The sampler's distribution over ids, unnormalised: weights[v] = exp((logits[v] - max) / temperature)
+// for the ids top_k keeps, 0 for the others; `best` is the argmax (lowest id on ties). Temperature 0
+// leaves weights empty (greedy).
+struct SamplingWeights {
+    std::vector<double> weights;
+    double total = 0.0;
+    int64_t best = 0;
+};
+
+SamplingWeights sampling_weights(const std::vector<double>& logits, const SamplingConfig& config, const char* who) {
     const int64_t V = static_cast<int64_t>(logits.size());
-    check(V >= 1, "sample_from_logits: the logits are empty");
-    check(std::isfinite(config.temperature) && config.temperature >= 0.0, "sample_from_logits: temperature ",
-          config.temperature, " must be finite and >= 0 (0 = greedy)");
-    check(config.top_k >= 0, "sample_from_logits: top_k ", config.top_k, " must be >= 0 (0 = no top-k)");
-    int64_t best = 0;  // strict '>' keeps the lowest id among equal maxima
-    for (int64_t v = 0; v < V; ++v) {
-        check(!std::isnan(logits[v]) && logits[v] != INFINITY, "sample_from_logits: the logit of id ", v, " is ",
-              logits[v], "; logits must be finite (or -inf for a banned id)");
-        if (logits[v] > logits[best]) best = v;
+    check(V >= 1, who, ": the logits are empty");
+    check(std::isfinite(config.temperature) && config.temperature >= 0.0, who, ": temperature ", config.temperature,
+          " must be finite and >= 0 (0 = greedy)");
+    check(config.top_k >= 0, who, ": top_k ", config.top_k, " must be >= 0 (0 = no top-k)");
+    SamplingWeights w;
+    for (int64_t v = 0; v < V; ++v) {  // strict '>' keeps the lowest id among equal maxima
+        check(!std::isnan(logits[v]) && logits[v] != INFINITY, who, ": the logit of id ", v, " is ", logits[v],
+              "; logits must be finite (or -inf for a banned id)");
+        if (logits[v] > logits[w.best]) w.best = v;
     }
-    check(logits[best] != -INFINITY, "sample_from_logits: every logit is -inf, nothing can be sampled");
-    if (config.temperature == 0.0) return best;
+    check(logits[w.best] != -INFINITY, who, ": every logit is -inf, nothing can be sampled");
+    if (config.temperature == 0.0) return w;
 
     // Top-k: order by (logit descending, id ascending) so ties at the k-th value go to the lower id.
     std::vector<char> kept(V, 1);
@@ -244,24 +255,40 @@ int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConf
         std::fill(kept.begin(), kept.end(), 0);
         for (int64_t i = 0; i < config.top_k; ++i) kept[order[i]] = 1;
     }
-    // Unnormalised softmax weights (max subtracted); u * total is compared with the running sum
-    // instead of dividing every weight, which is the same inverse CDF with one rounding fewer.
-    std::vector<double> weights(V, 0.0);
-    double total = 0.0;
+    // Unnormalised softmax weights (max subtracted).
+    w.weights.assign(V, 0.0);
     for (int64_t v = 0; v < V; ++v) {
-        if (kept[v]) weights[v] = std::exp((logits[v] - logits[best]) / config.temperature);
-        total += weights[v];
+        if (kept[v]) w.weights[v] = std::exp((logits[v] - logits[w.best]) / config.temperature);
+        w.total += w.weights[v];
     }
-    const double target = rng.uniform() * total;
+    return w;
+}
+
+}  // namespace
+
+int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConfig& config, Rng& rng) {
+    const SamplingWeights w = sampling_weights(logits, config, "sample_from_logits");
+    if (config.temperature == 0.0) return w.best;
+    // u * total is compared with the running sum instead of dividing every weight, which is the same
+    // inverse CDF with one rounding fewer.
+    const double target = rng.uniform() * w.total;
     double cumulative = 0.0;
-    int64_t last = best;
-    for (int64_t v = 0; v < V; ++v) {
-        if (weights[v] == 0.0) continue;  // a dropped or -inf id can never be chosen
-        cumulative += weights[v];
+    int64_t last = w.best;
+    for (int64_t v = 0; v < static_cast<int64_t>(w.weights.size()); ++v) {
+        if (w.weights[v] == 0.0) continue;  // a dropped or -inf id can never be chosen
+        cumulative += w.weights[v];
         last = v;
         if (target < cumulative) return v;
     }
     return last;  // u * total rounded up to the full sum: the last id with weight
+}
+
+double sampling_logprob(const std::vector<double>& logits, const SamplingConfig& config, int64_t id) {
+    const SamplingWeights w = sampling_weights(logits, config, "sampling_logprob");
+    check(id >= 0 && id < static_cast<int64_t>(logits.size()), "sampling_logprob: id ", id, " is outside [0, ",
+          logits.size(), ")");
+    if (config.temperature == 0.0) return id == w.best ? 0.0 : -INFINITY;
+    return std::log(w.weights[id] / w.total);
 }
 
 Generation generate(InferenceSession& session, const std::vector<int64_t>& prompt, const SamplingConfig& config,
@@ -279,6 +306,7 @@ Generation generate(InferenceSession& session, const std::vector<int64_t>& promp
     while (static_cast<int64_t>(result.ids.size()) < limit) {
         const int64_t id = sample_from_logits(*logits, config, rng);
         result.ids.push_back(id);
+        result.logprobs.push_back(sampling_logprob(*logits, config, id));
         if (std::find(config.stop_ids.begin(), config.stop_ids.end(), id) != config.stop_ids.end()) {
             result.stopped = true;
             break;

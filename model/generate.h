@@ -45,6 +45,7 @@ struct SamplingConfig {
 
 struct Generation {
     std::vector<int64_t> ids;   // generated ids only (excluding the prompt)
+    std::vector<double> logprobs;  // generate(): log of the probability the sampler gave each id (sampling_logprob)
     bool stopped = false;       // ended on a stop id (false: hit max_new_tokens or max_len)
 };
 
@@ -54,6 +55,10 @@ struct Generation {
 // rng.uniform() draw u picks the first id, in ascending id order, whose cumulative probability under
 // softmax(logits / temperature) exceeds u (inverse CDF, in fp64). A NaN or +inf logit is an error.
 int64_t sample_from_logits(const std::vector<double>& logits, const SamplingConfig& config, Rng& rng);
+// log P(id) under the distribution sample_from_logits draws from: softmax(logits / temperature) over the
+// top_k ids (-inf for an id top_k drops; greedy: 0 for the argmax, -inf otherwise). What a trainer's
+// importance ratio must divide by (train/grpo.cpp: the sampler's log-probs of the sampled tokens).
+double sampling_logprob(const std::vector<double>& logits, const SamplingConfig& config, int64_t id);
 
 // Resets the session, feeds the prompt and samples. Sampling draws from `rng` only (deterministic).
 // Generation ends after a stop id, after max_new_tokens, or when prompt + generated reaches max_len.

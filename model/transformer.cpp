@@ -176,6 +176,16 @@ void softmax_rows_in_place(Tensor& z, int64_t N, int64_t V) {
     });
 }
 
+// x[i] *= factor for the first n elements (the logit temperature and its backward), in the tensor's dtype.
+void scale_in_place(Tensor& x, int64_t n, double factor) {
+    dispatch_float(x.dtype, "logit_temperature", [&](auto tag) {
+        using T = decltype(tag);
+        T* v = x.ptr<T>();
+        const T f = static_cast<T>(factor);
+        for (int64_t i = 0; i < n; ++i) v[i] = static_cast<T>(v[i] * f);
+    });
+}
+
 // BUG double-softmax, backward: the softmax's Jacobian, dz = p * (dp - <p, dp>) per row (autograd does
 // the same for a user's extra softmax, which is why the bug trains without an error).
 void softmax_rows_backward_in_place(Tensor& dz, const Tensor& p, int64_t N, int64_t V) {
@@ -324,6 +334,10 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
     Tensor& logits = acts_.get("logits");
     linear_forward(logits.reshaped({N, V}), normed.reshaped({N, d}), lm_head);
     after_op("linear_forward", {&logits}, {}, {&normed, &lm_head});
+    if (logit_temperature_ != 1.0) {
+        scale_in_place(logits, N * V, 1.0 / logit_temperature_);
+        after_op("logit_temperature", {&logits}, {}, {&logits});
+    }
     if (bugs().double_softmax) softmax_rows_in_place(logits, N, V);  // BUG double-softmax: the loss applies its own
 
     ForwardResult result;
@@ -337,6 +351,11 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
         after_op("cross_entropy_forward", {}, {&logsumexp, &loss}, {&logits, &target_view});
     }
     return result;
+}
+
+void Transformer::set_logit_temperature(double t) {
+    check(std::isfinite(t) && t > 0.0, "Transformer::set_logit_temperature: ", t, " must be finite and > 0");
+    logit_temperature_ = t;
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
@@ -401,6 +420,10 @@ void Transformer::backward_from_logits() {
     const Tensor* lm_head_param = &params_.get(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const Tensor& lm_head = weight(lm_head_param);
     if (bugs().double_softmax) softmax_rows_backward_in_place(dA(&logits), logits, N, V);  // BUG double-softmax
+    if (logit_temperature_ != 1.0) {
+        scale_in_place(dA(&logits), N * V, 1.0 / logit_temperature_);  // d(z / t) / dz = 1 / t
+        after_op("logit_temperature_backward", {&dA(&logits)}, {}, {&dA(&logits)});
+    }
     linear_backward(dA(&normed).reshaped({N, d}), dW(lm_head_param), dA(&logits).reshaped({N, V}),
                     normed.reshaped({N, d}), lm_head);
     after_op("linear_backward", {&dA(&normed)}, {&dW(lm_head_param)}, {&dA(&logits), &normed, &lm_head});

@@ -99,6 +99,12 @@ public:
     // positions) of the last forward, ADDING into grads(): a per-token weighted loss such as the
     // policy-gradient loss -sum_t A_t log p_t. Same ops as backward() from the logits' gradient on.
     void backward_weighted(std::span<const double> weights);
+    // The loss, target_logprobs() and both backwards score softmax(logits / t) instead of softmax(logits):
+    // the distribution a sampler at temperature t draws from (GRPO's importance ratio needs the trainer
+    // to score what the sampler sampled; train/grpo.cpp). The logits tensor then holds logits / t.
+    // Default 1 (the logits untouched, bit for bit).
+    void set_logit_temperature(double t);
+    double logit_temperature() const { return logit_temperature_; }
 
     // Loads HF-named weights, converting dtype. Refuses a file with missing or unexpected names for
     // this config, naming them all. With tied embeddings an "lm_head.weight" in the file is accepted
@@ -153,6 +159,7 @@ private:
     // The last forward's inputs, kept for backward (views of the caller's memory are not kept).
     std::vector<int64_t> input_ids_, targets_;
     bool have_targets_ = false;
+    double logit_temperature_ = 1.0;
 
     FrameTracer* tracer_ = nullptr;
     DType precision_ = DType::F32;

@@ -1,9 +1,12 @@
-// probes/failures_grpo.cpp — the GRPO entries of the failure catalog: grpo-zero-signal and negative-kl.
+// probes/failures_grpo.cpp — the GRPO entries of the failure catalog: grpo-zero-signal, negative-kl,
+// ratio-always-one, sampler-logprob-mismatch, std-cancellation and nan-reward-poisons-batch.
 //
 // Each half trains the tiny addition model of the other scenarios (byte tokenizer, d = 48, 2 layers) for
 // a few dozen SFT steps, saves it, and runs a few GRPO updates from it through the real GrpoTrainer
 // (train/grpo.h), with invariants in warn mode so the buggy half keeps going. The curve has one value per
 // GRPO update. The detectors are the invariants the trainer checks in every update.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -108,6 +111,106 @@ FailureHalf negative_kl(const FailureContext& ctx) {
     return half;
 }
 
+double mean_of(const std::vector<double>& v, size_t from = 0) {
+    double sum = 0.0;
+    size_t n = 0;
+    for (size_t i = from; i < v.size(); ++i) sum += v[i], ++n;
+    return n ? sum / static_cast<double>(n) : 0.0;
+}
+
+// Four inner epochs per update: after the first optimizer step the policy differs from the one that
+// sampled, so the ratio must move and the clip must start to hold some tokens.
+FailureHalf ratio_always_one(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"loss.inner_epochs=4", "loss.clip_eps=0.2", "updates=6",
+                                              "optimizer.lr=0.003", "reward.format=0.1"}),
+                        log_of(ctx));
+    FailureHalf half{.curve_name = "clip fraction, inner epochs 2-4 (mean)"};
+    double deviation = 0.0, first_epoch_clip = 0.0;
+    for (int64_t i = 0; i < trainer.config().updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(mean_of(m.clip_fraction, 1));
+        deviation = std::max(deviation, *std::max_element(m.ratio_max_deviation.begin() + 1, m.ratio_max_deviation.end()));
+        first_epoch_clip = std::max(first_epoch_clip, m.clip_fraction.front());
+    }
+    half.numbers.push_back({"clip fraction on inner epochs 2-4 (mean over updates)", fmt(mean_of(half.curve))});
+    half.numbers.push_back({"largest |ratio - 1| on inner epochs 2-4", fmt(deviation)});
+    half.numbers.push_back({"clip fraction on the first inner epoch (largest)", fmt(first_epoch_clip)});
+    read_invariant(half, trainer, "rl.ratio_moves_after_first_epoch");
+    return half;
+}
+
+// Sampling at temperature 0.7 with the sampler's log-probs as p_old (as a vLLM-style setup does to save
+// a forward): the trainer must score softmax(logits / 0.7) too.
+FailureHalf sampler_logprob_mismatch(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"sampling.temperature=0.7", "loss.old_logprobs=\"sampler\"",
+                                              "loss.inner_epochs=2", "updates=6", "optimizer.lr=0.002",
+                                              "reward.format=0.1"}),
+                        log_of(ctx));
+    FailureHalf half{.curve_name = "mean |log p_trainer - log p_sampler| before the first step"};
+    double first_clip = 0.0, ratio_mean = 0.0, gap_max = 0.0;
+    for (int64_t i = 0; i < trainer.config().updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(m.logprob_gap_mean);
+        first_clip += m.clip_fraction.front() / static_cast<double>(trainer.config().updates);
+        ratio_mean += m.ratio_mean.front() / static_cast<double>(trainer.config().updates);
+        gap_max = std::max(gap_max, m.logprob_gap_max);
+    }
+    half.numbers.push_back({"mean |log p_trainer - log p_sampler| at the first update", fmt(half.curve.front())});
+    half.numbers.push_back({"largest |log p_trainer - log p_sampler|", fmt(gap_max)});
+    half.numbers.push_back({"mean ratio before any step (should be 1)", fmt(ratio_mean)});
+    half.numbers.push_back({"clip fraction before any step (should be 0)", fmt(first_clip)});
+    read_invariant(half, trainer, "rl.sampler_matches_trainer");
+    return half;
+}
+
+// A reward that barely separates right from wrong (10 against 9.999 for a wrong answer that ends its
+// turn), as a learned reward model's scores often do; groups mixing the two are near-constant.
+FailureHalf std_cancellation(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"reward.correct=10.0", "reward.format=9.999", "advantage.std_normalize=true",
+                                              "updates=6", "optimizer.lr=0.001"}),
+                        log_of(ctx));
+    FailureHalf half{.curve_name = "largest |advantage| in the update"};
+    for (int64_t i = 0; i < trainer.config().updates; ++i) half.curve.push_back(trainer.update().max_abs_advantage);
+    const int64_t G = trainer.config().group_size;
+    half.numbers.push_back({"largest |advantage|", fmt(*std::max_element(half.curve.begin(), half.curve.end()))});
+    half.numbers.push_back({"bound (G - 1) / sqrt(G) for G = " + std::to_string(G),
+                            fmt((static_cast<double>(G) - 1.0) / std::sqrt(static_cast<double>(G)))});
+    read_invariant(half, trainer, "rl.advantages_bounded");
+    return half;
+}
+
+// The user's reward function parses the answer as a number and returns NaN when it cannot (Python's
+// float('nan') on a parse failure), written the way such functions are written.
+double parse_or_nan_reward(const std::string&, const std::string& response, double reward) {
+    bool digit = false;
+    for (char ch : response) digit = digit || (ch >= '0' && ch <= '9');
+    return digit ? reward : std::nan("");
+}
+
+FailureHalf nan_reward_poisons_batch(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"reward.format=0.1", "updates=6", "optimizer.lr=0.002",
+                                              "sampling.max_new_tokens=3"}),
+                        log_of(ctx));
+    trainer.set_reward_hook(parse_or_nan_reward);
+    FailureHalf half{.curve_name = "pre-clip gradient norm"};
+    int64_t nonfinite = 0, skipped = 0;
+    for (int64_t i = 0; i < trainer.config().updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(m.grad_norm);
+        nonfinite += m.nonfinite_rewards;
+        skipped += m.skipped_steps;
+    }
+    half.numbers.push_back({"non-finite rewards from the reward function", std::to_string(nonfinite)});
+    half.numbers.push_back({"updates whose step was skipped (non-finite gradient)",
+                            concat(skipped, " of ", trainer.config().updates)});
+    read_invariant(half, trainer, "rl.advantages_bounded");
+    return half;
+}
+
 }  // namespace
 
 std::vector<FailureScenario> grpo_failure_scenarios() {
@@ -137,6 +240,57 @@ std::vector<FailureScenario> grpo_failure_scenarios() {
                     "< 0",
         .fix = "form the log-ratio in one place, policy first: log p(x) - log p_ref(x) on tokens sampled from p",
         .run = negative_kl});
+    c.push_back({
+        .id = "ratio-always-one",
+        .title = "The importance ratio is computed against a detached copy of itself",
+        .source = "TRL issue #2769 and torchforge PR #571: old log-probs taken as logp.detach() inside the epoch loop",
+        .bug = "the old log-probs are re-taken from the current forward at every inner epoch, so "
+               "ratio = exp(logp - logp.detach()) = 1 (4 inner epochs, clip 0.2)",
+        .symptom = "the clip fraction stays exactly 0 and the ratio exactly 1 on inner epochs 2-4, although the "
+                   "policy took an optimizer step before each: PPO's trust region never acts",
+        .detector = "invariant rl.ratio_moves_after_first_epoch: on an inner epoch >= 2 after a step, some token's "
+                    "ratio must differ from 1",
+        .fix = "take the old log-probs once per update (from the sampler or the first inner forward), detach them, "
+               "and keep them for every inner epoch",
+        .run = ratio_always_one});
+    c.push_back({
+        .id = "sampler-logprob-mismatch",
+        .title = "The trainer scores the samples under another distribution than the sampler drew them from",
+        .source = "TRL issue #4159 and verl PR #3694: generation temperature not applied when the trainer "
+                  "recomputes log-probs",
+        .bug = "samples drawn at temperature 0.7 (their log-probs kept as p_old), scored by the trainer at "
+               "temperature 1",
+        .symptom = "before any step the ratio is not 1 and the clip already holds tokens: the update is "
+                   "silently off-policy, and the KL to the reference is biased from the first update",
+        .detector = "invariant rl.sampler_matches_trainer: before the first step, the trainer's log-probs of the "
+                    "sampled tokens equal the sampler's (mean gap <= 1e-3)",
+        .fix = "score softmax(logits / T) with the sampler's T (and its top-k/top-p) wherever the trainer "
+               "computes log-probs of sampled tokens",
+        .run = sampler_logprob_mismatch});
+    c.push_back({
+        .id = "std-cancellation",
+        .title = "The group std computed as E[r^2] - E[r]^2 in fp32 cancels to nothing",
+        .source = "NeMo-RL PR #4158: one-pass variance in low precision",
+        .bug = "the group variance as E[r^2] - E[r]^2 in fp32 (clamped at 0); rewards 10 and 9.999",
+        .symptom = "near-constant groups get advantages of ~9 where no sample can be more than 2.47 sample stds "
+                   "from its group's mean: a 0.001 reward difference dominates the update",
+        .detector = "invariant rl.advantages_bounded: |A| <= (G - 1) / sqrt(G) with std normalisation, every "
+                    "advantage finite",
+        .fix = "two-pass statistics in fp64: the mean first, then the mean of (r - mean)^2",
+        .run = std_cancellation});
+    c.push_back({
+        .id = "nan-reward-poisons-batch",
+        .title = "One NaN reward poisons its group and the whole update",
+        .source = "ms-swift issue #8123: a reward function's NaN reached the advantages",
+        .bug = "rewards go into the group statistics unchecked; the reward function returns NaN when the answer "
+               "has no digit",
+        .symptom = "the group's advantages are NaN, the gradient norm is NaN and the step is skipped: the run "
+                   "completes and learns nothing from those updates",
+        .detector = "invariant rl.advantages_bounded (every advantage finite, and bounded); "
+                    "grad.finite_before_update counts the skipped steps",
+        .fix = "check rewards are finite before normalising; leave a group holding a non-finite reward out of the "
+               "update and name the completion",
+        .run = nan_reward_poisons_batch});
     return c;
 }
 

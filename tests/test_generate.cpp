@@ -336,6 +336,47 @@ TEST(Generate, FrequenciesMatchTheSoftmax) {
     expect_frequencies(tied, top3, softmax(tied, 1.0, {false, true, true, true, false}), 6);
 }
 
+// sampling_logprob is the log of the probability sample_from_logits draws with: the softmax at the
+// temperature over the top-k ids, -inf for a dropped id, and generate() records it for every token.
+TEST(Generate, SamplingLogprobIsTheLogOfWhatTheSamplerDrawsWith) {
+    const std::vector<double> logits = {1.0, 0.0, 2.5, -0.5};
+    for (double t : {1.0, 0.7, 2.0}) {
+        SamplingConfig c;
+        c.temperature = t;
+        const std::vector<double> p = softmax(logits, t, {true, true, true, true});
+        for (int64_t id = 0; id < 4; ++id) EXPECT_NEAR(sampling_logprob(logits, c, id), std::log(p[id]), 1e-14) << t;
+    }
+    SamplingConfig top2;
+    top2.top_k = 2;  // keeps ids 2 and 0
+    const std::vector<double> p2 = softmax(logits, 1.0, {true, false, true, false});
+    EXPECT_NEAR(sampling_logprob(logits, top2, 2), std::log(p2[2]), 1e-14);
+    EXPECT_EQ(sampling_logprob(logits, top2, 1), -INFINITY);
+    SamplingConfig greedy;
+    greedy.temperature = 0.0;
+    EXPECT_EQ(sampling_logprob(logits, greedy, 2), 0.0);
+    EXPECT_EQ(sampling_logprob(logits, greedy, 0), -INFINITY);
+    expect_error([&] { sampling_logprob(logits, top2, 4); }, {"sampling_logprob: id 4 is outside [0, 4)"});
+
+    Transformer model(gqa_config(), 1, 1, DType::F32);
+    model.init_weights(3);
+    InferenceSession session(model, 12);
+    SamplingConfig hot;
+    hot.temperature = 0.7;
+    hot.max_new_tokens = 6;
+    Rng rng(9);
+    const Generation g = generate(session, {1, 2, 3}, hot, rng);
+    ASSERT_EQ(g.logprobs.size(), g.ids.size());
+    // Replay: feed the same tokens and recompute each log-prob from the session's logits.
+    session.reset();
+    std::vector<int64_t> fed = {1, 2, 3};
+    const std::vector<double>* next = &session.feed(fed);
+    for (size_t i = 0; i < g.ids.size(); ++i) {
+        EXPECT_EQ(g.logprobs[i], sampling_logprob(*next, hot, g.ids[i])) << "token " << i;
+        EXPECT_LT(g.logprobs[i], 0.0);
+        if (i + 1 < g.ids.size()) next = &session.feed({g.ids[i]});
+    }
+}
+
 TEST(Generate, StopIdsEndGenerationAndLimitsAreRespected) {
     Transformer model(gqa_config(), 1, 1, DType::F32);
     randomize(model, 81);

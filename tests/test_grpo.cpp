@@ -15,6 +15,7 @@
 #include "data/tokenizer.h"
 #include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
+#include "model/generate.h"
 #include "tests/gradcheck.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
@@ -156,6 +157,63 @@ TEST_F(Grpo, TransformerWeightedBackwardMatchesFiniteDifferences) {
     }
 }
 
+// At a logit temperature t the model scores softmax(logits / t): its log-probs equal the sampler's
+// (sampling_logprob on the t = 1 logits), and backward_weighted is the gradient of that, in fp64.
+TEST_F(Grpo, LogitTemperatureScoresWhatTheSamplerDrawsFrom) {
+    ModelConfig c = testing::tiny_model_config();
+    c.vocab_size = 19;
+    const int64_t B = 2, T = 5, V = c.vocab_size;
+    Transformer model(c, B, T, DType::F64);
+    model.init_weights(8);
+    Rng rng(9);
+    std::vector<int64_t> ids(B * T), targets(B * T);
+    std::vector<double> weights(B * T, 0.0);
+    for (int64_t n = 0; n < B * T; ++n) {
+        ids[n] = static_cast<int64_t>(rng.below(c.vocab_size));
+        const bool sampled = n % T >= 2;
+        targets[n] = sampled ? static_cast<int64_t>(rng.below(c.vocab_size)) : kIgnore;
+        weights[n] = sampled ? rng.normal() : 0.0;
+    }
+    const Tensor ids_t(ids.data(), DType::I64, {B, T}, "input_ids");
+    const Tensor targets_t(targets.data(), DType::I64, {B, T}, "targets");
+    model.forward(ids_t, targets_t);
+    std::vector<double> logits(model.acts().get("logits").ptr<double>(), model.acts().get("logits").ptr<double>() + B * T * V);
+    const double t = 0.7;
+    model.set_logit_temperature(t);
+    model.forward(ids_t, targets_t);
+    const std::vector<double> logp = model.target_logprobs();
+    SamplingConfig sampler;
+    sampler.temperature = t;
+    for (int64_t n = 0; n < B * T; ++n) {
+        if (targets[n] == kIgnore) continue;
+        const std::vector<double> row(logits.begin() + n * V, logits.begin() + (n + 1) * V);
+        EXPECT_NEAR(logp[n], sampling_logprob(row, sampler, targets[n]), 1e-12) << "position " << n;
+    }
+    auto loss = [&] {
+        model.forward(ids_t, targets_t);
+        const std::vector<double> lp = model.target_logprobs();
+        double L = 0.0;
+        for (int64_t n = 0; n < B * T; ++n) L -= weights[n] * lp[n];
+        return L;
+    };
+    model.zero_grad();
+    loss();
+    model.backward_weighted(weights);
+    for (const char* name : {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"}) {
+        Tensor& p = model.param(name);
+        const Tensor& g = model.grad(name);
+        Buffer x(p.name, {p.numel()}), dx(g.name, {p.numel()});
+        std::memcpy(x.values.data(), p.data, p.nbytes());
+        std::memcpy(dx.values.data(), g.data, g.nbytes());
+        expect_gradients_match("backward_weighted at temperature 0.7", {&x}, {&dx}, [&] {
+            std::memcpy(p.data, x.values.data(), p.nbytes());
+            return loss();
+        }, 60);
+        std::memcpy(p.data, x.values.data(), p.nbytes());
+    }
+    expect_error([&] { model.set_logit_temperature(0.0); }, {"set_logit_temperature: 0 must be finite and > 0"});
+}
+
 // ---- group advantages -----------------------------------------------------------------------------------
 
 TEST_F(Grpo, GroupAdvantagesOnHandValues) {
@@ -207,6 +265,27 @@ TEST_F(Grpo, ZeroSignalBugGivesUniformGroupsAnOrderOneAdvantage) {
     // Dyadic rewards (all 0, all 1) are exact in fp32 too: the bug needs non-dyadic ones.
     const GroupAdvantages dyadic = group_advantages(std::vector<double>(8, 1.0), 8, true, 1e-4);
     for (double v : dyadic.advantages) EXPECT_EQ(v, 0.0);
+}
+
+// The one-pass fp32 variance of a near-constant group rounds to 0: the advantage of the one different
+// reward is its 0.000875 difference over eps alone, far past what any G rewards allow.
+TEST_F(Grpo, StdCancellationBugBlowsUpANearConstantGroup) {
+    std::vector<double> rewards(8, 9.999);
+    rewards[1] = 10.0;
+    const double bound = 7.0 / std::sqrt(8.0);
+    // Two-pass fp64: the lone 10 is 0.000875 above the mean and the std is 3.54e-4, so with eps 1e-4
+    // A = 0.000875 / 4.54e-4 = 1.93, inside the bound; without eps it would be the bound itself.
+    const GroupAdvantages good = group_advantages(rewards, 8, true, 1e-4);
+    const double std = std::sqrt((0.000875 * 0.000875 + 7 * 0.000125 * 0.000125) / 7.0);  // deviations 7/8 and 1/8 of 0.001
+    EXPECT_NEAR(good.advantages[1], 0.000875 / (std + 1e-4), 1e-6);
+    EXPECT_LE(std::fabs(good.advantages[1]), bound);
+    EXPECT_NEAR(group_advantages(rewards, 8, true, 1e-15).advantages[1], bound, 1e-6);
+    ScopedBug bug("std-cancellation");
+    // fp32 one-pass: E[r^2] and E[r]^2 agree to every bit fp32 holds, the variance clamps to 0 and
+    // A = 0.000875 / (0 + 1e-4) = 8.75.
+    const GroupAdvantages bad = group_advantages(rewards, 8, true, 1e-4);
+    EXPECT_NEAR(bad.advantages[1], 8.75, 0.05);
+    EXPECT_GT(std::fabs(bad.advantages[1]), 3.0 * bound);
 }
 
 TEST_F(Grpo, RewardAndGroupShapeErrors) {
@@ -410,6 +489,40 @@ TEST_F(GrpoRun, AFewUpdatesRunAndLogWhatTheyShould) {
     EXPECT_EQ(std::memcmp(again.policy().params().data(), trainer.policy().params().data(),
                           trainer.policy().params().nbytes()),
               0);
+}
+
+// Inner epochs: the first is on-policy (ratio exactly 1, nothing clipped); after a step the ratio moves
+// and the clip holds some tokens. The sampler's log-probs equal the trainer's before any step, at a
+// temperature other than 1 too. A reward hook's NaN leaves its group out of the update.
+TEST_F(GrpoRun, InnerEpochsClipAndTheSamplerAgreesWithTheTrainer) {
+    std::ostringstream log;
+    GrpoTrainer trainer(tiny(temp("epochs"), {"loss.inner_epochs=3", "loss.clip_eps=0.1", "optimizer.lr=0.01",
+                                              "reward.format=0.1", "sampling.temperature=0.8"}),
+                        log);
+    int calls = 0;
+    trainer.set_reward_hook([&](const std::string&, const std::string&, double r) {
+        return ++calls == 2 ? std::nan("") : r;  // one NaN, in the first group of the first update
+    });
+    double moved = 0.0, clipped_later = 0.0;
+    for (int u = 0; u < 3; ++u) {
+        const GrpoUpdateMetrics m = trainer.update();
+        ASSERT_EQ(m.clip_fraction.size(), 3u);
+        EXPECT_EQ(m.ratio_max_deviation[0], 0.0) << "p_old is this very forward";
+        EXPECT_EQ(m.clip_fraction[0], 0.0);
+        moved = std::max(moved, m.ratio_max_deviation[2]);
+        clipped_later = std::max(clipped_later, m.clip_fraction[2]);
+        EXPECT_LT(m.logprob_gap_mean, 1e-5) << "update " << u;
+        EXPECT_TRUE(std::isfinite(m.max_abs_advantage));
+        EXPECT_EQ(m.skipped_steps, 0);
+        EXPECT_EQ(m.nonfinite_rewards, u == 0 ? 1 : 0);
+    }
+    EXPECT_GT(moved, 0.0);
+    EXPECT_GT(clipped_later, 0.0);
+    EXPECT_NE(log.str().find("its group is left out of this update"), std::string::npos) << log.str();
+    for (const char* name : {"rl.ratio_moves_after_first_epoch", "rl.sampler_matches_trainer", "rl.advantages_bounded"}) {
+        EXPECT_GT(trainer.invariants().evaluations(name), 0) << name;
+        EXPECT_EQ(trainer.invariants().violations(name), 0) << name << ": " << trainer.invariants().last_message(name);
+    }
 }
 
 TEST_F(GrpoRun, TwoRunsFromTheSameSeedAreBitwiseEqual) {

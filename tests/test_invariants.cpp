@@ -67,6 +67,9 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"rl.kl_nonnegative", InvariantMode::warn},
         {"rl.reward_scale_only", InvariantMode::warn},
         {"rl.uniform_group_zero_advantage", InvariantMode::fatal},
+        {"rl.advantages_bounded", InvariantMode::warn},
+        {"rl.ratio_moves_after_first_epoch", InvariantMode::warn},
+        {"rl.sampler_matches_trainer", InvariantMode::warn},
     };
     Invariants inv;
     EXPECT_EQ(inv.names().size(), expected.size());
@@ -582,6 +585,72 @@ TEST(InvariantChecks, KlNonnegative) {
     }
     WarnRegistry r;
     expect_error([&] { check_kl_nonnegative(r.inv, std::vector<double>{0.1}, lengths, 0); }, {"sum to 6"});
+}
+
+// The three GRPO checks of the RL catalog, fed numbers written by hand (no trainer, no switch): the
+// symptom a user's own code would produce.
+TEST(InvariantChecks, AdvantagesBounded) {
+    const char* name = "rl.advantages_bounded";
+    const std::vector<double> rewards = {10.0, 9.999, 9.999, 9.999};  // a near-constant group of 4
+    {   // the exact standardisation: the lone 10.0 sits (G - 1) / sqrt(G) = 1.5 sample stds above the mean
+        WarnRegistry r;
+        const std::vector<double> a = {1.5, -0.5, -0.5, -0.5};
+        expect_silent(r, name, check_advantages_bounded(r.inv, rewards, a, 4, true, 2));
+    }
+    {   // std-cancellation: the std came out ~1e-4 of its true size
+        WarnRegistry r;
+        const std::vector<double> a = {7.5, -2.5, -2.5, -2.5};
+        expect_fired(r, name, check_advantages_bounded(r.inv, rewards, a, 4, true, 2),
+                     {"update 2", "1 of 1 groups", "|A| = 7.5", "bound of 1.5", "9.999"});
+    }
+    {   // nan-reward-poisons-batch: one NaN reward, the whole group NaN
+        WarnRegistry r;
+        const std::vector<double> bad = {1.0, std::nan(""), 0.0, 0.0};
+        const std::vector<double> a(4, std::nan(""));
+        expect_fired(r, name, check_advantages_bounded(r.inv, bad, a, 4, true, 7), {"update 7", "nan"});
+    }
+    {   // without std normalisation the bound is the group's reward range
+        WarnRegistry r;
+        const std::vector<double> plain = {1.0, 0.0, 0.0, 0.0};
+        expect_silent(r, name, check_advantages_bounded(r.inv, plain, {{0.75, -0.25, -0.25, -0.25}}, 4, false, 1));
+        WarnRegistry r2;
+        expect_fired(r2, name, check_advantages_bounded(r2.inv, plain, {{1.5, -0.25, -0.25, -0.25}}, 4, false, 1),
+                     {"bound of 1", "(max - min)"});
+    }
+}
+
+TEST(InvariantChecks, RatioMovesAfterFirstEpoch) {
+    const char* name = "rl.ratio_moves_after_first_epoch";
+    {   // epoch 2 of an update whose policy stepped: the ratio moved
+        WarnRegistry r;
+        expect_silent(r, name, check_ratio_moves(r.inv, 1, 0.031, true, 4));
+    }
+    {   // exp(logp - logp.detach()): exactly 1 everywhere
+        WarnRegistry r;
+        expect_fired(r, name, check_ratio_moves(r.inv, 2, 0.0, true, 4), {"update 4", "inner epoch 3", "= 0"});
+    }
+    {   // the first epoch, or a policy that did not move, proves nothing either way
+        WarnRegistry r;
+        EXPECT_TRUE(check_ratio_moves(r.inv, 0, 0.0, false, 1));
+        EXPECT_TRUE(check_ratio_moves(r.inv, 1, 0.0, false, 1));
+        EXPECT_EQ(r.inv.violations(name), 0);
+    }
+}
+
+TEST(InvariantChecks, SamplerMatchesTrainer) {
+    const char* name = "rl.sampler_matches_trainer";
+    const std::vector<double> sampler = {-0.10, -2.30, -0.70, -1.20};
+    {   // the same weights scored twice: rounding only
+        WarnRegistry r;
+        const std::vector<double> trainer = {-0.1000001, -2.3000002, -0.6999999, -1.2000001};
+        expect_silent(r, name, check_sampler_matches_trainer(r.inv, sampler, trainer, 1e-3, 1));
+    }
+    {   // sampled at temperature 0.7, scored at 1: every log-prob shifted
+        WarnRegistry r;
+        const std::vector<double> trainer = {-0.25, -1.90, -0.80, -1.05};
+        expect_fired(r, name, check_sampler_matches_trainer(r.inv, sampler, trainer, 1e-3, 3),
+                     {"update 3", "over 4 sampled tokens", "largest 0.4", "token 1"});
+    }
 }
 
 TEST(InvariantChecks, UniformGroupZeroAdvantage) {

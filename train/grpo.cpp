@@ -61,6 +61,8 @@ const ConfigFields<GrpoConfig>& grpo_fields() {
             .add("sampling.max_new_tokens", &G::max_new_tokens).positive();
         f.add("advantage.std_normalize", &G::std_normalize).add("advantage.std_eps", &G::std_eps).positive();
         f.add("kl_coef", &G::kl_coef).non_negative();
+        f.add("loss.inner_epochs", &G::inner_epochs).positive().add("loss.clip_eps", &G::clip_eps).positive()
+            .add("loss.old_logprobs", &G::old_logprobs);
         f.add("optimizer.lr", &G::adamw, &A::lr).positive()
             .add("optimizer.beta1", &G::adamw, &A::beta1)
             .add("optimizer.beta2", &G::adamw, &A::beta2)
@@ -105,6 +107,8 @@ GrpoConfig parse_grpo_config(const json& j, const std::string& source) {
           "one of its checkpoints/step_NNNNNNN)");
     check(c.group_size >= 2, source, ": 'sampling.group_size' must be >= 2 (a group of one has no baseline), got ",
           c.group_size);
+    check(c.old_logprobs == "trainer" || c.old_logprobs == "sampler", source,
+          ": 'loss.old_logprobs' must be \"trainer\" or \"sampler\", got \"", c.old_logprobs, "\"");
     check(c.temperature > 0.0, source,
           ": 'sampling.temperature' must be > 0 (greedy samples are all alike: every group would carry no signal), got ",
           c.temperature);
@@ -124,7 +128,20 @@ void normalize_group(const double* r, int64_t G, bool std_normalize, T eps, doub
     mean /= static_cast<T>(G);
     T squares = 0;
     for (int64_t i = 0; i < G; ++i) squares += (static_cast<T>(r[i]) - mean) * (static_cast<T>(r[i]) - mean);
-    const T std = G > 1 ? std::sqrt(squares / static_cast<T>(G - 1)) : T(0);
+    T std = G > 1 ? std::sqrt(squares / static_cast<T>(G - 1)) : T(0);
+    if (bugs().std_cancellation) {
+        // BUG std-cancellation: the one-pass variance E[r^2] - E[r]^2 in fp32. On a near-constant group
+        // both terms agree to more digits than fp32 holds; their difference is rounding noise (0, or a
+        // few ulps of E[r^2], or negative: clamped to 0), and a small reward difference is divided by it.
+        float sum = 0.0f, sum_squares = 0.0f;
+        for (int64_t i = 0; i < G; ++i) {
+            sum += static_cast<float>(r[i]);
+            sum_squares += static_cast<float>(r[i]) * static_cast<float>(r[i]);
+        }
+        const float m = sum / static_cast<float>(G);
+        const float variance = std::max(0.0f, sum_squares / static_cast<float>(G) - m * m);
+        std = static_cast<T>(std::sqrt(variance * static_cast<float>(G) / static_cast<float>(G - 1)));
+    }
     for (int64_t i = 0; i < G; ++i) {
         const T centred = static_cast<T>(r[i]) - mean;
         a[i] = static_cast<double>(std_normalize ? centred / (std + eps) : centred);
@@ -203,6 +220,11 @@ void build_policy_batch(std::span<const PolicyRow> rows, int64_t B, int64_t T, i
 
 namespace {
 
+// rl.sampler_matches_trainer's bar on the mean |log p_trainer - log p_sampler| before any step: the
+// sampler (KV cache, fp64 softmax) and the trainer (full forward, fp32 cross-entropy) score the same
+// weights, so they differ by rounding only (measured: see docs/failures/sampler-logprob-mismatch.md).
+constexpr double kSamplerGapTolerance = 1e-3;
+
 std::string trimmed(const std::string& text) {
     const size_t begin = text.find_first_not_of(" \t\n\r");
     if (begin == std::string::npos) return "";
@@ -259,10 +281,10 @@ GrpoTrainer::GrpoTrainer(const GrpoConfig& config, std::ostream& out)
     load_checkpoint(init_dir_, *policy_, nullptr, loaded);
     load_checkpoint(init_dir_, *reference_, nullptr, loaded);
     optimizer_ = std::make_unique<AdamW>(policy_->params(), policy_->grads(), config_.adamw);
-    if (config_.temperature != 1.0 || config_.top_k != 0) {
-        out_ << "note: sampling at temperature " << config_.temperature << ", top_k " << config_.top_k
-             << ": the loss scores the model at temperature 1 without top-k, so the samples are slightly off-policy "
-                "and k1 need not be >= 0 in expectation (docs/grpo.md)\n";
+    if (config_.top_k != 0) {
+        out_ << "note: sampling with top_k " << config_.top_k << ": the loss scores softmax(logits / temperature) "
+             << "over every id, so the samples are off-policy (rl.sampler_matches_trainer will say by how much; "
+                "docs/grpo.md)\n";
     }
 }
 
@@ -282,7 +304,9 @@ GrpoUpdateMetrics GrpoTrainer::update() {
     sampling.max_new_tokens = config_.max_new_tokens;
     sampling.stop_ids = {end_of_turn};
     std::vector<PolicyRow> rows;
-    std::vector<double> rewards;
+    std::vector<double> rewards, sampler_logprobs;   // sampler_logprobs: every sampled token, rows in order
+    std::vector<uint8_t> row_correct;
+    std::vector<std::string> row_text;               // prompt and response, for messages
     int64_t correct = 0, ended = 0;
     for (int64_t p = 0; p < P; ++p) {
         TaskExample example;
@@ -308,70 +332,175 @@ GrpoUpdateMetrics GrpoTrainer::update() {
             const bool ended_with_answer = gen.stopped && !trimmed(response).empty();
             correct += ok;
             ended += gen.stopped;
-            rewards.push_back(grpo_reward(ok, ended_with_answer, config_.reward_correct, config_.reward_format));
+            double reward = grpo_reward(ok, ended_with_answer, config_.reward_correct, config_.reward_format);
+            if (reward_hook_) reward = reward_hook_(example.prompt, response, reward);
+            rewards.push_back(reward);
+            row_correct.push_back(ok ? 1 : 0);
+            row_text.push_back("'" + example.prompt + "' -> '" + response + "'");
+            sampler_logprobs.insert(sampler_logprobs.end(), gen.logprobs.begin(), gen.logprobs.end());
             PolicyRow row{prompt, prompt_tokens};
             row.ids.insert(row.ids.end(), gen.ids.begin(), gen.ids.end());
             rows.push_back(std::move(row));
         }
     }
     const auto sampled = std::chrono::steady_clock::now();
+    GrpoUpdateMetrics m;
+    // The trainer scores what the sampler drew from: softmax(logits / temperature). BUG
+    // sampler-logprob-mismatch: it scores softmax(logits) whatever the sampling temperature.
+    const double scoring_temperature = bugs().sampler_logprob_mismatch ? 1.0 : config_.temperature;
+    policy_->set_logit_temperature(scoring_temperature);
+    reference_->set_logit_temperature(scoring_temperature);
 
-    // 4. Group advantages. The checks name the update 1-based, as the log lines do.
-    const GroupAdvantages adv = group_advantages(rewards, G, config_.std_normalize, config_.std_eps);
-    check_uniform_group_zero_advantage(invariants_, rewards, adv.advantages, G, update_ + 1);
+    // 4. Group advantages. The checks name the update 1-based, as the log lines do. Rewards must be
+    // finite before they meet the group statistics: a group holding a non-finite reward is left out of
+    // the update (its rewards count as uniform, advantage 0) and named. BUG nan-reward-poisons-batch:
+    // they go in as they are, and one NaN makes its whole group's mean, std and advantages NaN.
+    std::vector<double> group_rewards = rewards;
+    for (int64_t g = 0; g < P; ++g) {
+        int64_t bad = 0;
+        for (int64_t i = g * G; i < (g + 1) * G; ++i) bad += !std::isfinite(rewards[static_cast<size_t>(i)]);
+        if (bad == 0) continue;
+        if (m.nonfinite_rewards == 0) {
+            for (int64_t i = g * G; i < (g + 1) * G; ++i) {
+                if (!std::isfinite(rewards[static_cast<size_t>(i)])) {
+                    out_ << "WARNING: GRPO update " << update_ + 1 << ": reward " << rewards[static_cast<size_t>(i)]
+                         << " for " << row_text[static_cast<size_t>(i)]
+                         << (bugs().nan_reward_poisons_batch ? " enters the group statistics\n"
+                                                             : ": its group is left out of this update\n");
+                    break;
+                }
+            }
+        }
+        m.nonfinite_rewards += bad;
+        if (!bugs().nan_reward_poisons_batch) {
+            std::fill(group_rewards.begin() + g * G, group_rewards.begin() + (g + 1) * G, 0.0);
+        }
+    }
+    const GroupAdvantages adv = group_advantages(group_rewards, G, config_.std_normalize, config_.std_eps);
+    check_uniform_group_zero_advantage(invariants_, group_rewards, adv.advantages, G, update_ + 1);
+    check_advantages_bounded(invariants_, group_rewards, adv.advantages, G, config_.std_normalize, update_ + 1);
+    for (double a : adv.advantages) {
+        m.max_abs_advantage = std::isnan(m.max_abs_advantage) || std::isnan(a) ? std::nan("")
+                                                                               : std::max(m.max_abs_advantage, std::fabs(a));
+    }
 
-    // 5. The loss over every sampled token, micro-batch by micro-batch; gradients accumulate.
+    // 5-6. The loss over every sampled token, micro-batch by micro-batch (gradients accumulate), then
+    // clip and step; inner_epochs times on the same samples. Token k of the update is the k-th sampled
+    // token, rows in order: the index of logp_old, logp_ref and sampler_logprobs.
     int64_t N = 0;
     std::vector<int64_t> lengths;
-    for (const PolicyRow& row : rows) {
-        lengths.push_back(static_cast<int64_t>(row.ids.size()) - row.prompt_tokens);
+    double correct_tokens = 0.0, incorrect_tokens = 0.0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        lengths.push_back(static_cast<int64_t>(rows[i].ids.size()) - rows[i].prompt_tokens);
         N += lengths.back();
+        (row_correct[i] ? correct_tokens : incorrect_tokens) += static_cast<double>(lengths.back());
     }
+    if (correct > 0) m.correct_length = correct_tokens / static_cast<double>(correct);
+    if (P * G - correct > 0) m.incorrect_length = incorrect_tokens / static_cast<double>(P * G - correct);
+    check(static_cast<int64_t>(sampler_logprobs.size()) == N, "GRPO: ", sampler_logprobs.size(),
+          " sampler log-probs for ", N, " sampled tokens");
     const double inv_n = 1.0 / static_cast<double>(N);
+    const double eps = config_.clip_eps;
     const int64_t Bm = config_.micro_batch_size;
+    std::vector<double> logp_old(static_cast<size_t>(N)), logp_ref(static_cast<size_t>(N)), trainer_first(static_cast<size_t>(N));
     std::vector<double> token_k1;
     token_k1.reserve(static_cast<size_t>(N));
     double k1_sum = 0.0, k3_sum = 0.0, measured_sum = 0.0, loss = 0.0;
-    policy_->zero_grad();
-    for (int64_t first = 0; first < P * G; first += Bm) {
-        const int64_t count = std::min(Bm, P * G - first);
-        const std::span<const PolicyRow> slice(rows.data() + first, static_cast<size_t>(count));
-        build_policy_batch(slice, Bm, T, end_of_turn, inputs_, targets_);
-        const Tensor ids(inputs_.data(), DType::I64, {Bm, T}, "input_ids");
-        const Tensor targets(targets_.data(), DType::I64, {Bm, T}, "targets");
-        reference_->forward(ids, targets);
-        const std::vector<double> logp_ref = reference_->target_logprobs();
-        policy_->forward(ids, targets);
-        const std::vector<double> logp = policy_->target_logprobs();
-        std::vector<double> weights(static_cast<size_t>(Bm * T), 0.0);
-        bool any_weight = false;
-        for (int64_t b = 0; b < count; ++b) {
-            const double A = adv.advantages[static_cast<size_t>(first + b)];
-            for (int64_t t = 0; t < T; ++t) {
-                const size_t n = static_cast<size_t>(b * T + t);
-                if (targets_[n] == cpu::kIgnoreIndex) continue;
-                const double rho = kl_log_ratio(logp[n], logp_ref[n]);
-                const double k3 = kl_k3(rho);
-                token_k1.push_back(kl_k1(rho));
-                k1_sum += kl_k1(rho);
-                measured_sum += logp[n] - logp_ref[n];
-                k3_sum += k3;
-                loss += (-A * logp[n] + config_.kl_coef * k3) * inv_n;
-                weights[n] = (A - config_.kl_coef * kl_k3_grad(rho)) * inv_n;
-                any_weight = any_weight || weights[n] != 0.0;
+    for (int64_t epoch = 0; epoch < config_.inner_epochs; ++epoch) {
+        policy_->zero_grad();
+        int64_t k = 0, clipped = 0;
+        bool poisoned = false;
+        double ratio_sum = 0.0, ratio_dev = 0.0, epoch_loss = 0.0;
+        for (int64_t first = 0; first < P * G; first += Bm) {
+            const int64_t count = std::min(Bm, P * G - first);
+            const std::span<const PolicyRow> slice(rows.data() + first, static_cast<size_t>(count));
+            build_policy_batch(slice, Bm, T, end_of_turn, inputs_, targets_);
+            const Tensor ids(inputs_.data(), DType::I64, {Bm, T}, "input_ids");
+            const Tensor targets(targets_.data(), DType::I64, {Bm, T}, "targets");
+            std::vector<double> ref;  // the reference is frozen: scored once, in the first inner epoch
+            if (epoch == 0) {
+                reference_->forward(ids, targets);
+                ref = reference_->target_logprobs();
+            }
+            policy_->forward(ids, targets);
+            const std::vector<double> logp = policy_->target_logprobs();
+            std::vector<double> weights(static_cast<size_t>(Bm * T), 0.0);
+            bool any_weight = false;
+            for (int64_t b = 0; b < count; ++b) {
+                const double A = adv.advantages[static_cast<size_t>(first + b)];
+                // Every sampled token of the update weighs 1 / N, whatever its completion's length (no
+                // per-sequence mean: Dr. GRPO, Liu et al. 2025).
+                const double norm = inv_n;
+                for (int64_t t = 0; t < T; ++t) {
+                    const size_t n = static_cast<size_t>(b * T + t);
+                    if (targets_[n] == cpu::kIgnoreIndex) continue;
+                    const size_t kk = static_cast<size_t>(k++);
+                    if (epoch == 0) {
+                        logp_ref[kk] = ref[n];
+                        trainer_first[kk] = logp[n];
+                        logp_old[kk] = config_.old_logprobs == "sampler" ? sampler_logprobs[kk] : logp[n];
+                    }
+                    // p_old is fixed for the whole update. BUG ratio-always-one: re-taken from this
+                    // forward at every inner epoch (exp(logp - logp.detach())): r = 1, the clip never acts.
+                    const double old = bugs().ratio_always_one ? logp[n] : logp_old[kk];
+                    const double ratio = std::exp(logp[n] - old);
+                    const bool held = (A > 0.0 && ratio > 1.0 + eps) || (A < 0.0 && ratio < 1.0 - eps);
+                    clipped += held;
+                    ratio_sum += ratio;
+                    ratio_dev = std::isnan(ratio) ? ratio : std::max(ratio_dev, std::fabs(ratio - 1.0));
+                    const double clipped_ratio = std::clamp(ratio, 1.0 - eps, 1.0 + eps);
+                    const double surrogate = -std::min(ratio * A, clipped_ratio * A);
+                    const double rho = kl_log_ratio(logp[n], logp_ref[kk]);
+                    const double k3 = kl_k3(rho);
+                    if (epoch == 0) {
+                        token_k1.push_back(kl_k1(rho));
+                        k1_sum += kl_k1(rho);
+                        measured_sum += logp[n] - logp_ref[kk];
+                        k3_sum += k3;
+                    }
+                    epoch_loss += (surrogate + config_.kl_coef * k3) * norm;
+                    // w = -dL/dlog p: d(-r A)/dlog p = -r A where the clip does not hold, 0 where it does.
+                    weights[n] = ((held ? 0.0 : A * ratio) - config_.kl_coef * kl_k3_grad(rho)) * norm;
+                    any_weight = any_weight || weights[n] != 0.0;
+                }
+            }
+            // A non-finite token weight (a NaN advantage) would make every gradient NaN, as autograd would;
+            // the op refuses one, so the step is marked poisoned instead and its gradient norm is NaN.
+            if (!std::all_of(weights.begin(), weights.end(), [](double w) { return std::isfinite(w); })) {
+                poisoned = true;
+            } else if (any_weight) {
+                policy_->backward_weighted(weights);
             }
         }
-        if (any_weight) policy_->backward_weighted(weights);
-    }
-    check_kl_nonnegative(invariants_, token_k1, lengths, update_ + 1);
-    check_loss_finite(invariants_, loss, update_ + 1);
+        m.clip_fraction.push_back(static_cast<double>(clipped) * inv_n);
+        m.ratio_max_deviation.push_back(ratio_dev);
+        m.ratio_mean.push_back(ratio_sum * inv_n);
+        if (epoch == 0) {
+            loss = epoch_loss;
+            double gap_sum = 0.0;
+            for (size_t i = 0; i < trainer_first.size(); ++i) {
+                const double gap = std::fabs(trainer_first[i] - sampler_logprobs[i]);
+                gap_sum += gap;
+                m.logprob_gap_max = std::isnan(gap) ? gap : std::max(m.logprob_gap_max, gap);
+            }
+            m.logprob_gap_mean = gap_sum * inv_n;
+            check_sampler_matches_trainer(invariants_, sampler_logprobs, trainer_first, kSamplerGapTolerance, update_ + 1);
+            check_kl_nonnegative(invariants_, token_k1, lengths, update_ + 1);
+            check_loss_finite(invariants_, loss, update_ + 1);
+        }
+        check_ratio_moves(invariants_, epoch, ratio_dev, epoch > 0 && m.skipped_steps < epoch, update_ + 1);
 
-    // 6. Clip and step.
-    GrpoUpdateMetrics m;
-    m.grad_norm = clip_grad_norm(policy_->grads(), config_.max_grad_norm);
-    check(std::isfinite(m.grad_norm), "GRPO update ", update_ + 1, ": the gradient norm is ", m.grad_norm,
-          " (not finite); the update was not applied. Lower optimizer.lr");
-    optimizer_->step(config_.adamw.lr);
+        const double norm = poisoned ? std::nan("") : clip_grad_norm(policy_->grads(), config_.max_grad_norm);
+        if (epoch == 0) m.grad_norm = norm;
+        // A non-finite norm: fatal (the default) stops the run; warn skips this step and goes on.
+        if (!check_grad_norm_finite(invariants_, norm, epoch_loss, update_)) {
+            ++m.skipped_steps;
+            continue;
+        }
+        check(std::isfinite(norm), "GRPO update ", update_ + 1, ": the gradient norm is ", norm,
+              " (not finite); the update was not applied. Lower optimizer.lr");
+        optimizer_->step(config_.adamw.lr);
+    }
     ++update_;
 
     const double completions = static_cast<double>(P * G);
@@ -461,7 +590,17 @@ GrpoRunResult GrpoTrainer::run() {
                         {"grad_norm", m.grad_norm},
                         {"sampled_tokens", m.sampled_tokens},
                         {"sample_seconds", m.sample_seconds},
-                        {"update_seconds", m.update_seconds}}
+                        {"update_seconds", m.update_seconds},
+                        {"clip_fraction", m.clip_fraction},
+                        {"ratio_max_deviation", m.ratio_max_deviation},
+                        {"ratio_mean", m.ratio_mean},
+                        {"logprob_gap_mean", m.logprob_gap_mean},
+                        {"logprob_gap_max", m.logprob_gap_max},
+                        {"correct_length", m.correct_length},
+                        {"incorrect_length", m.incorrect_length},
+                        {"nonfinite_rewards", m.nonfinite_rewards},
+                        {"max_abs_advantage", std::isfinite(m.max_abs_advantage) ? json(m.max_abs_advantage) : json(nullptr)},
+                        {"skipped_steps", m.skipped_steps}}
                        .dump()
                 << "\n";
         if (config_.log_every > 0 && (m.update % config_.log_every == 0 || m.update == config_.updates)) {

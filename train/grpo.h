@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <span>
@@ -68,6 +69,14 @@ struct GrpoConfig {
     bool std_normalize = false;          // A = (r - mean) / (std + std_eps), std unbiased (G - 1)
     double std_eps = 1e-4;               // as TRL's GRPOTrainer
     double kl_coef = 0.0;                // 0 = no KL term (the KL is still measured and logged)
+    // PPO-style inner epochs (DeepSeekMath's mu): each update samples once, then takes inner_epochs
+    // optimizer steps on the same samples with the clipped ratio r = p / p_old. With 1 the ratio is
+    // exactly 1 and the update is the plain policy gradient.
+    int64_t inner_epochs = 1;
+    double clip_eps = 0.2;
+    // Where p_old comes from: "trainer" (the policy's own forward before the first inner step, detached)
+    // or "sampler" (the log-probs the sampler recorded, as a vLLM-style setup saves that forward).
+    std::string old_logprobs = "trainer";
     AdamWConfig adamw{1e-4, 0.9, 0.999, 1e-8, 0.0};
     double max_grad_norm = 1.0;          // <= 0: no clipping (the norm is still logged)
     int64_t updates = 100;
@@ -154,6 +163,17 @@ struct GrpoUpdateMetrics {
     double grad_norm = 0.0;              // before clipping
     int64_t sampled_tokens = 0;          // N
     double sample_seconds = 0.0, update_seconds = 0.0;
+    // One entry per inner epoch: the fraction of sampled tokens whose ratio the clip held, max |r - 1|
+    // and the mean ratio, as the loss saw them.
+    std::vector<double> clip_fraction, ratio_max_deviation, ratio_mean;
+    // Before any step: |log p_trainer - log p_sampler| over the sampled tokens (mean and largest).
+    double logprob_gap_mean = 0.0, logprob_gap_max = 0.0;
+    // Mean completion length (tokens, end-of-turn included) of the correct and the incorrect samples; -1
+    // when there is none.
+    double correct_length = -1.0, incorrect_length = -1.0;
+    int64_t nonfinite_rewards = 0;       // rewards that were not finite (their groups are left out)
+    double max_abs_advantage = 0.0;      // NaN when an advantage is not finite
+    int64_t skipped_steps = 0;           // inner steps not applied: the gradient norm was not finite
 };
 
 struct GrpoEval {
@@ -176,6 +196,10 @@ public:
     ~GrpoTrainer();
 
     GrpoUpdateMetrics update();
+    // Replaces every reward by hook(prompt, response, reward) before the advantages (a user's reward
+    // function, e.g. one that can return NaN; probes/failures_grpo.cpp). Null: the verifier's reward.
+    using RewardHook = std::function<double(const std::string& prompt, const std::string& response, double reward)>;
+    void set_reward_hook(RewardHook hook) { reward_hook_ = std::move(hook); }
     // Greedy exact match on the first eval_examples distinct test problems; `show` of them are printed.
     GrpoEval evaluate(int64_t show);
     // run_dir/checkpoints/step_NNNNNNN (NNNNNNN = updates done), readable by `reftrain sample` and
@@ -207,6 +231,7 @@ private:
     Rng prompt_rng_, sample_rng_;
     int64_t update_ = 0;
     std::vector<int64_t> inputs_, targets_;
+    RewardHook reward_hook_;
 };
 
 // `reftrain rl --config F [--set k=v ...]` when F says "algorithm": "grpo": loads the GRPO config,
