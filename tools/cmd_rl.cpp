@@ -14,6 +14,7 @@
 #include "kernels/json_strict.h"
 #include "probes/envs.h"
 #include "probes/probe_runs.h"
+#include "probes/sweep.h"
 #include "tools/commands.h"
 #include "train/grpo.h"
 #include "train/ppo.h"
@@ -115,6 +116,30 @@ void register_rl_commands(CLI::App& app) {
         const int code = algorithm_of(*config_path) == "grpo" ? run_grpo_command(*config_path, *sets, std::cout)
                                                                : run_ppo_command(*config_path, *sets, std::cout);
         if (code != 0) throw CLI::RuntimeError("rl: the run failed (exit code " + std::to_string(code) + ")", code);
+    });
+
+    // ---- sweep ----
+    auto sweep = app.add_subcommand(
+        "sweep", "paired seed sweep: does PPO config B differ from A by more than seed noise? (t-test over seeds)");
+    auto so = std::make_shared<SweepOptions>();
+    sweep->add_option("--config", so->config_path, "PPO config JSON (configs/cartpole.json)");
+    sweep->add_option("--set", so->sets, "a key for A and B, e.g. --set total_timesteps=100000")->take_all();
+    sweep->add_option("--b", so->b_sets, "the change under test, B only, e.g. --b norm_adv=false")->take_all();
+    sweep->add_option("--seeds", so->seeds, "seeds 1..N, each run for A and for B (default 8)");
+    sweep->add_option("--b-seed-offset", so->b_seed_offset,
+                      "B runs on seed + offset: with no --b, a null control whose difference is seed noise alone");
+    sweep->add_option("--level", so->level, "confidence level of the verdict, 0.95 or 0.99 (default 0.99)");
+    sweep->add_option("--run-dir", so->run_dir, "write each run's metrics under this directory (default: nothing)");
+    sweep->callback([so] {
+        std::cout << "A: " << (so->config_path.empty() ? "PPO defaults" : so->config_path);
+        for (const std::string& s : so->sets) std::cout << " " << s;
+        std::cout << "\nB: A";
+        for (const std::string& s : so->b_sets) std::cout << " + " << s;
+        if (so->b_seed_offset > 0) std::cout << " on seed + " << so->b_seed_offset;
+        std::cout << "\nmetric: mean return of the last 100 episodes of each run\n";
+        const SweepResult r = run_ppo_sweep(*so, std::cout);
+        std::cout << r.verdict() << "\n";
+        std::printf("%lld runs in %.1f s\n", static_cast<long long>(2 * so->seeds), r.seconds);
     });
 
     // ---- probe ----
