@@ -67,7 +67,8 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("eval.exact_match_examples", &R::eval, &E::exact_match_examples).non_negative()
             .add("eval.samples", &R::eval, &E::samples).non_negative()
             .add("eval.max_new_tokens", &R::eval, &E::max_new_tokens).positive()
-            .add("eval.final_test", &R::eval, &E::final_test);
+            .add("eval.final_test", &R::eval, &E::final_test)
+            .add("eval.stop_at_exact_match", &R::eval, &E::stop_at_exact_match);
         f.add("tracer.enabled", &R::tracer, &TracerConfig::enabled)
             .add("tracer.frames", &R::tracer, &TracerConfig::frames).positive()
             .add("tracer.policy", &R::tracer, &TracerConfig::policy).one_of({"stop", "skip"});
@@ -245,6 +246,11 @@ RunConfig parse_run_config(const json& j, const std::string& source) {
           r.data.task, "\", jsonl=\"", r.data.jsonl, "\"");
     check(r.data.tokenizer_vocab_size >= 64, source, ": 'data.tokenizer_vocab_size' must be >= 64, got ",
           r.data.tokenizer_vocab_size);
+    const double stop = r.eval.stop_at_exact_match;
+    check(stop >= 0.0 && stop <= 1.0, source, ": 'eval.stop_at_exact_match' is a fraction in [0, 1] (0 = off), got ", stop);
+    check(stop == 0.0 || (r.eval.every > 0 && r.eval.exact_match_examples > 0 && !r.data.task.empty()), source,
+          ": 'eval.stop_at_exact_match' needs evals during training on a toy task: eval.every > 0 (got ", r.eval.every,
+          "), eval.exact_match_examples > 0 (got ", r.eval.exact_match_examples, ") and data.task set");
     try {
         validate(r.schedule);
     } catch (const Error& err) {

@@ -72,6 +72,10 @@ struct EvalConfig {
     int64_t samples = 3;                      // printed examples per eval
     int64_t max_new_tokens = 32;
     bool final_test = true;                   // score the test split once at the end
+    // > 0: stop training at the first eval (every `every` steps) whose val exact match reaches this
+    // fraction: a model of controlled strength, whatever the BLAS kernel's rounding did to the curve
+    // (scripts/grpo_demo.sh's weak model). 0 = train to max_steps.
+    double stop_at_exact_match = 0.0;
 };
 
 struct RunConfig {

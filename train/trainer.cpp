@@ -442,7 +442,7 @@ void Trainer::run() {
          << config_.train.seq_len << " tokens on " << omp_get_max_threads() << " threads\n";
     out_ << "blas: " << cpu::blas_summary() << "\n";
 
-    auto log_eval = [&](int64_t show) {
+    auto log_eval = [&](int64_t show) -> EvalMetrics {
         const EvalMetrics e = evaluate(show);
         out_ << "eval step " << step_ << ": val loss " << std::fixed << std::setprecision(4) << e.val_loss;
         if (e.exact_match >= 0) out_ << ", exact match " << std::setprecision(1) << 100.0 * e.exact_match << "% of "
@@ -452,10 +452,12 @@ void Trainer::run() {
         json line = {{"kind", "eval"}, {"step", step_}, {"val_loss", e.val_loss}, {"val_tokens", e.val_tokens}};
         if (e.exact_match >= 0) line["exact_match"] = e.exact_match;
         metrics << line.dump() << "\n" << std::flush;
+        return e;
     };
 
     double train_seconds = 0.0;
     int64_t steps_timed = 0;
+    bool stopped_early = false;
     while (step_ < max_steps) {
         const StepMetrics m = train_step();
         train_seconds += m.seconds;
@@ -493,7 +495,15 @@ void Trainer::run() {
         }
         if (config_.eval.every > 0 && m.step % config_.eval.every == 0 && m.step < max_steps) {
             if (tty) out_ << "\n";
-            log_eval(config_.eval.samples);
+            const EvalMetrics e = log_eval(config_.eval.samples);
+            const double target = config_.eval.stop_at_exact_match;
+            if (target > 0.0 && e.exact_match >= target) {
+                out_ << "stopping at step " << step_ << ": val exact match " << std::fixed << std::setprecision(1)
+                     << 100.0 * e.exact_match << "% reached eval.stop_at_exact_match = " << 100.0 * target << "%\n";
+                out_.unsetf(std::ios::floatfield);
+                stopped_early = true;
+                break;
+            }
         }
         if (config_.checkpoint_every > 0 && m.step % config_.checkpoint_every == 0 && m.step < max_steps) {
             const std::string dir = save_checkpoint();
@@ -501,7 +511,11 @@ void Trainer::run() {
         }
     }
     metrics.flush();
-    log_eval(config_.eval.samples);
+    if (!stopped_early) log_eval(config_.eval.samples);
+    if (!stopped_early && config_.eval.stop_at_exact_match > 0.0) {
+        out_ << "note: eval.stop_at_exact_match = " << 100.0 * config_.eval.stop_at_exact_match
+             << "% was never reached in " << max_steps << " steps\n";
+    }
     const std::string dir = save_checkpoint();
     out_ << "checkpoint: " << dir << "\n";
     if (data_.task && config_.eval.final_test && !data_.test_examples.empty()) {
