@@ -381,6 +381,26 @@ TEST(Trainer, RunWritesMetricsCheckpointAndScoresTheTestSplit) {
     EXPECT_TRUE(fs::exists(dir + "/checkpoints/step_0000004/config.json"));
 }
 
+// eval.stop_at_exact_match: a target never reached is said at the end of a full run; the key needs
+// evals on a toy task and is a fraction. (Reached targets: scripts/grpo_demo_sweep.sh's logs, "stopping at
+// step N: val exact match ...".)
+TEST(Trainer, StopAtExactMatchIsCheckedAndSaysWhenNeverReached) {
+    const std::string dir = temp_dir("stop_never");
+    std::ostringstream log;
+    Trainer trainer(tiny_config(dir, {"train.max_steps=4", "eval.every=2", "eval.samples=0",
+                                      "eval.stop_at_exact_match=1.0"}),
+                    log);
+    trainer.run();
+    EXPECT_EQ(trainer.step(), 4);
+    EXPECT_NE(log.str().find("eval.stop_at_exact_match = 100.0% was never reached in 4 steps"), std::string::npos)
+        << log.str();
+    EXPECT_EQ(log.str().find("stopping at step"), std::string::npos);
+    reftrain::testing::expect_error([&] { tiny_config(dir, {"eval.every=0", "eval.stop_at_exact_match=0.3"}); },
+                          {"'eval.stop_at_exact_match' needs evals during training", "eval.every > 0 (got 0)"});
+    reftrain::testing::expect_error([&] { tiny_config(dir, {"eval.every=2", "eval.stop_at_exact_match=35"}); },
+                          {"'eval.stop_at_exact_match' is a fraction in [0, 1]", "got 35"});
+}
+
 TEST(Trainer, TooLongConversationsAreSkippedAndCountedNeverCut) {
     const std::string dir = temp_dir("too_long");
     const std::string jsonl = dir + "/chat.jsonl";

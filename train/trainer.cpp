@@ -513,8 +513,10 @@ void Trainer::run() {
     metrics.flush();
     if (!stopped_early) log_eval(config_.eval.samples);
     if (!stopped_early && config_.eval.stop_at_exact_match > 0.0) {
-        out_ << "note: eval.stop_at_exact_match = " << 100.0 * config_.eval.stop_at_exact_match
-             << "% was never reached in " << max_steps << " steps\n";
+        char note[160];
+        std::snprintf(note, sizeof note, "note: eval.stop_at_exact_match = %.1f%% was never reached in %lld steps\n",
+                      100.0 * config_.eval.stop_at_exact_match, static_cast<long long>(max_steps));
+        out_ << note;
     }
     const std::string dir = save_checkpoint();
     out_ << "checkpoint: " << dir << "\n";
