@@ -165,13 +165,15 @@ FailureHalf sampler_logprob_mismatch(const FailureContext& ctx) {
     return half;
 }
 
-// A reward that barely separates right from wrong (10 against 9.999 for a wrong answer that ends its
-// turn), as a learned reward model's scores often do; groups mixing the two are near-constant.
+// A reward model whose scores barely separate the answers, as learned reward models' often do: 10.0 for a
+// right answer, 9.9995 for a wrong one that ends its turn, 9.999 for one that does not (the verifier's 1,
+// 0.5 and 0, squeezed into 0.001). Every group that is not uniform is near-constant.
 FailureHalf std_cancellation(const FailureContext& ctx) {
     GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
-                                             {"reward.correct=10.0", "reward.format=9.999", "advantage.std_normalize=true",
+                                             {"reward.correct=1.0", "reward.format=0.5", "advantage.std_normalize=true",
                                               "updates=6", "optimizer.lr=0.001"}),
                         log_of(ctx));
+    trainer.set_reward_hook([](const std::string&, const std::string&, double verifier) { return 9.999 + 0.001 * verifier; });
     FailureHalf half{.curve_name = "largest |advantage| in the update"};
     for (int64_t i = 0; i < trainer.config().updates; ++i) half.curve.push_back(trainer.update().max_abs_advantage);
     const int64_t G = trainer.config().group_size;
@@ -271,8 +273,9 @@ std::vector<FailureScenario> grpo_failure_scenarios() {
         .id = "std-cancellation",
         .title = "The group std computed as E[r^2] - E[r]^2 in fp32 cancels to nothing",
         .source = "NeMo-RL PR #4158: one-pass variance in low precision",
-        .bug = "the group variance as E[r^2] - E[r]^2 in fp32 (clamped at 0); rewards 10 and 9.999",
-        .symptom = "near-constant groups get advantages of ~9 where no sample can be more than 2.47 sample stds "
+        .bug = "the group variance as E[r^2] - E[r]^2 in fp32 (clamped at 0); a reward model whose scores differ "
+               "by at most 0.001 (10.0 right, 9.9995 wrong, 9.999 unfinished)",
+        .symptom = "near-constant groups get advantages of 4 to 9 where no sample can be more than 2.47 sample stds "
                    "from its group's mean: a 0.001 reward difference dominates the update",
         .detector = "invariant rl.advantages_bounded: |A| <= (G - 1) / sqrt(G) with std normalisation, every "
                     "advantage finite",
