@@ -112,6 +112,17 @@ TEST(FailureMatch, EveryEntryIsFoundFromItsSymptomPhrasedThreeWays) {
                               "groups where all rewards are equal still push samples"}},
         {"negative-kl", {"KL divergence goes negative", "policy moves away from the reference with a KL penalty",
                          "log ratio reversed in the KL"}},
+        {"ratio-always-one", {"my clip fraction is always 0", "ratio is exactly one in every PPO epoch",
+                              "old logprobs are just logp.detach()"}},
+        {"sampler-logprob-mismatch", {"vLLM logprobs don't match the trainer's",
+                                      "temperature not applied when the trainer recomputes logprobs",
+                                      "ratio already off before the first optimizer step"}},
+        {"std-cancellation", {"advantages are huge when rewards are nearly identical",
+                              "variance as mean of squares minus square of mean in float32",
+                              "advantage exceeds what the group rewards allow"}},
+        {"nan-reward-poisons-batch", {"one reward is NaN and the advantages become NaN",
+                                      "every step skipped with nan grad norm but the run completes",
+                                      "my reward function returns nan on unparsable answers"}},
     };
     ASSERT_EQ(queries.size(), failure_catalog().size()) << "every catalog entry needs its three queries";
     int missed = 0;
