@@ -470,6 +470,13 @@ TEST_F(GrpoRun, AFewUpdatesRunAndLogWhatTheyShould) {
         EXPECT_NEAR(m.kl_measured, m.kl_k1, 1e-12) << "the loss pairs log p - log p_ref the right way round";
         EXPECT_GE(m.reward_mean, 0.0);
         EXPECT_LE(m.reward_mean, 1.0);
+        // The lengths of right and wrong completions average back to the mean length.
+        const double right = m.accuracy, wrong = 1.0 - m.accuracy;
+        const double mixed = (right > 0 ? right * m.correct_length : 0.0) + (wrong > 0 ? wrong * m.incorrect_length : 0.0);
+        EXPECT_NEAR(mixed, m.mean_length, 1e-12);
+        EXPECT_EQ(m.correct_length < 0, m.accuracy == 0.0);
+        ASSERT_EQ(m.clip_fraction.size(), 1u);
+        EXPECT_EQ(m.ratio_mean[0], 1.0) << "one inner epoch: r = 1 exactly";
     }
     EXPECT_EQ(trainer.invariants().violations("rl.kl_nonnegative"), 0);
     EXPECT_EQ(trainer.invariants().evaluations("rl.uniform_group_zero_advantage"), 3);
