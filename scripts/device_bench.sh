@@ -89,7 +89,7 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # pack: on the development machine only. The GPU machine's time is short and its build of the CUDA
 # kernels takes minutes; a build made here with the same CUDA release runs there unchanged, given the
-# run-time libraries (Debian's OpenBLAS, SentencePiece, protobuf-lite, Google Benchmark) and the paths
+# run-time libraries (Debian's OpenBLAS with gfortran and gomp, SentencePiece, Google Benchmark) and the paths
 # baked into it (the source and build directories, the OpenBLAS file), which the device side recreates.
 CARRY_DIR=$root/.devcarry
 RUNTIME_PACKAGES=(libopenblas0-openmp libgfortran5 libquadmath0 libgomp1 libsentencepiece0 libbenchmark1debian)

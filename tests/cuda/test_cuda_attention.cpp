@@ -60,7 +60,7 @@ constexpr double kBoundLseCudnn = 1e-3;
 // cuDNN's out and gradients, normwise (|got - want| / max |want|): it rounds P and dS to bf16 for its
 // tensor-core products and its dQ, dK, dV to bf16 in scratch before the ADD, so its error is a few
 // bf16 ulps of the tensor's LARGEST values, which the 1% floor turns into 7-22% at small elements (the
-// first H200 run: out 0.074-0.10, gradients up to 0.22 at the floor, i.e. about 1e-3 to 2e-3 of the
+// first H200 run: out 0.07-0.10, gradients up to 0.22 at the floor, i.e. about 1e-3 to 2e-3 of the
 // tensor's maximum). 1e-2 is 2.5 ulps at the maximum; a wrong mask, scale or layout is off by O(1).
 constexpr double kBoundCudnnNormwise = 1e-2;
 
