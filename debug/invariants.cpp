@@ -182,6 +182,15 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "where the old log-probs are set: once per update, from the sampler or the first inner forward, "
          "detached; the clip fraction should be > 0 on inner epochs >= 2",
          M::warn},
+        {"rl.token_weight_independent_of_length",
+         "the policy-gradient weight per unit of advantage differs between the tokens of one update: tokens of "
+         "longer completions are pushed less",
+         "each completion's loss is averaged over its own length before averaging over completions (the "
+         "original GRPO objective): a long wrong answer is penalised less per token, so wrong answers can grow "
+         "longer (Dr. GRPO, Liu et al. 2025)",
+         "the loss normaliser: one 1 / N for every sampled token of the update, N = all sampled tokens; "
+         "compare the lengths of right and wrong completions over training",
+         M::warn},
         {"rl.sampler_matches_trainer",
          "before any step the trainer's log-probs of the sampled tokens differ from the sampler's: the "
          "importance ratio and the KL are biased from the first step (silently off-policy)",
@@ -829,6 +838,17 @@ bool check_sampler_matches_trainer(Invariants& inv, std::span<const double> samp
                              sampler_logprobs.size(), " sampled tokens (tolerance ", tolerance, "), largest ", worst,
                              " at token ", worst_at, " (sampler ", sampler_logprobs[worst_at], ", trainer ",
                              trainer_logprobs[worst_at], ")"));
+}
+
+bool check_token_weights_equal(Invariants& inv, double weight_spread, double incorrect_length, double correct_length,
+                               int64_t update) {
+    const char* name = "rl.token_weight_independent_of_length";
+    if (!inv.enabled(name)) return true;
+    const bool ok = std::isfinite(weight_spread) && weight_spread <= 1.0 + 1e-9;
+    return inv.report(name, ok,
+                      concat("update ", update, ": the largest per-unit-advantage token weight is ", weight_spread,
+                             " times the smallest; mean length of wrong completions ", incorrect_length,
+                             ", of right ones ", correct_length, " (-1: none)"));
 }
 
 }  // namespace reftrain

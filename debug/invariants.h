@@ -239,6 +239,11 @@ bool check_advantages_bounded(Invariants& inv, std::span<const double> rewards, 
 bool check_ratio_moves(Invariants& inv, int64_t inner_epoch, double max_ratio_deviation, bool policy_changed,
                        int64_t update);
 
+// rl.token_weight_independent_of_length — every sampled token of an update gets the same policy-gradient
+// weight per unit of advantage: weight_spread (largest over smallest) is 1. The lengths go into the message.
+bool check_token_weights_equal(Invariants& inv, double weight_spread, double incorrect_length, double correct_length,
+                               int64_t update);
+
 // rl.sampler_matches_trainer — before any step, the mean |log p_trainer - log p_sampler| over the sampled
 // tokens is at most `tolerance` (the same weights score the same tokens: only the two code paths'
 // rounding may differ).

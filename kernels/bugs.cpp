@@ -48,6 +48,7 @@ const std::vector<std::pair<std::string, bool Bugs::*>>& table() {
         {"grpo-zero-signal", &Bugs::grpo_zero_signal},
         {"ratio-always-one", &Bugs::ratio_always_one},
         {"sampler-logprob-mismatch", &Bugs::sampler_logprob_mismatch},
+        {"grpo-length-bias", &Bugs::grpo_length_bias},
         {"std-cancellation", &Bugs::std_cancellation},
         {"nan-reward-poisons-batch", &Bugs::nan_reward_poisons_batch},
     };

@@ -55,6 +55,7 @@ struct Bugs {
     bool ratio_always_one = false;          // the old log-probs are re-taken from the current policy at every
                                             // inner epoch (exp(logp - logp.detach())): the ratio is always 1
     bool sampler_logprob_mismatch = false;  // the trainer scores at temperature 1 what was sampled at another
+    bool grpo_length_bias = false;          // each completion's loss averaged over its own length (per-sequence mean)
     bool std_cancellation = false;          // group std as sqrt(E[r^2] - E[r]^2) in fp32
     bool nan_reward_poisons_batch = false;  // rewards enter the group statistics unchecked (a NaN spreads)
 

@@ -213,6 +213,26 @@ FailureHalf nan_reward_poisons_batch(const FailureContext& ctx) {
     return half;
 }
 
+// A format reward of 0.1 gives the weak model's groups a spread; completions run from 1 to 4 tokens.
+FailureHalf grpo_length_bias(const FailureContext& ctx) {
+    GrpoTrainer trainer(scenario_grpo_config(ctx, weak_sft_checkpoint(ctx),
+                                             {"reward.format=0.1", "updates=8", "optimizer.lr=0.002"}),
+                        log_of(ctx));
+    FailureHalf half{.curve_name = "largest / smallest token weight per unit of advantage"};
+    double incorrect_first = 0.0, incorrect_last = 0.0;
+    for (int64_t i = 0; i < trainer.config().updates; ++i) {
+        const GrpoUpdateMetrics m = trainer.update();
+        half.curve.push_back(m.token_weight_spread);
+        if (i == 0) incorrect_first = m.incorrect_length;
+        incorrect_last = m.incorrect_length;
+    }
+    half.numbers.push_back({"token weight spread (mean over updates)", fmt(mean_of(half.curve))});
+    half.numbers.push_back({"mean length of wrong completions, first / last update",
+                            fmt(incorrect_first) + " / " + fmt(incorrect_last)});
+    read_invariant(half, trainer, "rl.token_weight_independent_of_length");
+    return half;
+}
+
 }  // namespace
 
 std::vector<FailureScenario> grpo_failure_scenarios() {
@@ -294,6 +314,17 @@ std::vector<FailureScenario> grpo_failure_scenarios() {
         .fix = "check rewards are finite before normalising; leave a group holding a non-finite reward out of the "
                "update and name the completion",
         .run = nan_reward_poisons_batch});
+    c.push_back({
+        .id = "grpo-length-bias",
+        .title = "Per-sequence length normalisation pushes the tokens of long answers less",
+        .source = "Liu et al. 2025, 'Understanding R1-Zero-Like Training' (Dr. GRPO); TRL PR #3138",
+        .bug = "each completion's loss is the mean over its own tokens, then averaged over the completions",
+        .symptom = "a token of a 4-token completion gets a quarter of the push a 1-token completion's token gets: "
+                   "long wrong answers are penalised less per token, and over a long run wrong answers grow longer",
+        .detector = "invariant rl.token_weight_independent_of_length: every sampled token's weight per unit of "
+                    "advantage is the same (read back from the weights the backward gets)",
+        .fix = "one normaliser for the whole update: every sampled token weighs 1 / N (Dr. GRPO)",
+        .run = grpo_length_bias});
     return c;
 }
 

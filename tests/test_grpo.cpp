@@ -522,11 +522,13 @@ TEST_F(GrpoRun, InnerEpochsClipAndTheSamplerAgreesWithTheTrainer) {
         EXPECT_TRUE(std::isfinite(m.max_abs_advantage));
         EXPECT_EQ(m.skipped_steps, 0);
         EXPECT_EQ(m.nonfinite_rewards, u == 0 ? 1 : 0);
+        EXPECT_LE(m.token_weight_spread, 1.0 + 1e-9) << "every token weighs 1 / N";
     }
     EXPECT_GT(moved, 0.0);
     EXPECT_GT(clipped_later, 0.0);
     EXPECT_NE(log.str().find("its group is left out of this update"), std::string::npos) << log.str();
-    for (const char* name : {"rl.ratio_moves_after_first_epoch", "rl.sampler_matches_trainer", "rl.advantages_bounded"}) {
+    for (const char* name : {"rl.ratio_moves_after_first_epoch", "rl.sampler_matches_trainer", "rl.advantages_bounded",
+                             "rl.token_weight_independent_of_length"}) {
         EXPECT_GT(trainer.invariants().evaluations(name), 0) << name;
         EXPECT_EQ(trainer.invariants().violations(name), 0) << name << ": " << trainer.invariants().last_message(name);
     }

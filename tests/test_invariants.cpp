@@ -70,6 +70,7 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"rl.advantages_bounded", InvariantMode::warn},
         {"rl.ratio_moves_after_first_epoch", InvariantMode::warn},
         {"rl.sampler_matches_trainer", InvariantMode::warn},
+        {"rl.token_weight_independent_of_length", InvariantMode::warn},
     };
     Invariants inv;
     EXPECT_EQ(inv.names().size(), expected.size());
@@ -634,6 +635,19 @@ TEST(InvariantChecks, RatioMovesAfterFirstEpoch) {
         EXPECT_TRUE(check_ratio_moves(r.inv, 0, 0.0, false, 1));
         EXPECT_TRUE(check_ratio_moves(r.inv, 1, 0.0, false, 1));
         EXPECT_EQ(r.inv.violations(name), 0);
+    }
+}
+
+TEST(InvariantChecks, TokenWeightIndependentOfLength) {
+    const char* name = "rl.token_weight_independent_of_length";
+    {   // one 1 / N for every token (rounding of w / A allowed)
+        WarnRegistry r;
+        expect_silent(r, name, check_token_weights_equal(r.inv, 1.0 + 1e-15, 3.5, 3.1, 2));
+    }
+    {   // per-completion means: lengths 2 and 7 give weights 1/2 and 1/7 per unit of advantage
+        WarnRegistry r;
+        expect_fired(r, name, check_token_weights_equal(r.inv, 3.5, 5.2, 3.0, 4),
+                     {"update 4", "3.5 times the smallest", "wrong completions 5.2", "right ones 3"});
     }
 }
 

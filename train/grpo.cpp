@@ -406,6 +406,7 @@ GrpoUpdateMetrics GrpoTrainer::update() {
     std::vector<double> token_k1;
     token_k1.reserve(static_cast<size_t>(N));
     double k1_sum = 0.0, k3_sum = 0.0, measured_sum = 0.0, loss = 0.0;
+    double weight_lo = INFINITY, weight_hi = 0.0;  // per-unit-advantage token weights of the first epoch
     for (int64_t epoch = 0; epoch < config_.inner_epochs; ++epoch) {
         policy_->zero_grad();
         int64_t k = 0, clipped = 0;
@@ -428,9 +429,14 @@ GrpoUpdateMetrics GrpoTrainer::update() {
             bool any_weight = false;
             for (int64_t b = 0; b < count; ++b) {
                 const double A = adv.advantages[static_cast<size_t>(first + b)];
-                // Every sampled token of the update weighs 1 / N, whatever its completion's length (no
-                // per-sequence mean: Dr. GRPO, Liu et al. 2025).
-                const double norm = inv_n;
+                // Every sampled token of the update weighs 1 / N, whatever its completion's length (Dr.
+                // GRPO, Liu et al. 2025). BUG grpo-length-bias: each completion's tokens averaged over its
+                // own length, then over the completions (the original GRPO objective): each token of a long
+                // wrong completion is pushed down less than a short one's, so wrong answers can grow longer.
+                const double norm = bugs().grpo_length_bias
+                                        ? 1.0 / (static_cast<double>(P * G) *
+                                                 static_cast<double>(lengths[static_cast<size_t>(first + b)]))
+                                        : inv_n;
                 for (int64_t t = 0; t < T; ++t) {
                     const size_t n = static_cast<size_t>(b * T + t);
                     if (targets_[n] == cpu::kIgnoreIndex) continue;
@@ -461,6 +467,13 @@ GrpoUpdateMetrics GrpoTrainer::update() {
                     epoch_loss += (surrogate + config_.kl_coef * k3) * norm;
                     // w = -dL/dlog p: d(-r A)/dlog p = -r A where the clip does not hold, 0 where it does.
                     weights[n] = ((held ? 0.0 : A * ratio) - config_.kl_coef * kl_k3_grad(rho)) * norm;
+                    // The weight the policy-gradient term gives this token per unit of r * A, read back
+                    // from the weight (first epoch, no KL term, tokens the clip does not hold).
+                    if (epoch == 0 && A != 0.0 && config_.kl_coef == 0.0 && !held) {
+                        const double per_unit = weights[n] / (A * ratio);
+                        weight_lo = std::min(weight_lo, per_unit);
+                        weight_hi = std::max(weight_hi, per_unit);
+                    }
                     any_weight = any_weight || weights[n] != 0.0;
                 }
             }
@@ -486,6 +499,8 @@ GrpoUpdateMetrics GrpoTrainer::update() {
             m.logprob_gap_mean = gap_sum * inv_n;
             check_sampler_matches_trainer(invariants_, sampler_logprobs, trainer_first, kSamplerGapTolerance, update_ + 1);
             check_kl_nonnegative(invariants_, token_k1, lengths, update_ + 1);
+            if (weight_hi > 0.0) m.token_weight_spread = weight_hi / weight_lo;
+            check_token_weights_equal(invariants_, m.token_weight_spread, m.incorrect_length, m.correct_length, update_ + 1);
             check_loss_finite(invariants_, loss, update_ + 1);
         }
         check_ratio_moves(invariants_, epoch, ratio_dev, epoch > 0 && m.skipped_steps < epoch, update_ + 1);

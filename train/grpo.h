@@ -174,6 +174,10 @@ struct GrpoUpdateMetrics {
     int64_t nonfinite_rewards = 0;       // rewards that were not finite (their groups are left out)
     double max_abs_advantage = 0.0;      // NaN when an advantage is not finite
     int64_t skipped_steps = 0;           // inner steps not applied: the gradient norm was not finite
+    // Largest over smallest per-unit-advantage weight of a sampled token in the first epoch (read back
+    // from the weights the backward gets; measured when kl_coef = 0): 1 when every token weighs the same,
+    // longest / shortest completion length when each completion is averaged over its own length.
+    double token_weight_spread = 1.0;
 };
 
 struct GrpoEval {
