@@ -120,6 +120,38 @@ const std::vector<InvariantInfo>& builtin_invariants() {
          "the frame tracer (tracer.enabled) names the first non-finite tensor; lower schedule.lr, check the "
          "batch; warn mode skips such steps and counts them",
          M::fatal},
+        {"grad.finite_on_all_ranks",
+         "the gradient of at least one rank was NaN or infinite before the all-reduce; every rank skips this "
+         "step alike (a decision taken per rank would let the replicas drift apart)",
+         "an overflow on that rank's slice of the batch (a bad row, a learning rate too high, fp16 without "
+         "loss scaling)",
+         "the rank named here: its rows of the step (the tracer on that rank names the first non-finite "
+         "tensor); the skip and the clip must be decided from the reduced gradient, which is the same on "
+         "every rank",
+         M::warn},
+        {"dist.params_in_sync",
+         "the ranks' parameters differ: the replicas no longer train one model",
+         "the weights were not broadcast from rank 0 at start (each rank initialised its own), or ranks took "
+         "different decisions in a step: a clip or skip computed from each rank's own gradient instead of the "
+         "reduced one, a rank that skipped an update the others applied",
+         "the step where the hashes first differ (checked at step 0 and every dist.sync_check_every steps); "
+         "the clip coefficient and skip flag on each rank at that step",
+         M::fatal},
+        {"dist.batches_disjoint",
+         "two ranks trained on the same rows in one step: N ranks learn like one at N times the cost",
+         "every rank reads the same data (the shard is not chosen by rank), e.g. the same seed and offset on "
+         "every rank",
+         "which micro-batches of the global batch each rank keeps (rank r: [r k, (r + 1) k))",
+         M::warn},
+        {"dist.step_matches_one_process",
+         "the all-reduced gradient is not the gradient of the global batch computed by one process, so N "
+         "ranks do not train like one rank with N times the batch",
+         "the ranks' gradients are summed without the right weights (each rank's mean summed: N times too "
+         "large; or averaged with unequal token counts), a rank's contribution missing, or a gradient changed "
+         "between the backward and the all-reduce",
+         "the ratio of the two norms (N means a sum of means); train.loss_normalization and the weights n_i / "
+         "sum n over the global batch",
+         M::warn},
         {"optimizer.decay_only_matrices",
          "weight decay does not apply exactly to the 2-D parameters (matrices and embeddings)",
          "the parameter grouping decays 1-D tensors (RMSNorm gains, biases), which pulls the gains towards 0 "
@@ -555,6 +587,59 @@ bool check_grad_norm_finite(Invariants& inv, double grad_norm, double loss, int6
     if (std::isfinite(grad_norm)) return inv.report(name, true);
     return inv.report(name, false, concat("step ", step + 1, ": the gradient norm is ", grad_norm, " with loss ", loss,
                                           "; the update was not applied"));
+}
+
+bool check_params_in_sync(Invariants& inv, const std::vector<uint64_t>& rank_hashes, int64_t step) {
+    const char* name = "dist.params_in_sync";
+    if (!inv.enabled(name)) return true;
+    std::string differing;
+    for (size_t r = 1; r < rank_hashes.size(); ++r) {
+        if (rank_hashes[r] != rank_hashes[0]) differing += concat(differing.empty() ? "" : ", ", r);
+    }
+    if (differing.empty()) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step, ": the parameters of rank(s) ", differing,
+                                          " differ from rank 0's (hash ", rank_hashes[0], ") over ",
+                                          rank_hashes.size(), " ranks"));
+}
+
+bool check_grad_finite_on_all_ranks(Invariants& inv, const std::vector<int>& finite, int64_t step) {
+    const char* name = "grad.finite_on_all_ranks";
+    if (!inv.enabled(name)) return true;
+    std::string bad;
+    for (size_t r = 0; r < finite.size(); ++r) {
+        if (!finite[r]) bad += concat(bad.empty() ? "" : ", ", r);
+    }
+    if (bad.empty()) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step + 1, ": rank(s) ", bad, " of ", finite.size(),
+                                          " had a non-finite gradient before the all-reduce; every rank skips "
+                                          "the step"));
+}
+
+bool check_batches_disjoint(Invariants& inv, const std::vector<uint64_t>& rank_batch_hashes, int64_t step) {
+    const char* name = "dist.batches_disjoint";
+    if (!inv.enabled(name)) return true;
+    for (size_t a = 0; a < rank_batch_hashes.size(); ++a) {
+        for (size_t b = a + 1; b < rank_batch_hashes.size(); ++b) {
+            if (rank_batch_hashes[a] == rank_batch_hashes[b]) {
+                return inv.report(name, false, concat("step ", step + 1, ": ranks ", a, " and ", b,
+                                                      " trained on the same token ids (batch hash ",
+                                                      rank_batch_hashes[a], ")"));
+            }
+        }
+    }
+    return inv.report(name, true);
+}
+
+bool check_step_matches_one_process(Invariants& inv, double relative_error, double bound, double reduced_norm,
+                                    double single_norm, int ranks, int64_t step) {
+    const char* name = "dist.step_matches_one_process";
+    if (!inv.enabled(name)) return true;
+    if (relative_error <= bound) return inv.report(name, true);
+    return inv.report(name, false, concat("step ", step + 1, ": the gradient all-reduced over ", ranks,
+                                          " ranks differs from one process's gradient on the same global batch by ",
+                                          relative_error, " (normwise; bound ", bound, "); norms ", reduced_norm,
+                                          " reduced vs ", single_norm, " in one process (ratio ",
+                                          single_norm > 0 ? reduced_norm / single_norm : 0.0, ")"));
 }
 
 bool check_decay_only_matrices(Invariants& inv, const Arena& params, const DecayPredicate& decays) {

@@ -169,6 +169,19 @@ bool check_loss_finite(Invariants& inv, double loss, int64_t step);
 // grad.finite_before_update — the step's gradient norm is finite (else the caller skips the update).
 bool check_grad_norm_finite(Invariants& inv, double grad_norm, double loss, int64_t step);
 
+// Data-parallel runs (train/dist.h). Each takes what every rank contributed, in rank order.
+// dist.params_in_sync: every rank's parameter hash at `step` is rank 0's.
+bool check_params_in_sync(Invariants& inv, const std::vector<uint64_t>& rank_hashes, int64_t step);
+// grad.finite_on_all_ranks: every rank's own gradient (before the all-reduce) is finite; `finite[r]` is 0
+// or 1. A violation names the ranks; the step is then skipped on every rank alike.
+bool check_grad_finite_on_all_ranks(Invariants& inv, const std::vector<int>& finite, int64_t step);
+// dist.batches_disjoint: no two ranks trained on the same rows in a step (hashes of their token ids).
+bool check_batches_disjoint(Invariants& inv, const std::vector<uint64_t>& rank_batch_hashes, int64_t step);
+// dist.step_matches_one_process: the all-reduced gradient equals the gradient one process computes on the
+// whole global batch, to `bound` normwise (|a - b| / |b|).
+bool check_step_matches_one_process(Invariants& inv, double relative_error, double bound, double reduced_norm,
+                                    double single_norm, int ranks, int64_t step);
+
 // optimizer.decay_only_matrices — decays(name, param) is true exactly for the 2-D parameters
 // (matrices and embeddings) and false for every other (1-D norm gains, biases). Call once at start.
 using DecayPredicate = std::function<bool(const std::string& name, const Tensor& param)>;

@@ -40,6 +40,11 @@ struct Bugs {
     bool bf16_master_weights = false;       // weights stored in bf16: each update rounds to bf16
     bool nonfinite_step_not_skipped = false;  // a non-finite gradient norm is clipped and applied
     bool resume_state_loss = false;         // resume restores the weights but not the optimizer state
+    // data-parallel training across ranks (train/trainer.cpp, train/dist.h)
+    bool clip_per_rank = false;             // each rank clips with the norm of its own gradient, before the all-reduce
+    bool grads_not_averaged = false;        // each rank weights by its own tokens, and the ranks' gradients are summed
+    bool data_not_sharded = false;          // every rank trains on the first slice of the global batch
+    bool init_not_broadcast = false;        // each rank initialises from seed + rank; rank 0's weights are not sent
     // reinforcement learning: PPO (train/ppo.cpp) and its probe environments (probes/envs.h)
     bool probe_value_loss = false;          // the value loss regresses V onto the advantages, not the returns
     bool probe_backprop = false;            // the critic reads a cleared input buffer: V ignores the observation

@@ -71,6 +71,10 @@ TEST(Invariants, BuiltinsAreRegisteredWithTheirDocumentedDefaults) {
         {"rl.ratio_moves_after_first_epoch", InvariantMode::warn},
         {"rl.sampler_matches_trainer", InvariantMode::warn},
         {"rl.token_weight_independent_of_length", InvariantMode::warn},
+        {"grad.finite_on_all_ranks", InvariantMode::warn},
+        {"dist.params_in_sync", InvariantMode::fatal},
+        {"dist.batches_disjoint", InvariantMode::warn},
+        {"dist.step_matches_one_process", InvariantMode::warn},
     };
     Invariants inv;
     EXPECT_EQ(inv.names().size(), expected.size());
@@ -648,6 +652,56 @@ TEST(InvariantChecks, TokenWeightIndependentOfLength) {
         WarnRegistry r;
         expect_fired(r, name, check_token_weights_equal(r.inv, 3.5, 5.2, 3.0, 4),
                      {"update 4", "3.5 times the smallest", "wrong completions 5.2", "right ones 3"});
+    }
+}
+
+// The data-parallel checks on hand-made per-rank numbers (the runs under mpirun: tests/dist/).
+TEST(InvariantChecks, ParamsInSync) {
+    const char* name = "dist.params_in_sync";
+    {
+        WarnRegistry r;
+        expect_silent(r, name, check_params_in_sync(r.inv, {42, 42, 42}, 0));
+    }
+    {
+        WarnRegistry r;
+        expect_fired(r, name, check_params_in_sync(r.inv, {42, 42, 7, 9}, 50), {"step 50", "rank(s) 2, 3 differ", "over 4 ranks"});
+    }
+}
+
+TEST(InvariantChecks, GradFiniteOnAllRanks) {
+    const char* name = "grad.finite_on_all_ranks";
+    {
+        WarnRegistry r;
+        expect_silent(r, name, check_grad_finite_on_all_ranks(r.inv, {1, 1}, 3));
+    }
+    {
+        WarnRegistry r;
+        expect_fired(r, name, check_grad_finite_on_all_ranks(r.inv, {1, 0, 1}, 3), {"step 4", "rank(s) 1 of 3", "every rank skips"});
+    }
+}
+
+TEST(InvariantChecks, BatchesDisjoint) {
+    const char* name = "dist.batches_disjoint";
+    {
+        WarnRegistry r;
+        expect_silent(r, name, check_batches_disjoint(r.inv, {1, 2, 3}, 0));
+    }
+    {
+        WarnRegistry r;
+        expect_fired(r, name, check_batches_disjoint(r.inv, {1, 2, 1}, 0), {"step 1", "ranks 0 and 2", "same token ids"});
+    }
+}
+
+TEST(InvariantChecks, StepMatchesOneProcess) {
+    const char* name = "dist.step_matches_one_process";
+    {   // rounding of the summation order
+        WarnRegistry r;
+        expect_silent(r, name, check_step_matches_one_process(r.inv, 3e-8, 1e-4, 2.0, 2.0, 2, 0));
+    }
+    {   // two ranks' means summed: twice the gradient, relative error 1
+        WarnRegistry r;
+        expect_fired(r, name, check_step_matches_one_process(r.inv, 1.0, 1e-4, 4.0, 2.0, 2, 0),
+                     {"step 1", "over 2 ranks", "ratio 2"});
     }
 }
 

@@ -20,6 +20,7 @@
 #include "model/transformer.h"
 #include "tools/commands.h"
 #include "train/adamw.h"
+#include "train/dist.h"
 
 using namespace reftrain;
 
@@ -88,6 +89,22 @@ int run_demo(const std::string& config_path, int64_t B, int64_t T, uint64_t seed
 
 }  // namespace
 
+// One line on stderr for an error that ends the program. In a data-parallel run (mpirun) it names the rank
+// and ends every rank at once: the others would otherwise wait for this one in the next collective.
+int report_error(const char* kind, const char* what, int code) {
+    Comm* comm = nullptr;
+    std::string prefix;
+    try {
+        comm = &world();
+        prefix = rank_prefix(*comm);
+    } catch (const std::exception&) {
+    }
+    std::fprintf(stderr, "reftrain: %s%s%s\n", kind, prefix.c_str(), what);
+    std::fflush(stderr);
+    if (comm != nullptr && comm->size() > 1) comm->abort_all(code);
+    return code;
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"reftrain — a reference training framework with debugging in every layer"};
     app.require_subcommand(1);
@@ -138,12 +155,10 @@ int main(int argc, char** argv) {
             return 0;
         }
     } catch (const Error& e) {
-        std::fprintf(stderr, "reftrain: error: %s\n", e.what());
-        return 1;
+        return report_error("error: ", e.what(), 1);
     } catch (const std::exception& e) {
         // Not one of our checked errors: still one line and a non-zero exit, never an abort.
-        std::fprintf(stderr, "reftrain: unexpected error: %s\n", e.what());
-        return 2;
+        return report_error("unexpected error: ", e.what(), 2);
     }
     return 0;
 }

@@ -47,9 +47,14 @@ double global_grad_norm(const Arena& grads) {
 
 double clip_grad_norm(Arena& grads, double max_norm) {
     const double norm = global_grad_norm(grads);
+    clip_to_norm(grads, norm, max_norm);
+    return norm;
+}
+
+void clip_to_norm(Arena& grads, double norm, double max_norm) {
     // A non-finite norm is returned untouched: scaling by max_norm / inf would zero the gradients and
     // hide the overflow from the loop's skip-step policy, which must see it.
-    if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return norm;
+    if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return;
     const double scale = max_norm / (norm + 1e-6);  // torch.nn.utils.clip_grad_norm_'s coefficient
     for (size_t t = 0; t < grads.size(); ++t) {
         Tensor& g = grads.at(t);
@@ -62,7 +67,6 @@ double clip_grad_norm(Arena& grads, double max_norm) {
             for (int64_t i = 0; i < n; ++i) p[i] *= s;
         });
     }
-    return norm;
 }
 
 }  // namespace reftrain

@@ -13,5 +13,7 @@ namespace reftrain {
 double global_grad_norm(const Arena& grads);
 // max_norm <= 0 disables clipping (the norm is still computed and returned).
 double clip_grad_norm(Arena& grads, double max_norm);
+// The clip for a norm measured elsewhere: scales by max_norm / (norm + 1e-6) when finite norm > max_norm.
+void clip_to_norm(Arena& grads, double norm, double max_norm);
 
 }  // namespace reftrain

@@ -43,6 +43,7 @@ const ConfigFields<RunConfig>& run_fields() {
         f.add("train.batch_size", &R::train, &T::batch_size).positive()
             .add("train.seq_len", &R::train, &T::seq_len).positive()
             .add("train.grad_accum", &R::train, &T::grad_accum).positive()
+            .add("train.global_batch", &R::train, &T::global_batch).non_negative()
             .add("train.max_steps", &R::train, &T::max_steps).positive()
             .add("train.grad_clip", &R::train, &T::grad_clip)
             .add("train.loss_normalization", &R::train, &T::loss_normalization).one_of({"tokens", "micro_batches"})
@@ -76,6 +77,9 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("loss_scaler.growth_factor", &R::loss_scaler, &LossScalerSettings::growth_factor)
             .add("loss_scaler.backoff_factor", &R::loss_scaler, &LossScalerSettings::backoff_factor)
             .add("loss_scaler.growth_interval", &R::loss_scaler, &LossScalerSettings::growth_interval);
+        f.add("dist.sync_check_every", &R::dist, &DistConfig::sync_check_every).positive()
+            .add("dist.check_first_step", &R::dist, &DistConfig::check_first_step)
+            .add("dist.allow_global_batch_change", &R::dist, &DistConfig::allow_global_batch_change);
         f.add("log_every", &R::log_every).positive()
             .add("checkpoint_every", &R::checkpoint_every).non_negative()
             .add("resume", &R::resume)

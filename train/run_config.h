@@ -27,7 +27,11 @@ namespace reftrain {
 struct TrainConfig {
     int64_t batch_size = 32;                  // rows per micro-batch
     int64_t seq_len = 64;                     // T
-    int64_t grad_accum = 1;                   // micro-batches per optimizer step
+    int64_t grad_accum = 1;                   // micro-batches per optimizer step, on each rank
+    // Rows per optimizer step over all ranks. 0 = batch_size x grad_accum x ranks. Set, it fixes the global
+    // batch whatever the number of ranks: grad_accum becomes global_batch / (batch_size x ranks), which
+    // must divide exactly, so a run resumes on another number of ranks as the same run (docs/distributed.md).
+    int64_t global_batch = 0;
     int64_t max_steps = 1000;                 // optimizer steps
     double grad_clip = 1.0;                   // global-norm clip; <= 0 disables (the norm is still logged)
     // "tokens": each micro-batch's mean loss is weighted by its share of the step's supervised
@@ -51,6 +55,14 @@ struct TrainConfig {
     int64_t loss_spike_window = 20;
     bool loss_spike_skip = false;
     AdamWConfig adamw;                        // lr comes from the schedule
+};
+
+// Data-parallel runs under mpirun (train/dist.h, docs/distributed.md); ignored by one process.
+struct DistConfig {
+    int64_t sync_check_every = 50;        // dist.params_in_sync: parameter hashes compared at step 0 and every K steps
+    bool check_first_step = true;         // dist.step_matches_one_process at a run's first step (rank 0 recomputes
+                                          // the global batch's gradient alone, once: N times a step)
+    bool allow_global_batch_change = false;  // resume a checkpoint written with another global batch
 };
 
 struct TracerConfig {
@@ -89,6 +101,7 @@ struct RunConfig {
     EvalConfig eval;
     TracerConfig tracer;
     LossScalerSettings loss_scaler;
+    DistConfig dist;
     int64_t log_every = 10;
     int64_t checkpoint_every = 0;             // 0 = only at the end
     std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""

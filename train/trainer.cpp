@@ -14,6 +14,7 @@
 #include <iomanip>
 #include <iostream>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <sstream>
 
@@ -63,8 +64,19 @@ struct Trainer::Gpu {
 struct Trainer::Gpu {};
 #endif
 
-Trainer::Trainer(const RunConfig& config, std::ostream& out)
-    : config_(config), out_(out), sample_rng_(Rng::for_name(config.seed, "eval.samples")) {
+namespace {
+
+// Where the ranks other than 0 write their log: nowhere (rank 0 owns the log, metrics and checkpoints).
+std::ostream& null_stream() {
+    static std::ostream sink(nullptr);
+    return sink;
+}
+
+}  // namespace
+
+Trainer::Trainer(const RunConfig& config, std::ostream& out, Comm* comm)
+    : config_(config), comm_(comm ? *comm : world()), out_(comm_.rank() == 0 ? out : null_stream()),
+      sample_rng_(Rng::for_name(config.seed, "eval.samples")) {
     if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
     invariants_.set_stream(out_);
     invariants_.configure(config_.invariants, "run config 'invariants'");
@@ -72,13 +84,40 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
         set_bug(name, on.get<bool>());
         if (on.get<bool>()) out_ << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
     }
+    const int64_t ranks = comm_.size();
+    if (ranks > 1) check_config_same_on_all_ranks();
+    if (config_.train.global_batch > 0) {   // the global batch fixed; grad_accum follows from the rank count
+        const int64_t global = config_.train.global_batch, per_micro = config_.train.batch_size * ranks;
+        check(config_.train.grad_accum == 1, "run config: train.global_batch = ", global, " and train.grad_accum = ",
+              config_.train.grad_accum, " are both set; set one (grad_accum = global_batch / (batch_size x ranks))");
+        check(global % per_micro == 0, "run config: train.global_batch = ", global, " rows cannot be split over ", ranks,
+              " rank(s) x train.batch_size = ", config_.train.batch_size, " rows: it must be a multiple of ", per_micro,
+              " (nearest: ", std::max<int64_t>(per_micro, global / per_micro * per_micro), " or ",
+              (global / per_micro + 1) * per_micro, "), or change the number of ranks or the batch size");
+        config_.train.grad_accum = global / per_micro;
+    }
+    if (ranks > 1) {
+        out_ << "data parallel: " << ranks << " ranks (" << comm_.backend() << "), each " << config_.train.grad_accum
+             << " x " << config_.train.batch_size << " rows of the global batch of "
+             << ranks * config_.train.grad_accum * config_.train.batch_size << " rows per step\n";
+    }
+    // Rank 0 prepares the data first (it may write the tokenizer cache); the others then read what it wrote.
+    if (comm_.rank() != 0) comm_.barrier();
     data_ = prepare_run_data(config_.data, config_.train.seq_len, config_.seed, out_, &invariants_);
+    if (comm_.rank() == 0 && ranks > 1) comm_.barrier();
 
     const ModelConfig model_config = model_config_for_run(config_, data_.tokenizer->vocab_size());
     config_.resolved["model"]["vocab_size"] = model_config.vocab_size;
 
     model_ = std::make_unique<Transformer>(model_config, config_.train.batch_size, config_.train.seq_len);
-    model_->init_weights(config_.seed);
+    if (bugs().init_not_broadcast) {   // BUG init-not-broadcast: each rank its own init, never synced
+        model_->init_weights(config_.seed + static_cast<uint64_t>(comm_.rank()));
+    } else {
+        model_->init_weights(config_.seed);
+        // Every rank computed the same init from the seed; rank 0's copy is sent anyway, so that the replicas
+        // start equal even where an init is not reproducible. dist.params_in_sync checks it at step 0.
+        comm_.broadcast(model_->params().data(), static_cast<int64_t>(model_->params().nbytes()), 0);
+    }
     const DType precision = config_.train.precision == "bf16"   ? DType::BF16
                             : config_.train.precision == "fp16" ? DType::F16
                                                                 : DType::F32;
@@ -93,9 +132,10 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
     if (config_.tracer.enabled) {
         FrameTracer::Options options;
         options.frames = static_cast<int>(config_.tracer.frames);
-        options.run_dir = config_.run_dir;
+        // Every rank traces its own forward and backward; the others report into run_dir/rank<r> and stderr.
+        options.run_dir = comm_.rank() == 0 ? config_.run_dir : concat(config_.run_dir, "/rank", comm_.rank());
         options.policy = config_.tracer.policy == "skip" ? FrameTracer::Policy::skip : FrameTracer::Policy::stop;
-        options.log = &out_;
+        options.log = comm_.rank() == 0 ? &out_ : &std::cerr;
         tracer_ = std::make_unique<FrameTracer>(options);
         model_->set_tracer(tracer_.get());
     }
@@ -104,6 +144,8 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
                                     config_.train.max_steps, config_.train.grad_accum);
     if (config_.train.device == "cuda") {
 #ifdef REFTRAIN_HAVE_CUDA
+        check(ranks == 1, "train.device = \"cuda\" with ", ranks, " ranks: the multi-GPU step (NCCL, train/dist_nccl.h) is "
+              "not wired into the trainer yet; run one rank per GPU job, or train.device = \"cpu\" under mpirun");
         cuda::set_deterministic(config_.train.deterministic);
         gpu_ = std::make_unique<Gpu>();
         gpu_->model = std::make_unique<CudaTransformer>(model_config, config_.train.batch_size, config_.train.seq_len,
@@ -131,17 +173,19 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out)
     const int64_t pad_id = bugs().pad_is_eos_masked ? data_.chat->end_of_turn_id() : data_.chat->bos_id();
     packer_ = std::make_unique<Packer>(data_.train_docs, config_.train.seq_len, config_.data.bos_aligned,
                                        config_.seed, pad_id);
-    micro_ids_.resize(config_.train.grad_accum);
-    micro_targets_.resize(config_.train.grad_accum);
+    // The whole global batch of a step: every rank draws it, and keeps its slice (train/dist.h).
+    micro_ids_.resize(config_.train.grad_accum * ranks);
+    micro_targets_.resize(config_.train.grad_accum * ranks);
 }
 
 Trainer::~Trainer() = default;
 
 namespace {
 
-// Micro-batch i's weight in the step's loss and gradient (train.loss_normalization; train/trainer.h).
-double micro_batch_weight(const TrainConfig& train, int64_t supervised, int64_t step_supervised) {
-    if (train.loss_normalization != "tokens") return 1.0 / static_cast<double>(train.grad_accum);
+// Micro-batch i's weight in the step's loss and gradient (train.loss_normalization; train/trainer.h), of
+// `micro_batches` in the global batch (all ranks).
+double micro_batch_weight(const TrainConfig& train, int64_t supervised, int64_t step_supervised, int64_t micro_batches) {
+    if (train.loss_normalization != "tokens") return 1.0 / static_cast<double>(micro_batches);
     return step_supervised > 0 ? static_cast<double>(supervised) / static_cast<double>(step_supervised) : 0.0;
 }
 
@@ -158,19 +202,25 @@ double micro_batch_weight(const TrainConfig& train, int64_t supervised, int64_t 
 StepMetrics Trainer::train_step() {
     const auto start = std::chrono::steady_clock::now();
     const int64_t k = config_.train.grad_accum, B = config_.train.batch_size, T = config_.train.seq_len;
-    // Draw all micro-batches first: the "tokens" weighting needs the step's total of supervised tokens.
-    std::vector<int64_t> counts(k, 0);
+    const int64_t ranks = comm_.size(), global_k = ranks * k;
+    if (ranks > 1 && (first_step_of_process_ < 0 || step_ % config_.dist.sync_check_every == 0)) check_params_in_sync();
+    // Draw all micro-batches of the global batch first: the "tokens" weighting needs the step's total of
+    // supervised tokens over every rank, and each rank then knows it without asking the others.
+    std::vector<int64_t> counts(global_k, 0);
     int64_t total = 0;
-    for (int64_t i = 0; i < k; ++i) {
+    for (int64_t i = 0; i < global_k; ++i) {
         packer_->next_batch(B, micro_ids_[i], micro_targets_[i]);
         for (int64_t t : micro_targets_[i]) counts[i] += t != cpu::kIgnoreIndex;
         total += counts[i];
     }
 
-    check_has_supervised_tokens(invariants_, total, k * B * T, step_);
-    for (int64_t i = 0; i < k; ++i) {
+    check_has_supervised_tokens(invariants_, total, global_k * B * T, step_);
+    for (int64_t i = 0; i < global_k; ++i) {
         check_mask_aligned_batch(invariants_, micro_ids_[i], micro_targets_[i], B, T, data_.chat->end_of_turn_id(), step_);
     }
+    // This rank's slice [r k, (r + 1) k). BUG data-not-sharded: every rank takes the first slice.
+    const int64_t first = bugs().data_not_sharded ? 0 : comm_.rank() * k;
+    local_first_ = first;
     if (gpu_) {
         StepMetrics g = train_step_gpu(counts, total);
         g.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -187,11 +237,19 @@ StepMetrics Trainer::train_step() {
     // Once per optimizer step, not per micro-batch: backward() accumulates.
     if (!bugs().forgot_zero_grad) model_->zero_grad();  // BUG forgot-zero-grad: last step's grads stay
     check_grad_zeroed(invariants_, model_->grads(), step_);
-    for (int64_t i = 0; i < k; ++i) {
+    // The weights are shares of the GLOBAL batch, so the ranks' gradients are summed, never averaged.
+    // BUG grads-not-averaged: each rank's own mean (its own token total), and the ranks' means summed.
+    int64_t weight_total = total, weight_micro = global_k;
+    if (bugs().grads_not_averaged) {
+        weight_total = std::accumulate(counts.begin() + first, counts.begin() + first + k, int64_t{0});
+        weight_micro = k;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+        const int64_t i = first + j;
         const Tensor ids(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
         const Tensor targets(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
         const ForwardResult r = model_->forward(ids, targets);
-        double weight = micro_batch_weight(config_.train, counts[i], total);
+        double weight = micro_batch_weight(config_.train, counts[i], weight_total, weight_micro);
         if (bugs().grad_accum_not_divided) weight = 1.0;  // BUG grad-accum-not-divided: k micro-batches summed
         if (r.supervised_tokens > 0) model_->backward(weight * scale);
         m.loss += weight * r.loss;
@@ -209,6 +267,48 @@ StepMetrics Trainer::train_step() {
             }
         }
     }
+    if (grad_hook_) grad_hook_(step_, model_->grads());   // a user's gradient hook (set_grad_hook), per rank
+    // Data parallel: the ranks' gradients summed into every rank's arena; from here on every rank holds
+    // the same gradient, so every decision below (skip, clip, scale) comes out the same everywhere.
+    double local_norm = 0.0;   // this rank's own gradient norm, before the sum (for BUG clip-per-rank)
+    bool tripped = tracer_ && tracer_->tripped();
+    if (ranks > 1) {
+        local_norm = global_grad_norm(model_->grads());
+        const auto reduce_start = std::chrono::steady_clock::now();
+        Arena& grads = model_->grads();
+        for (const Tensor& g : grads.tensors()) {
+            check(g.dtype == DType::F32, "data parallel: gradient '", g.name, "' is ", dtype_name(g.dtype),
+                  "; the all-reduce sums fp32 gradients");
+        }
+        comm_.allreduce_sum(reinterpret_cast<float*>(grads.data()), static_cast<int64_t>(grads.nbytes() / sizeof(float)),
+                            config_.train.deterministic);
+        // The step's loss and whether any rank's tracer saw a non-finite value, summed in rank order.
+        double sums[2] = {m.loss, tripped ? 1.0 : 0.0};
+        comm_.allreduce_sum(sums, 2);
+        m.allreduce_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - reduce_start).count();
+        m.loss = bugs().grads_not_averaged ? sums[0] / static_cast<double>(ranks) : sums[0];  // the mean of rank means
+        tripped = sums[1] > 0.0;
+        // What each rank contributed: its own gradient finite? the hash of the rows it trained on.
+        uint64_t batch_hash = 1469598103934665603ull;
+        for (int64_t j = 0; j < k; ++j) {
+            batch_hash = fnv1a(micro_ids_[first + j].data(), micro_ids_[first + j].size() * sizeof(int64_t), batch_hash);
+        }
+        const std::vector<std::string> all = comm_.allgather(concat(std::isfinite(local_norm) ? 1 : 0, " ", batch_hash));
+        std::vector<int> finite;
+        std::vector<uint64_t> hashes;
+        for (const std::string& entry : all) {
+            std::istringstream in(entry);
+            int f = 0;
+            uint64_t h = 0;
+            in >> f >> h;
+            finite.push_back(f);
+            hashes.push_back(h);
+        }
+        check_grad_finite_on_all_ranks(invariants_, finite, step_);
+        check_batches_disjoint(invariants_, hashes, step_);
+        if (first_step_of_process_ < 0 && config_.dist.check_first_step) check_against_one_process(counts, total, scale);
+    }
+    if (first_step_of_process_ < 0) first_step_of_process_ = step_;
     bool spike_skip = false;
     if (spike_) {
         if (const std::optional<LossSpike> spike = spike_->observe(step_, m.loss)) {
@@ -219,20 +319,28 @@ StepMetrics Trainer::train_step() {
         }
     }
     if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, model_->config().vocab_size);
-    if (grad_hook_) grad_hook_(step_, model_->grads());   // a user's gradient hook (set_grad_hook)
     const bool nonfinite_grads = loss_scaler_.enabled() && unscale_and_check(model_->grads(), scale);
     m.skipped = loss_scaler_.update(nonfinite_grads);  // fp16: skip the step and back off the scale
     m.skipped = m.skipped || spike_skip;
-    if (tracer_ && tracer_->tripped()) {
+    if (tripped) {
         if (!m.skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
             tracer_->end_step();
-            stop_at_first_nonfinite(*tracer_, step_);
+            if (tracer_->tripped()) stop_at_first_nonfinite(*tracer_, step_);
+            fail("step ", step_ + 1, ": another rank's tracer found a non-finite value (its report names the tensor); "
+                 "every rank stops (tracer.policy = stop)");
         }
         m.skipped = true;  // tracer.policy = skip, or the loss scaler already skips it
     }
     if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
-    m.grad_norm = m.skipped ? std::numeric_limits<double>::quiet_NaN()
-                            : clip_grad_norm(model_->grads(), config_.train.grad_clip);
+    if (m.skipped) {
+        m.grad_norm = std::numeric_limits<double>::quiet_NaN();
+    } else if (bugs().clip_per_rank && ranks > 1) {
+        // BUG clip-per-rank: the clip coefficient from this rank's own gradient norm, not the reduced one.
+        m.grad_norm = local_norm;
+        clip_to_norm(model_->grads(), local_norm, config_.train.grad_clip);
+    } else {
+        m.grad_norm = clip_grad_norm(model_->grads(), config_.train.grad_clip);
+    }
     // A non-finite gradient would poison every weight through AdamW's moments: never apply it. The
     // invariant stops the run (fatal, the default) or skips the update (warn).
     if (!m.skipped && !std::isfinite(m.grad_norm) && !bugs().nonfinite_step_not_skipped) {  // BUG: applied anyway
@@ -252,10 +360,79 @@ StepMetrics Trainer::train_step() {
     if (tracer_) tracer_->end_step();
     ++step_;
     m.step = step_;
-    m.tokens = k * B * T;
+    m.tokens = global_k * B * T;
     m.supervised_tokens = total;
     m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return m;
+}
+
+// ---- data parallel (train/dist.h) ---------------------------------------------------------------------
+
+void Trainer::check_config_same_on_all_ranks() {
+    const std::vector<std::string> all = comm_.allgather(config_.resolved.dump());
+    std::string problems;
+    const json reference = json::parse(all[0]);
+    for (size_t r = 1; r < all.size(); ++r) {
+        if (all[r] == all[0]) continue;
+        const json theirs = json::parse(all[r]);
+        const json patch = json::diff(reference, theirs);
+        const std::string path = patch.empty() ? "" : patch[0].at("path").get<std::string>();
+        const json::json_pointer pointer(path);
+        const std::string at0 = reference.contains(pointer) ? reference[pointer].dump() : "(absent)";
+        const std::string atr = theirs.contains(pointer) ? theirs[pointer].dump() : "(absent)";
+        problems += concat(problems.empty() ? "" : "; ", "rank ", r, " has ", path.empty() ? "/" : path, " = ", atr,
+                           " where rank 0 has ", at0, patch.size() > 1 ? concat(" (and ", patch.size() - 1, " more)") : "");
+    }
+    check(problems.empty(), "the ranks were started with different run configs: ", problems,
+          ". Every rank must get the same --config file and --set overrides (mpirun passes one command line to all)");
+}
+
+void Trainer::check_params_in_sync() {
+    const Arena& p = model_->params();
+    const std::vector<std::string> all = comm_.allgather(std::to_string(fnv1a(p.data(), p.nbytes())));
+    std::vector<uint64_t> hashes;
+    for (const std::string& h : all) hashes.push_back(std::stoull(h));
+    reftrain::check_params_in_sync(invariants_, hashes, step_);
+}
+
+// Every rank holds the whole global batch, so rank 0 can compute the step's gradient the way one process
+// would (all N k micro-batches, weights n_i / total, no bug switches of the data-parallel code) and
+// compare it with the all-reduced one. Once per process, at its first step: N times a step's compute.
+void Trainer::check_against_one_process(const std::vector<int64_t>& counts, int64_t total, double scale) {
+    if (!invariants_.enabled("dist.step_matches_one_process")) return;
+    const int64_t B = config_.train.batch_size, T = config_.train.seq_len;
+    const int64_t global_k = static_cast<int64_t>(counts.size());
+    double verdict[3] = {0.0, 0.0, 0.0};   // relative error, reduced norm, one-process norm
+    if (comm_.rank() == 0) {
+        Arena& grads = model_->grads();
+        const float* g = reinterpret_cast<const float*>(grads.data());
+        const int64_t n = static_cast<int64_t>(grads.nbytes() / sizeof(float));
+        std::vector<float> reduced(g, g + n);
+        FrameTracer* tracer = tracer_.get();
+        model_->set_tracer(nullptr);   // not a step of the run: nothing for the tracer's frames
+        model_->zero_grad();
+        for (int64_t i = 0; i < global_k; ++i) {
+            const Tensor ids(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
+            const Tensor targets(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
+            const ForwardResult r = model_->forward(ids, targets);
+            if (r.supervised_tokens > 0) model_->backward(micro_batch_weight(config_.train, counts[i], total, global_k) * scale);
+        }
+        double diff = 0.0, ref = 0.0, red = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+            const double d = static_cast<double>(reduced[i]) - static_cast<double>(g[i]);
+            diff += d * d;
+            ref += static_cast<double>(g[i]) * g[i];
+            red += static_cast<double>(reduced[i]) * reduced[i];
+        }
+        verdict[0] = ref > 0.0 ? std::sqrt(diff / ref) : std::sqrt(diff);
+        verdict[1] = std::sqrt(red);
+        verdict[2] = std::sqrt(ref);
+        std::copy(reduced.begin(), reduced.end(), reinterpret_cast<float*>(grads.data()));
+        model_->set_tracer(tracer);
+    }
+    comm_.allreduce_sum(verdict, 3);   // the others add zeros: every rank gets rank 0's verdict
+    check_step_matches_one_process(invariants_, verdict[0], kOneProcessBound, verdict[1], verdict[2],
+                                   comm_.size(), step_);
 }
 
 std::string Trainer::describe_spike(const LossSpike& spike, const std::vector<std::vector<double>>& row_losses) const {
@@ -275,8 +452,8 @@ std::string Trainer::describe_spike(const LossSpike& spike, const std::vector<st
         s << "; median row loss " << rows[rows.size() / 2].loss << "; highest rows:";
         const int64_t T = config_.train.seq_len;
         for (size_t k = 0; k < rows.size() && k < 3; ++k) {
-            const std::vector<int64_t>& ids = micro_ids_[rows[k].micro];
-            const std::vector<int64_t>& targets = micro_targets_[rows[k].micro];
+            const std::vector<int64_t>& ids = micro_ids_[local_first_ + static_cast<int64_t>(rows[k].micro)];
+            const std::vector<int64_t>& targets = micro_targets_[local_first_ + static_cast<int64_t>(rows[k].micro)];
             // The text from a few tokens before the row's first supervised target: what the loss saw.
             const int64_t row = static_cast<int64_t>(rows[k].row) * T;
             int64_t first = 0;
@@ -306,7 +483,7 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
     for (int64_t i = 0; i < k; ++i) {
         micro[i].input_ids = Tensor(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
         micro[i].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
-        micro[i].weight = micro_batch_weight(config_.train, counts[i], total);
+        micro[i].weight = micro_batch_weight(config_.train, counts[i], total, k);
     }
     m.lr = lr_at(config_.schedule, step_);
     check_schedule_counts_optimizer_steps(invariants_, step_, m.lr, schedule_at(), step_ * k, k);
@@ -367,12 +544,16 @@ EvalMetrics Trainer::evaluate(int64_t show_samples) {
 
 std::string Trainer::save_checkpoint() {
     sync_from_gpu();
+    if (comm_.rank() != 0) return "";   // rank 0 owns the checkpoints: every replica holds the same state
     TrainState state;
     state.step = step_;
     state.rng_states = {sample_rng_.state()};
     state.data = packer_->position();
     state.template_fingerprint = data_.chat->fingerprint();
     if (loss_scaler_.enabled()) state.extra["loss_scaler"] = loss_scaler_.to_json();
+    // How many ranks wrote it and the global batch they trained with: a resume on another number of ranks
+    // continues the same run only with the same global batch (Trainer::resume).
+    state.extra["dist"] = {{"ranks", comm_.size()}, {"global_batch_rows", global_batch_rows()}};
     state.tokenizer_fingerprint = data_.tokenizer->fingerprint();
     return save_run_checkpoint(config_.run_dir, *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path);
 }
@@ -397,6 +578,28 @@ void Trainer::resume(const std::string& checkpoint_dir) {
              << ", total_steps " << before.total_steps << " -> " << now.total_steps << ", lr " << before.lr << " -> "
              << now.lr << "): the continuation will not match the run that was saved. Set schedule.total_steps "
              << "explicitly to keep the schedule fixed when changing train.max_steps.\n";
+    }
+    // The global batch: the packer's position and the schedule count global batches, so another number of
+    // ranks continues the same run only when ranks x grad_accum x batch_size stays the same.
+    const TrainConfig saved_train = parse_run_config(read_checkpoint_run_config(dir), dir + "/run.json").train;
+    int64_t saved_ranks = 1, saved_rows = saved_train.grad_accum * saved_train.batch_size;
+    if (saved.extra.contains("dist")) {
+        saved_ranks = saved.extra["dist"].at("ranks").get<int64_t>();
+        saved_rows = saved.extra["dist"].at("global_batch_rows").get<int64_t>();
+    }
+    if (saved_rows != global_batch_rows()) {
+        const std::string what = concat(dir, ": the checkpoint was written with a global batch of ", saved_rows, " rows per step (",
+                                        saved_ranks, " rank(s)); this run has ", global_batch_rows(), " (", comm_.size(),
+                                        " rank(s) x grad_accum ", config_.train.grad_accum, " x batch_size ",
+                                        config_.train.batch_size, ")");
+        check(config_.dist.allow_global_batch_change, what,
+              ": the data position, the LR schedule and the gradient's noise would not continue the run that was saved. "
+              "Set train.global_batch = ", saved_rows, " (grad_accum then follows from the number of ranks), or "
+              "dist.allow_global_batch_change = true to continue with the new batch anyway");
+        out_ << "warning: " << what << "; continuing (dist.allow_global_batch_change = true)\n";
+    } else if (saved_ranks != comm_.size()) {
+        out_ << "resuming a checkpoint of " << saved_ranks << " rank(s) on " << comm_.size() << ": the same global batch of "
+             << saved_rows << " rows per step\n";
     }
     TrainState state;
     // BUG resume-state-loss: only the weights come back; AdamW restarts with empty moments and step 0.
@@ -431,15 +634,23 @@ void Trainer::run() {
     const fs::path run_dir(config_.run_dir);
     fs::create_directories(run_dir);
     if (!config_.resume.empty()) resume(config_.resume);
+    // Rank 0 owns the metrics, evals, checkpoints and the test; the other ranks train and wait for it in the
+    // next collective (docs/distributed.md).
+    const bool lead = comm_.rank() == 0;
     // A fresh run starts a fresh metrics file; a resumed one appends after the steps it already has.
-    std::ofstream metrics(run_dir / "metrics.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
-    check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+    std::ofstream metrics;
+    if (lead) {
+        metrics.open(run_dir / "metrics.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
+        check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+    }
 
-    const bool tty = isatty(fileno(stdout)) && &out_ == &std::cout;
+    // Under mpirun stdout is a pseudo-terminal on every rank: a live bar there would be N interleaved bars.
+    const bool tty = isatty(fileno(stdout)) && &out_ == &std::cout && comm_.size() == 1;
     const int64_t max_steps = config_.train.max_steps;
     out_ << "model: " << model_->num_parameters() << " parameters; training " << max_steps - step_
          << " optimizer steps of " << config_.train.grad_accum << " x " << config_.train.batch_size << " x "
-         << config_.train.seq_len << " tokens on " << omp_get_max_threads() << " threads\n";
+         << config_.train.seq_len << " tokens on " << omp_get_max_threads() << " threads"
+         << (comm_.size() > 1 ? concat(" per rank, ", comm_.size(), " ranks") : std::string()) << "\n";
     out_ << "blas: " << cpu::blas_summary() << "\n";
 
     auto log_eval = [&](int64_t show) -> EvalMetrics {
@@ -470,6 +681,7 @@ void Trainer::run() {
         line["grad_norm"] = std::isfinite(m.grad_norm) ? json(m.grad_norm) : json(nullptr);
         if (loss_scaler_.enabled()) line["loss_scale"] = m.loss_scale;
         if (m.skipped) line["skipped"] = true;
+        if (comm_.size() > 1) line["allreduce_seconds"] = m.allreduce_seconds;
         metrics << line.dump() << "\n";
         if (m.skipped) out_ << "step " << m.step << " skipped: non-finite gradients"
                             << (loss_scaler_.enabled() ? concat(" (loss scale now ", loss_scaler_.scale(), ")") : "") << "\n";
@@ -495,8 +707,11 @@ void Trainer::run() {
         }
         if (config_.eval.every > 0 && m.step % config_.eval.every == 0 && m.step < max_steps) {
             if (tty) out_ << "\n";
-            const EvalMetrics e = log_eval(config_.eval.samples);
+            EvalMetrics e;
+            if (lead) e = log_eval(config_.eval.samples);
             const double target = config_.eval.stop_at_exact_match;
+            // Rank 0's verdict decides for every rank.
+            comm_.broadcast(&e.exact_match, sizeof e.exact_match, 0);
             if (target > 0.0 && e.exact_match >= target) {
                 out_ << "stopping at step " << step_ << ": val exact match " << std::fixed << std::setprecision(1)
                      << 100.0 * e.exact_match << "% reached eval.stop_at_exact_match = " << 100.0 * target << "%\n";
@@ -511,6 +726,8 @@ void Trainer::run() {
         }
     }
     metrics.flush();
+    if (comm_.size() > 1) check_params_in_sync();   // the replicas end as one model
+    if (!lead) return;
     if (!stopped_early) log_eval(config_.eval.samples);
     if (!stopped_early && config_.eval.stop_at_exact_match > 0.0) {
         char note[160];
@@ -538,7 +755,7 @@ void Trainer::run() {
         char line[160];
         std::snprintf(line, sizeof line, "trained %lld steps in %.1f s (%.0f tok/s)\n", (long long)steps_timed,
                       train_seconds,
-                      static_cast<double>(config_.train.grad_accum * config_.train.batch_size * config_.train.seq_len) *
+                      static_cast<double>(global_batch_rows() * config_.train.seq_len) *
                           steps_timed / std::max(1e-9, train_seconds));
         out_ << line;
     }

@@ -27,6 +27,7 @@
 #include "debug/tracer.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "train/dist.h"
 #include "train/loss_spike.h"
 #include "train/loss_scaler.h"
 #include "train/evaluate.h"
@@ -46,8 +47,9 @@ struct StepMetrics {
     double loss_scale = 1.0;          // fp16's dynamic loss scale used in this step (1 otherwise)
     bool skipped = false;             // no update: non-finite gradients (loss scaler / tracer policy skip)
     int64_t tokens = 0;               // B * T * k
-    int64_t supervised_tokens = 0;
+    int64_t supervised_tokens = 0;       // over the global batch (all ranks)
     double seconds = 0.0;
+    double allreduce_seconds = 0.0;      // the gradient all-reduce's share of `seconds` (0 for one process)
 };
 
 struct EvalMetrics {
@@ -60,7 +62,9 @@ struct EvalMetrics {
 class Trainer {
 public:
     // Builds data, model (seeded init), optimizer and packer. `out` receives the human-readable log.
-    Trainer(const RunConfig& config, std::ostream& out);
+    // `comm` = the ranks of a data-parallel run (train/dist.h); null = world(), which is one process
+    // unless the program was started by mpirun. Only rank 0 writes the log, metrics and checkpoints.
+    Trainer(const RunConfig& config, std::ostream& out, Comm* comm = nullptr);
     ~Trainer();
 
     StepMetrics train_step();
@@ -82,6 +86,8 @@ public:
     FrameTracer* tracer() { return tracer_.get(); }   // null when tracer.enabled = false
     LossScaler& loss_scaler() { return loss_scaler_; }
     const RunData& data() const { return data_; }
+    Comm& comm() { return comm_; }
+    const RunConfig& config() const { return config_; }
     int64_t step() const { return step_; }
     // Called on every CPU step after the backward passes and before clipping and the update, with the
     // optimizer step and the gradients: a user's gradient hook (inspect, or corrupt on purpose in tests).
@@ -93,7 +99,8 @@ private:
         return [schedule = config_.schedule](int64_t step) { return lr_at(schedule, step); };
     }
     RunConfig config_;
-    std::ostream& out_;
+    Comm& comm_;
+    std::ostream& out_;       // the caller's stream on rank 0; a sink on the other ranks
     Invariants invariants_;   // configured from config.invariants; checked in every step
     std::unique_ptr<FrameTracer> tracer_;   // records every named tensor of every step (debug/tracer.h)
     LossScaler loss_scaler_;                // enabled for fp16 only
@@ -109,6 +116,15 @@ private:
     std::vector<std::vector<int64_t>> micro_ids_, micro_targets_;
     std::function<void(int64_t, Arena&)> grad_hook_;
     std::unique_ptr<LossSpikeDetector> spike_;   // null unless train.loss_spike_z > 0
+    // Data-parallel pieces of the step (one process: none of them runs).
+    void check_config_same_on_all_ranks();
+    void check_params_in_sync();
+    void check_against_one_process(const std::vector<int64_t>& counts, int64_t total, double scale);
+    // dist.step_matches_one_process's normwise bound: the two differ only in the order of float additions.
+    static constexpr double kOneProcessBound = 1e-4;
+    int64_t global_batch_rows() const { return comm_.size() * config_.train.grad_accum * config_.train.batch_size; }
+    int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
+    int64_t local_first_ = 0;              // this rank's first micro-batch in micro_ids_ (the global batch)
     std::string describe_spike(const LossSpike& spike, const std::vector<std::vector<double>>& row_losses) const;
 };
 
