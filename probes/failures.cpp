@@ -383,6 +383,7 @@ std::vector<FailureScenario> build_catalog() {
     for (FailureScenario& s : lm_failure_scenarios()) c.push_back(std::move(s));
     for (FailureScenario& s : ppo_failure_scenarios()) c.push_back(std::move(s));
     for (FailureScenario& s : grpo_failure_scenarios()) c.push_back(std::move(s));
+    for (FailureScenario& s : dist_failure_scenarios()) c.push_back(std::move(s));
     return c;
 }
 
@@ -402,8 +403,14 @@ const FailureScenario& find_failure(const std::string& id) {
     fail("unknown failure '", id, "' (known: ", known, ")");
 }
 
-FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out, uint64_t seed) {
+FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& report_out, uint64_t seed) {
     const FailureScenario& s = find_failure(id);
+    check(world().size() >= s.ranks, "failure ", id, " needs ", s.ranks, " ranks (data parallel): run it as `mpirun -np ",
+          s.ranks, " build/reftrain failure run ", id, "` (or `failure run dist` for all of them)");
+    // Under mpirun every rank runs the scenario (the trainers' collectives need them all); rank 0 reports.
+    std::ostringstream other_rank;
+    std::ostream& out = world().rank() == 0 ? report_out : other_rank;
+    const bool plots = world().rank() == 0;
     fs::create_directories(run_dir);
     FailureReport report;
     std::ostringstream log_bug, log_fixed;
@@ -438,8 +445,8 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
         {"without bug", report.without_bug.curve, 'o', "#1f77b4", report.without_bug.detector_step, "false alarm"}};
     out << "\n" << ascii_chart(series, report.with_bug.curve_name + " per optimizer step", 60, 10, s.log_scale);
     const std::string svg = (fs::path(run_dir) / (s.id + ".svg")).string();
-    write_svg_chart(svg, series, s.id + ": " + report.with_bug.curve_name, "optimizer step",
-                    report.with_bug.curve_name, s.log_scale);
+    if (plots) write_svg_chart(svg, series, s.id + ": " + report.with_bug.curve_name, "optimizer step",
+                               report.with_bug.curve_name, s.log_scale);
     out << "plot: " << svg << "\n";
     if (!report.with_bug.loss.empty() && report.with_bug.curve_name != "loss") {
         const std::vector<Series> losses = {
@@ -447,7 +454,7 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
             {"without bug", report.without_bug.loss, 'o', "#1f77b4", report.without_bug.detector_step, "false alarm"}};
         out << "\n" << ascii_chart(losses, "training loss per optimizer step", 60, 8, false);
         const std::string loss_svg = (fs::path(run_dir) / (s.id + ".loss.svg")).string();
-        write_svg_chart(loss_svg, losses, s.id + ": training loss", "optimizer step", "loss", false);
+        if (plots) write_svg_chart(loss_svg, losses, s.id + ": training loss", "optimizer step", "loss", false);
         out << "plot: " << loss_svg << "\n";
     }
     out << "\n";

@@ -44,6 +44,7 @@ struct FailureScenario {
     std::string fix;
     bool log_scale = false;  // draw the curve on a log axis
     std::function<FailureHalf(const FailureContext&)> run;
+    int ranks = 1;           // > 1: a data-parallel entry, run under `mpirun -np ranks` (probes/failures_dist.cpp)
 };
 
 const std::vector<FailureScenario>& failure_catalog();
@@ -55,6 +56,9 @@ std::vector<FailureScenario> ppo_failure_scenarios();
 // The language-model entries added after the first ten (probes/failures_lm.cpp).
 std::vector<FailureScenario> lm_failure_scenarios();
 std::vector<FailureScenario> grpo_failure_scenarios();
+// The data-parallel entries (clip-per-rank, grads-not-averaged, data-not-sharded, init-not-broadcast), last:
+// `mpirun -np 2 reftrain failure run dist`.
+std::vector<FailureScenario> dist_failure_scenarios();
 const FailureScenario& find_failure(const std::string& id);   // fails listing the ids
 
 struct FailureReport {
@@ -63,7 +67,8 @@ struct FailureReport {
 };
 
 // Runs both halves (bug on, then off, same seed), prints the report to `out`, writes
-// <run_dir>/<id>.svg, and returns the two halves.
+// <run_dir>/<id>.svg, and returns the two halves. A data-parallel entry needs world() to have its ranks
+// (else it fails saying how to launch it); every rank runs both halves, and only rank 0 prints and plots.
 FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& out, uint64_t seed = 1);
 
 }  // namespace reftrain

@@ -126,6 +126,18 @@ TEST(FailureMatch, EveryEntryIsFoundFromItsSymptomPhrasedThreeWays) {
         {"nan-reward-poisons-batch", {"one reward is NaN and the advantages become NaN",
                                       "every step skipped with nan grad norm but the run completes",
                                       "my reward function returns nan on unparsable answers"}},
+        {"clip-per-rank", {"my GPUs hold different weights after a while",
+                           "the clip uses each rank's local gradient norm before the allreduce",
+                           "model replicas diverge in data parallel training"}},
+        {"grads-not-averaged", {"grad norm is twice as large on 2 GPUs as on one",
+                                "allreduce sum without dividing by the world size",
+                                "effective learning rate grows with the number of GPUs"}},
+        {"data-not-sharded", {"all GPUs see the same data",
+                              "forgot the DistributedSampler",
+                              "more GPUs but no faster learning per step"}},
+        {"init-not-broadcast", {"each rank initializes the model with a different seed",
+                                "parameters not broadcast from rank 0 at start",
+                                "replicas differ before the first step"}},
     };
     ASSERT_EQ(queries.size(), failure_catalog().size()) << "every catalog entry needs its three queries";
     int missed = 0;

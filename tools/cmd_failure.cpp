@@ -15,6 +15,7 @@
 #include "probes/failure_match.h"
 #include "probes/failures.h"
 #include "tools/commands.h"
+#include "train/dist.h"
 
 namespace reftrain {
 
@@ -22,13 +23,21 @@ namespace {
 
 // `failure run all`: every scenario, each report in DIR/ID/report.txt, one summary row per scenario:
 // its first symptom number with and without the bug, the detector's verdict in each half, the time.
-void run_all_failures(const std::string& dir, uint64_t seed) {
+// `which` = "all": every entry this launch can run (a data-parallel one needs mpirun; it is listed as skipped
+// in one process); "dist": the data-parallel entries only.
+void run_all_failures(const std::string& dir, uint64_t seed, const std::string& which) {
     std::printf("%-28s %-44s %-22s %-22s %-15s %6s\n", "id", "symptom (first number)", "with bug", "without",
                 "detector", "s");
     int separated = 0, total = 0;
     double seconds = 0.0;
     std::vector<std::string> broken;
+    std::vector<std::string> skipped;
     for (const FailureScenario& s : failure_catalog()) {
+        if (which == "dist" && s.ranks == 1) continue;
+        if (s.ranks > world().size()) {
+            skipped.push_back(s.id);
+            continue;
+        }
         const std::string sub = dir + "/" + s.id;
         std::filesystem::create_directories(sub);
         std::ofstream out(sub + "/report.txt");
@@ -55,6 +64,12 @@ void run_all_failures(const std::string& dir, uint64_t seed) {
     }
     std::printf("%d of %d detectors fire with the bug and stay silent without it; %.1f s in all; reports in %s/ID/\n",
                 separated, total, seconds, dir.c_str());
+    if (!skipped.empty()) {
+        std::string names;
+        for (const std::string& id : skipped) names += (names.empty() ? "" : ", ") + id;
+        std::printf("skipped %zu data-parallel entries (%s): they need 2 ranks, run `mpirun -np 2 build/reftrain failure "
+                    "run dist`\n", skipped.size(), names.c_str());
+    }
     std::string list;
     for (const std::string& id : broken) list += (list.empty() ? "" : ", ") + id;
     check(broken.empty(), "failure run all: the detector did not separate the runs of ", list);
@@ -160,15 +175,19 @@ void register_failure_commands(CLI::App& app) {
     };
     auto run_options = std::make_shared<RunOptions>();
     CLI::App* run = failure->add_subcommand("run", "Train with the bug on and off from the same seed and compare");
-    run->add_option("id", run_options->id, "failure id (see `reftrain failure list`), or all")->required();
+    run->add_option("id", run_options->id, "failure id (see `reftrain failure list`), all, or dist (the data-parallel "
+                                           "entries, under mpirun -np 2)")->required();
     run->add_option("--run-dir", run_options->run_dir,
                     "where the plot and the two runs go (default runs/failures/ID; with all, one folder per id in it)");
     run->add_option("--seed", run_options->seed,
                     "both halves' seed (default 1, the seed the docs quote); other seeds check that a detector "
                     "separates the runs on more than one draw");
     run->callback([run_options] {
-        if (run_options->id == "all") {
-            run_all_failures(run_options->run_dir.empty() ? "runs/failures" : run_options->run_dir, run_options->seed);
+        // Under mpirun every rank runs the scenarios; rank 0 alone prints.
+        if (world().rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) fail("cannot silence rank ", world().rank());
+        if (run_options->id == "all" || run_options->id == "dist") {
+            run_all_failures(run_options->run_dir.empty() ? "runs/failures" : run_options->run_dir, run_options->seed,
+                             run_options->id);
             return;
         }
         const std::string dir = run_options->run_dir.empty() ? "runs/failures/" + run_options->id : run_options->run_dir;

@@ -293,6 +293,7 @@ StepMetrics Trainer::train_step() {
         for (int64_t j = 0; j < k; ++j) {
             batch_hash = fnv1a(micro_ids_[first + j].data(), micro_ids_[first + j].size() * sizeof(int64_t), batch_hash);
         }
+        last_batch_hash_ = batch_hash;
         const std::vector<std::string> all = comm_.allgather(concat(std::isfinite(local_norm) ? 1 : 0, " ", batch_hash));
         std::vector<int> finite;
         std::vector<uint64_t> hashes;
@@ -628,6 +629,40 @@ std::string format_duration(double seconds) {
     return buf;
 }
 
+// A run that died (a killed rank, a crash, an OOM) may have logged steps past its last checkpoint and a last
+// line cut in half. Resuming from step `step` keeps the complete lines up to it, so the file reads as one
+// run again: without this the resumed steps would follow a torn line and repeat steps already logged.
+void trim_metrics_after(const fs::path& path, int64_t step, std::ostream& out) {
+    std::ifstream in(path);
+    if (!in) return;
+    std::string kept, line;
+    int64_t dropped = 0;
+    while (std::getline(in, line)) {
+        json entry;
+        try {
+            entry = json::parse(line);
+        } catch (const json::exception&) {
+            ++dropped;   // a torn line
+            continue;
+        }
+        if (entry.contains("step") && entry["step"].is_number_integer() && entry["step"].get<int64_t>() > step) {
+            ++dropped;
+            continue;
+        }
+        kept += line + "\n";
+    }
+    in.close();
+    if (dropped == 0) return;
+    const fs::path tmp = path.string() + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        check(static_cast<bool>(out << kept), tmp.string(), ": cannot write");
+    }
+    fs::rename(tmp, path);
+    out << "metrics: dropped " << dropped << " line(s) of " << path.string() << " past step " << step
+              << " (logged after the checkpoint, or cut off)\n";
+}
+
 }  // namespace
 
 void Trainer::run() {
@@ -639,6 +674,7 @@ void Trainer::run() {
     const bool lead = comm_.rank() == 0;
     // A fresh run starts a fresh metrics file; a resumed one appends after the steps it already has.
     std::ofstream metrics;
+    if (lead && step_ > 0) trim_metrics_after(run_dir / "metrics.jsonl", step_, out_);
     if (lead) {
         metrics.open(run_dir / "metrics.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
         check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
@@ -682,7 +718,7 @@ void Trainer::run() {
         if (loss_scaler_.enabled()) line["loss_scale"] = m.loss_scale;
         if (m.skipped) line["skipped"] = true;
         if (comm_.size() > 1) line["allreduce_seconds"] = m.allreduce_seconds;
-        metrics << line.dump() << "\n";
+        metrics << line.dump() << "\n" << std::flush;   // a killed run keeps every step it logged
         if (m.skipped) out_ << "step " << m.step << " skipped: non-finite gradients"
                             << (loss_scaler_.enabled() ? concat(" (loss scale now ", loss_scaler_.scale(), ")") : "") << "\n";
 

@@ -87,6 +87,8 @@ public:
     LossScaler& loss_scaler() { return loss_scaler_; }
     const RunData& data() const { return data_; }
     Comm& comm() { return comm_; }
+    // The FNV-1a hash of the token ids this rank trained on in the last step (data-parallel runs only).
+    uint64_t last_batch_hash() const { return last_batch_hash_; }
     const RunConfig& config() const { return config_; }
     int64_t step() const { return step_; }
     // Called on every CPU step after the backward passes and before clipping and the update, with the
@@ -124,6 +126,7 @@ private:
     static constexpr double kOneProcessBound = 1e-4;
     int64_t global_batch_rows() const { return comm_.size() * config_.train.grad_accum * config_.train.batch_size; }
     int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
+    uint64_t last_batch_hash_ = 0;
     int64_t local_first_ = 0;              // this rank's first micro-batch in micro_ids_ (the global batch)
     std::string describe_spike(const LossSpike& spike, const std::vector<std::vector<double>>& row_losses) const;
 };

@@ -19,6 +19,8 @@
 
 #include "kernels/bugs.h"
 #include "kernels/error.h"
+#include "probes/failures.h"
+#include "tests/failure_pages.h"
 #include "train/dist.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
@@ -307,6 +309,30 @@ TEST_F(Dist, CheckpointResumesOnTwoRanksBitwiseAndOnOneRankWithTheSameGlobalBatc
     }
     EXPECT_NE(message.find("global batch of 16 rows per step (2 rank(s)); this run has 8"), std::string::npos) << message;
     EXPECT_NE(message.find("Set train.global_batch = 16"), std::string::npos) << message;
+}
+
+// The four data-parallel entries of the failure catalog, both halves on 2 ranks: each detector fires with its
+// switch and stays silent without it, and the docs page quotes the figures the report prints.
+TEST_F(Dist, CatalogEntriesSeparateAndTheirPagesQuoteTheReport) {
+    REQUIRE_TWO_RANKS();
+    int entries = 0;
+    for (const FailureScenario& s : failure_catalog()) {
+        if (s.ranks == 1) continue;
+        ++entries;
+        const std::string dir = shared_dir("failure_" + s.id);
+        std::ostringstream out;
+        const FailureReport report = run_failure(s.id, dir, out);
+        EXPECT_TRUE(report.with_bug.detector_fired) << s.id << ": the detector missed the bug";
+        EXPECT_FALSE(report.without_bug.detector_fired) << s.id << ": false alarm: " << report.without_bug.detector_message;
+        EXPECT_TRUE(bugs() == Bugs{}) << s.id << " left a bug switch on";
+        if (world().rank() == 0) {
+            EXPECT_TRUE(fs::exists(fs::path(dir) / (s.id + ".svg")));
+            testing::expect_page_quotes_report(s.id, out.str());
+        } else {
+            EXPECT_EQ(out.str(), "") << "only rank 0 prints the report";
+        }
+    }
+    EXPECT_EQ(entries, 4);
 }
 
 }  // namespace
