@@ -9,8 +9,8 @@
 #                                  or CUDA build).
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
-#     nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark and
-#     Debian's PyTorch + numpy (parity tests and benchmark peers).
+#     nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark,
+#     Debian's PyTorch + numpy (parity tests and benchmark peers) and OpenMPI (mpirun -np 2 tests).
 #   - For the tests, a Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and
 #     adds `safetensors` and `gymnasium` from PyPI (Debian has no package for them); with CUDA also the
 #     cudnn-frontend C++ headers (PyPI's nvidia-cudnn-frontend, headers only) for cuDNN attention.
@@ -30,9 +30,9 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then have
 
 # What the reftrain binary needs to build and run.
 packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev zlib1g-dev)
-if ! $main_only; then  # the tests and benchmarks
+if ! $main_only; then  # the tests and benchmarks; OpenMPI for data-parallel training (mpirun, tests/dist/)
   packages+=(git libgtest-dev libgmock-dev libbenchmark-dev sentencepiece python3 python3-venv python3-pip
-             python3-numpy python3-torch python3-sentencepiece)
+             python3-numpy python3-torch python3-sentencepiece openmpi-bin libopenmpi-dev)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -139,6 +139,13 @@ int main(int argc, char** argv) {
     register_env_commands(app);
 
     try {
+        // Under mpirun only training is data parallel; any other command would run N times over the same files.
+        if (launched_by_mpi() && world().size() > 1 && argc > 1) {
+            const std::string command = argv[1];
+            check(command == "train" || command == "failure", "`reftrain ", command, "` is not data parallel: under mpirun "
+                  "with ", world().size(), " ranks every rank would run it on the same files. Run it without mpirun "
+                  "(only `train` and `failure run` take ranks; docs/distributed.md)");
+        }
         try {
             app.parse(argc, argv);
         } catch (const CLI::ParseError& e) {

@@ -76,7 +76,8 @@ struct StepScalars {
 }  // namespace
 
 CudaStepResult cuda_train_step(CudaTransformer& model, CudaAdamW& optimizer, std::vector<CudaMicroBatch>& micro,
-                               double lr, double max_norm, LossScaler* scaler, int64_t step_index) {
+                               double lr, double max_norm, LossScaler* scaler, int64_t step_index,
+                               const std::function<void(CudaStepResult&)>& after_backward) {
     static thread_local StepScalars scalars;  // two device words, allocated once per thread
     cudaStream_t s = model.stream();
     FrameTracer* tracer = model.tracer();
@@ -92,6 +93,7 @@ CudaStepResult cuda_train_step(CudaTransformer& model, CudaAdamW& optimizer, std
         r.loss += mb.weight * f.loss;
         r.supervised_tokens += f.supervised_tokens;
     }
+    if (after_backward) after_backward(r);
     std::vector<Tensor> grads = model.grads().tensors();
     bool nonfinite = false;
     if (scaling) {
@@ -101,7 +103,7 @@ CudaStepResult cuda_train_step(CudaTransformer& model, CudaAdamW& optimizer, std
         REFTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
         nonfinite = flag != 0;
         r.scaler_skipped = scaler->update(nonfinite);
-        r.skipped = r.scaler_skipped;
+        r.skipped = r.skipped || r.scaler_skipped;   // after_backward may have skipped it (another rank's trip)
     }
     if (tracer != nullptr && tracer->tripped()) r.skipped = true;  // the caller applies the tracer's policy
     if (r.skipped) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -56,7 +57,11 @@ struct CudaStepResult {
 // unscaled and checked on the device, and the step skipped on inf/NaN (LossScaler::update decides the
 // next scale). `max_norm` <= 0 disables clipping. With a tracer on the model, the step's frame is
 // begun (step_index) and ended here, and the updated parameters are recorded as "adamw.update".
+// `after_backward`, when set, runs once after the last backward and before the unscale, the clip and the
+// update: the data-parallel all-reduce of the gradients (NCCL, train/dist_nccl.h), so that every decision
+// after it is taken on the summed gradient, the same on every rank. It may change r.loss (the ranks' sum).
 CudaStepResult cuda_train_step(CudaTransformer& model, CudaAdamW& optimizer, std::vector<CudaMicroBatch>& micro,
-                               double lr, double max_norm, LossScaler* scaler, int64_t step_index);
+                               double lr, double max_norm, LossScaler* scaler, int64_t step_index,
+                               const std::function<void(CudaStepResult&)>& after_backward = {});
 
 }  // namespace reftrain

@@ -35,14 +35,14 @@ bool built_with_mpi() {
 #endif
 }
 
-namespace {
-
 // Launched by an MPI launcher? OpenMPI's mpirun sets OMPI_COMM_WORLD_SIZE; PMIx launchers (srun,
 // prterun) set PMIX_RANK. Without one, MPI is not touched: a plain `reftrain train` never pays for it.
 bool launched_by_mpi() {
     return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr ||
            std::getenv("PMI_RANK") != nullptr;
 }
+
+namespace {
 
 #ifdef REFTRAIN_HAVE_MPI
 void mpi_check(int code, const char* what) {

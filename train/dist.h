@@ -68,6 +68,8 @@ public:
 // first call and finalised at exit.
 Comm& world();
 bool built_with_mpi();
+// True when an MPI launcher started this process (world() then has the launcher's ranks).
+bool launched_by_mpi();
 
 // FNV-1a over bytes: the parameter and batch fingerprints that ranks compare (dist.params_in_sync,
 // dist.batches_disjoint). Equal bytes give equal hashes on every rank and machine.

@@ -27,8 +27,12 @@
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #ifdef REFTRAIN_HAVE_CUDA
+#include "kernels/cuda/check.h"
 #include "kernels/cuda/device.h"
 #include "train/cuda_step.h"
+#endif
+#ifdef REFTRAIN_HAVE_NCCL
+#include "train/dist_nccl.h"
 #endif
 #include "train/grad_clip.h"
 #include "train/schedule.h"
@@ -57,6 +61,9 @@ ModelConfig model_config_for_run(const RunConfig& config, int64_t tokenizer_voca
 
 #ifdef REFTRAIN_HAVE_CUDA
 struct Trainer::Gpu {
+#ifdef REFTRAIN_HAVE_NCCL
+    std::unique_ptr<NcclComm> nccl;   // the gradient all-reduce of a data-parallel GPU run (null for one rank)
+#endif
     std::unique_ptr<CudaTransformer> model;
     std::unique_ptr<CudaAdamW> optimizer;
 };
@@ -144,10 +151,20 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out, Comm* comm)
                                     config_.train.max_steps, config_.train.grad_accum);
     if (config_.train.device == "cuda") {
 #ifdef REFTRAIN_HAVE_CUDA
-        check(ranks == 1, "train.device = \"cuda\" with ", ranks, " ranks: the multi-GPU step (NCCL, train/dist_nccl.h) is "
-              "not wired into the trainer yet; run one rank per GPU job, or train.device = \"cpu\" under mpirun");
         cuda::set_deterministic(config_.train.deterministic);
         gpu_ = std::make_unique<Gpu>();
+        if (ranks > 1) {
+#ifdef REFTRAIN_HAVE_NCCL
+            // One GPU per rank (rank r on device r mod the devices of its host), chosen before anything is
+            // allocated on it; the gradients are then summed by NCCL on the device (train/dist_nccl.h).
+            const int devices = cuda::device_count();
+            check(devices > 0, "train.device = \"cuda\": no CUDA device on rank ", comm_.rank());
+            gpu_->nccl = std::make_unique<NcclComm>(comm_, comm_.rank() % devices);
+#else
+            fail("train.device = \"cuda\" with ", ranks, " ranks needs NCCL, and this build has none (configure with "
+                 "NCCL found: nccl.h and libnccl; docs/distributed.md)");
+#endif
+        }
         gpu_->model = std::make_unique<CudaTransformer>(model_config, config_.train.batch_size, config_.train.seq_len,
                                                         CudaModelOptions{precision});
         gpu_->model->load_from(*model_);  // the same seeded init as the CPU
@@ -288,25 +305,7 @@ StepMetrics Trainer::train_step() {
         m.allreduce_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - reduce_start).count();
         m.loss = bugs().grads_not_averaged ? sums[0] / static_cast<double>(ranks) : sums[0];  // the mean of rank means
         tripped = sums[1] > 0.0;
-        // What each rank contributed: its own gradient finite? the hash of the rows it trained on.
-        uint64_t batch_hash = 1469598103934665603ull;
-        for (int64_t j = 0; j < k; ++j) {
-            batch_hash = fnv1a(micro_ids_[first + j].data(), micro_ids_[first + j].size() * sizeof(int64_t), batch_hash);
-        }
-        last_batch_hash_ = batch_hash;
-        const std::vector<std::string> all = comm_.allgather(concat(std::isfinite(local_norm) ? 1 : 0, " ", batch_hash));
-        std::vector<int> finite;
-        std::vector<uint64_t> hashes;
-        for (const std::string& entry : all) {
-            std::istringstream in(entry);
-            int f = 0;
-            uint64_t h = 0;
-            in >> f >> h;
-            finite.push_back(f);
-            hashes.push_back(h);
-        }
-        check_grad_finite_on_all_ranks(invariants_, finite, step_);
-        check_batches_disjoint(invariants_, hashes, step_);
+        exchange_batch_hashes(std::isfinite(local_norm) ? 1 : 0);
         if (first_step_of_process_ < 0 && config_.dist.check_first_step) check_against_one_process(counts, total, scale);
     }
     if (first_step_of_process_ < 0) first_step_of_process_ = step_;
@@ -388,7 +387,33 @@ void Trainer::check_config_same_on_all_ranks() {
           ". Every rank must get the same --config file and --set overrides (mpirun passes one command line to all)");
 }
 
+// What each rank contributed to the step: the hash of the token ids it trained on (dist.batches_disjoint) and
+// whether its own gradient was finite before the sum (grad.finite_on_all_ranks; -1 = not measured, the GPU).
+void Trainer::exchange_batch_hashes(int local_finite) {
+    const int64_t k = config_.train.grad_accum;
+    uint64_t batch_hash = 1469598103934665603ull;
+    for (int64_t j = 0; j < k; ++j) {
+        const std::vector<int64_t>& ids = micro_ids_[local_first_ + j];
+        batch_hash = fnv1a(ids.data(), ids.size() * sizeof(int64_t), batch_hash);
+    }
+    last_batch_hash_ = batch_hash;
+    const std::vector<std::string> all = comm_.allgather(concat(local_finite, " ", batch_hash));
+    std::vector<int> finite;
+    std::vector<uint64_t> hashes;
+    for (const std::string& entry : all) {
+        std::istringstream in(entry);
+        int f = 0;
+        uint64_t h = 0;
+        in >> f >> h;
+        finite.push_back(f);
+        hashes.push_back(h);
+    }
+    if (local_finite >= 0) check_grad_finite_on_all_ranks(invariants_, finite, step_);
+    check_batches_disjoint(invariants_, hashes, step_);
+}
+
 void Trainer::check_params_in_sync() {
+    sync_from_gpu();   // a GPU run's weights live on the device: compare those
     const Arena& p = model_->params();
     const std::vector<std::string> all = comm_.allgather(std::to_string(fnv1a(p.data(), p.nbytes())));
     std::vector<uint64_t> hashes;
@@ -479,17 +504,38 @@ std::string Trainer::describe_spike(const LossSpike& spike, const std::vector<st
 StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t total) {
 #ifdef REFTRAIN_HAVE_CUDA
     const int64_t k = config_.train.grad_accum, B = config_.train.batch_size, T = config_.train.seq_len;
+    const int64_t global_k = comm_.size() * k;
     StepMetrics m;
     std::vector<CudaMicroBatch> micro(static_cast<size_t>(k));
-    for (int64_t i = 0; i < k; ++i) {
-        micro[i].input_ids = Tensor(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
-        micro[i].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
-        micro[i].weight = micro_batch_weight(config_.train, counts[i], total, k);
+    for (int64_t j = 0; j < k; ++j) {   // this rank's slice of the global batch, weighted as on the CPU
+        const int64_t i = local_first_ + j;
+        micro[j].input_ids = Tensor(micro_ids_[i].data(), DType::I64, {B, T}, "input_ids");
+        micro[j].targets = Tensor(micro_targets_[i].data(), DType::I64, {B, T}, "targets");
+        micro[j].weight = micro_batch_weight(config_.train, counts[i], total, global_k);
     }
     m.lr = lr_at(config_.schedule, step_);
     check_schedule_counts_optimizer_steps(invariants_, step_, m.lr, schedule_at(), step_ * k, k);
+    std::function<void(CudaStepResult&)> reduce;
+#ifdef REFTRAIN_HAVE_NCCL
+    if (gpu_->nccl) {
+        // The GPU twin of the CPU step's all-reduce: NCCL sums the gradient arena on the device; the loss and
+        // "did any rank's tracer trip" go over the host communicator, so every rank skips alike.
+        reduce = [&](CudaStepResult& r) {
+            const auto reduce_start = std::chrono::steady_clock::now();
+            DeviceArena& grads = gpu_->model->grads();
+            gpu_->nccl->allreduce_sum(reinterpret_cast<float*>(grads.data()),
+                                      static_cast<int64_t>(grads.nbytes() / sizeof(float)), gpu_->model->stream());
+            double sums[2] = {r.loss, tracer_ && tracer_->tripped() ? 1.0 : 0.0};
+            comm_.allreduce_sum(sums, 2);
+            r.loss = sums[0];
+            if (sums[1] > 0.0) r.skipped = true;
+            REFTRAIN_CUDA_CHECK(cudaStreamSynchronize(gpu_->model->stream()));
+            m.allreduce_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - reduce_start).count();
+        };
+    }
+#endif
     const CudaStepResult r = cuda_train_step(*gpu_->model, *gpu_->optimizer, micro, m.lr, config_.train.grad_clip,
-                                             &loss_scaler_, step_);
+                                             &loss_scaler_, step_, reduce);
     m.loss = r.loss;
     m.loss_scale = r.loss_scale;
     m.skipped = r.skipped;
@@ -499,9 +545,11 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
         stop_at_first_nonfinite(*tracer_, step_);
     }
     if (!m.skipped) check_loss_finite(invariants_, m.loss, step_);
+    if (comm_.size() > 1) exchange_batch_hashes(-1);
+    if (first_step_of_process_ < 0) first_step_of_process_ = step_;
     ++step_;
     m.step = step_;
-    m.tokens = k * B * T;
+    m.tokens = global_k * B * T;
     m.supervised_tokens = total;
     return m;
 #else

@@ -121,6 +121,7 @@ private:
     // Data-parallel pieces of the step (one process: none of them runs).
     void check_config_same_on_all_ranks();
     void check_params_in_sync();
+    void exchange_batch_hashes(int local_finite);
     void check_against_one_process(const std::vector<int64_t>& counts, int64_t total, double scale);
     // dist.step_matches_one_process's normwise bound: the two differ only in the order of float additions.
     static constexpr double kOneProcessBound = 1e-4;
