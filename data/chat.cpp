@@ -283,7 +283,7 @@ std::vector<Conversation> load_conversations_jsonl(const std::string& path) {
         DuplicateKey duplicate;
         try {
             value = parse_json_noting_duplicates(line, &duplicate);
-        } catch (const json::parse_error& e) {
+        } catch (const json::exception& e) {
             fail(at, ": invalid JSON: ", e.what());
         }
         check(duplicate.key.empty(), at, ": key '", duplicate.key, "' appears twice in one object");

@@ -1,5 +1,6 @@
 // debug/diff.cpp — see diff.h for the error measure and the walk order.
 #include "debug/diff.h"
+#include "kernels/json_strict.h"
 
 #include <algorithm>
 #include <cctype>
@@ -15,6 +16,14 @@
 
 namespace reftrain {
 
+namespace {
+// A __metadata__ value that holds JSON text, read by the one strict reader (kernels/json_strict.h).
+nlohmann::json parse_metadata_json(const std::string& text) {
+    DuplicateKey duplicate;
+    return parse_json_noting_duplicates(text, &duplicate);
+}
+}  // namespace
+
 std::string encode_dump_order(const std::vector<std::string>& names) { return nlohmann::json(names).dump(); }
 
 std::optional<std::vector<std::string>> read_dump_order(const SafetensorsFile& file) {
@@ -22,7 +31,7 @@ std::optional<std::vector<std::string>> read_dump_order(const SafetensorsFile& f
     if (found == file.metadata().end()) return std::nullopt;
     nlohmann::json parsed;
     try {
-        parsed = nlohmann::json::parse(found->second);
+        parsed = parse_metadata_json(found->second);
     } catch (const nlohmann::json::exception& e) {
         fail(file.path(), ": __metadata__ '", kDumpOrderKey, "' is not valid JSON (expected a list of tensor names): ",
              e.what());
@@ -421,7 +430,7 @@ std::optional<nlohmann::json> metadata_json(const Dump& dump, const std::string&
     auto found = dump.metadata.find(key);
     if (found == dump.metadata.end()) return std::nullopt;
     try {
-        return nlohmann::json::parse(found->second);
+        return parse_metadata_json(found->second);
     } catch (const nlohmann::json::exception&) {
         return std::nullopt;
     }
@@ -672,7 +681,7 @@ Dump apply_map(Dump b, const DiffOptions& options, const MapDims& dims, DiffRepo
     } else if (auto found = b.metadata.find("reftrain.map"); found != b.metadata.end()) {
         nlohmann::json parsed;
         try {
-            parsed = nlohmann::json::parse(found->second);
+            parsed = parse_metadata_json(found->second);
         } catch (const nlohmann::json::exception& e) {
             fail(b.path, ": __metadata__ 'reftrain.map' is not valid JSON: ", e.what());
         }

@@ -209,6 +209,8 @@ RunMetrics parse_run_metrics(const std::string& text, const std::string& path) {
             const std::string why = parse_error_text(e, &column);
             fail(path, " line ", line_number, ", column ", column, ": not valid JSON: ", why,
                  unterminated ? " (the file's last line has no newline: is the run still writing it?)" : "");
+        } catch (const json::exception& e) {   // a NUL byte, nesting, a number out of range
+            fail(path, " line ", line_number, ": not valid JSON: ", e.what());
         }
         check(object.is_object(), path, " line ", line_number, ": expected a JSON object with \"step\" (one per line), got ",
               object.type_name());

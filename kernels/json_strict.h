@@ -1,8 +1,14 @@
-// kernels/json_strict.h — JSON parsing that notices repeated keys.
+// kernels/json_strict.h — the one JSON reader of files users hand in.
 //
 // nlohmann::json keeps the last of two equal keys in an object, so {"lr": 1, "lr": 2} silently
-// means lr = 2. Every JSON input of reftrain (configs, safetensors headers) goes through this
-// instead, and the caller refuses a repeat with a message of its own.
+// means lr = 2. Every JSON input of reftrain (configs, safetensors headers, checkpoints, chat JSONL,
+// metrics) goes through parse_json_noting_duplicates instead, and the caller refuses a repeat with a
+// message of its own. It also refuses what a file must never be able to do to the program:
+//   - a NUL byte (some readers stop at it and ignore the rest; the rest was meant to be read);
+//   - nesting deeper than kMaxJsonDepth (deeply nested values overflow the stack when copied or printed);
+//   - a number too large for a double (1e400: nlohmann throws out_of_range, not parse_error).
+// Every such refusal is a nlohmann::json::exception, so a caller that catches json::exception (never only
+// parse_error) turns each into an error naming its file.
 #pragma once
 
 #include <algorithm>
@@ -21,18 +27,38 @@
 
 namespace reftrain {
 
+// Deeper than any config, header or state reftrain writes (they nest 4 levels) by far.
+constexpr int kMaxJsonDepth = 128;
+
+// A refusal of the reader itself (NUL byte, nesting), as a json::exception like nlohmann's own.
+struct JsonInputError : nlohmann::json::exception {
+    explicit JsonInputError(const std::string& what) : nlohmann::json::exception(900, what.c_str()) {}
+};
+
 struct DuplicateKey {
     std::string key;  // empty when every key is unique
     size_t depth = 0; // 1 = a key of the top-level object, 2 = one level further in, ...
 };
 
-// Parses `text`; throws nlohmann::json::parse_error on invalid JSON (callers add the file name).
-// The first repeated key, if any, is reported through `duplicate`.
+// Parses `text`; throws a nlohmann::json::exception on invalid JSON, a NUL byte, nesting deeper than
+// kMaxJsonDepth or a number out of a double's range (callers add the file name). The first repeated key,
+// if any, is reported through `duplicate`.
 inline nlohmann::json parse_json_noting_duplicates(std::string_view text, DuplicateKey* duplicate) {
     using json = nlohmann::json;
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+        throw JsonInputError("a NUL byte at offset " + std::to_string(nul) + " (JSON text has none)");
+    }
     std::vector<std::set<std::string>> open_objects;
+    int depth = 0;
     *duplicate = DuplicateKey{};
     auto on_event = [&](int, json::parse_event_t event, json& parsed) {
+        if (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) {
+            if (++depth > kMaxJsonDepth) {
+                throw JsonInputError("nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+            }
+        } else if (event == json::parse_event_t::object_end || event == json::parse_event_t::array_end) {
+            --depth;
+        }
         if (event == json::parse_event_t::object_start) {
             open_objects.emplace_back();
         } else if (event == json::parse_event_t::object_end) {
@@ -57,7 +83,7 @@ inline nlohmann::json read_json_file(const std::string& path, const std::string&
     nlohmann::json j;
     try {
         j = parse_json_noting_duplicates(text.str(), &duplicate);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
         fail(path, ": the ", what, " is not valid JSON: ", e.what());
     }
     check(duplicate.key.empty(), path, ": key '", duplicate.key, "' appears twice in the ", what,

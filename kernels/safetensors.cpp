@@ -182,7 +182,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     json header;
     try {
         header = parse_json_noting_duplicates(std::string_view(header_begin, header_length), &duplicate);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
         fail(path, ": header is not valid JSON (", e.what(), ")");
     }
     check(header.is_object(), path, ": header must be a JSON object mapping tensor names to entries, got ",

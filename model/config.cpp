@@ -418,6 +418,8 @@ void check_math_keys(const json& j, const ModelConfig& c, const std::string& sou
             check(t == "full_attention", source, ": field 'layer_types' has entry ", short_dump(t),
                   ", but this model implements only \"full_attention\" layers");
         }
+        check(static_cast<int64_t>(types.size()) == c.num_hidden_layers, source, ": field 'layer_types' has ",
+              types.size(), " entries, but num_hidden_layers is ", c.num_hidden_layers, " (one entry per layer)");
     }
 }
 
@@ -582,6 +584,33 @@ void ModelConfig::validate(const std::string& source) const {
     for (const auto& [field, value] : sizes) {
         check(value >= 1, source, ": field '", field, "' must be >= 1, got ", value);
     }
+    // Every buffer the model allocates is a product of these fields, and a file can hold any integer. The
+    // products are checked here, before anything is allocated: a product that wraps around 2^63 would
+    // allocate a few bytes that the init then writes past (vocab_size = 2^63 - 1 did exactly that).
+    auto product = [&](int64_t a, int64_t b, const char* what) {
+        int64_t out = 0;
+        check(!__builtin_mul_overflow(a, b, &out) && out <= kMaxModelParameters, source, ": the model is too large: ",
+              what, " = ", a, " x ", b, " exceeds ", kMaxModelParameters, " (2^40) elements");
+        return out;
+    };
+    auto sum = [&](int64_t a, int64_t b, const char* what) {
+        int64_t out = 0;
+        check(!__builtin_add_overflow(a, b, &out) && out <= kMaxModelParameters, source, ": the model is too large: ",
+              what, " exceeds ", kMaxModelParameters, " (2^40) parameters");
+        return out;
+    };
+    const int64_t q = product(num_attention_heads, head_dim, "num_attention_heads x head_dim");
+    const int64_t kv = product(num_key_value_heads, head_dim, "num_key_value_heads x head_dim");
+    int64_t layer = product(hidden_size, q, "hidden_size x num_attention_heads x head_dim (q_proj, o_proj)");
+    layer = sum(layer, layer, "a layer's attention");
+    layer = sum(layer, product(2, product(hidden_size, kv, "hidden_size x num_key_value_heads x head_dim (k_proj, v_proj)"),
+                               "k_proj + v_proj"), "a layer's attention");
+    layer = sum(layer, product(3, product(hidden_size, intermediate_size, "hidden_size x intermediate_size (MLP)"), "the MLP"),
+                "a layer");
+    const int64_t embedding = product(vocab_size, hidden_size, "vocab_size x hidden_size (embedding)");
+    sum(product(num_hidden_layers, layer, "num_hidden_layers x a layer's parameters"), product(2, embedding, "embedding + lm_head"),
+        "the parameter count");
+    product(max_position_embeddings, head_dim, "max_position_embeddings x head_dim (the RoPE table)");
     check(num_attention_heads % num_key_value_heads == 0, source, ": field 'num_attention_heads' (",
           num_attention_heads, ") must be divisible by field 'num_key_value_heads' (", num_key_value_heads,
           ") for grouped-query attention");

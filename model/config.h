@@ -25,6 +25,10 @@
 
 namespace reftrain {
 
+// The largest model validate() accepts, in elements of any one size product and in parameters: 2^40 (4 TiB
+// in fp32), far above anything this framework trains and far below where an int64 product wraps.
+constexpr int64_t kMaxModelParameters = int64_t{1} << 40;
+
 struct ModelConfig {
     // --- HF fields (Qwen3ForCausalLM names) ---
     int64_t vocab_size = 512;
@@ -68,6 +72,7 @@ struct ModelConfig {
     // transformers 5.24 (tests/data/hf_configs/transformers_5_24_config_keys.txt).
     static std::string typo_of(const std::string& key);
 
+    // Checked by validate(): this and every other size product fits kMaxModelParameters.
     int64_t q_dim() const { return num_attention_heads * head_dim; }
     int64_t kv_dim() const { return num_key_value_heads * head_dim; }
 };

@@ -204,6 +204,9 @@ const json& field(const json& object, const char* name, const std::string& where
     return object[name];
 }
 
+// The largest step a checkpoint may record: 2^50 steps is beyond any run, and exact in a double.
+constexpr int64_t kMaxCheckpointStep = int64_t{1} << 50;
+
 int64_t integer_field(const json& object, const char* name, const std::string& where) {
     const json& v = field(object, name, where);
     check(v.is_number_integer() && (!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())), where,
@@ -271,7 +274,7 @@ StoredState read_state_file(const std::string& path) {
     try {
         header = parse_json_noting_duplicates(
             std::string_view(reinterpret_cast<const char*>(payload + 8), header_size), &duplicate);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
         fail(path, ": corrupt: header is not valid JSON (", e.what(), ")");
     }
     check(header.is_object(), path, ": corrupt: header must be a JSON object, got ", header.type_name());
@@ -280,6 +283,11 @@ StoredState read_state_file(const std::string& path) {
     TrainState& state = stored.state;
     state.step = integer_field(header, "step", where);
     stored.optimizer_step_count = integer_field(header, "optimizer_step_count", where);
+    // A step count no run reaches (the schedule and AdamW's bias correction take it as a double).
+    check(state.step >= 0 && state.step <= kMaxCheckpointStep, path, ": header field 'step' = ", state.step,
+          " is outside [0, 2^50]");
+    check(stored.optimizer_step_count >= 0 && stored.optimizer_step_count <= kMaxCheckpointStep, path,
+          ": header field 'optimizer_step_count' = ", stored.optimizer_step_count, " is outside [0, 2^50]");
     const json& rng = field(header, "rng_states", where);
     check(rng.is_array(), path, ": header field 'rng_states' must be an array, got ", rng.type_name());
     for (size_t i = 0; i < rng.size(); ++i) state.rng_states.push_back(parse_u64_text(rng[i], where, i));
@@ -311,17 +319,21 @@ StoredState read_state_file(const std::string& path) {
               "' is not a float dtype");
         const json& shape = field(table[i], "shape", entry_where);
         check(shape.is_array(), entry_where, ": field 'shape' must be an array");
-        size_t numel = 1;
+        size_t numel = 1, span = 0;
         for (const json& d : shape) {
             check(d.is_number_integer() && d.get<int64_t>() >= 0, entry_where, ": bad dimension ", d.dump());
             m.shape.push_back(d.get<int64_t>());
-            numel *= static_cast<size_t>(m.shape.back());
+            // Checked: a shape like [2^62, 4] must not wrap to a span of 0 bytes that then "matches".
+            check(!__builtin_mul_overflow(numel, static_cast<size_t>(m.shape.back()), &numel), entry_where,
+                  ": the shape ", shape.dump(), " has more elements than a 64-bit size can count");
         }
+        check(!__builtin_mul_overflow(numel, dtype_size(m.dtype), &span) && span <= moment_bytes, entry_where,
+              ": the shape ", shape.dump(), " spans more bytes than the payload's ", moment_bytes);
         m.begin = static_cast<size_t>(integer_field(table[i], "begin", entry_where));
         m.end = static_cast<size_t>(integer_field(table[i], "end", entry_where));
-        check(m.begin == covered && m.end >= m.begin && m.end - m.begin == numel * dtype_size(m.dtype), entry_where,
+        check(m.begin == covered && m.end >= m.begin && m.end - m.begin == span, entry_where,
               ": '", m.name, "' has byte range [", m.begin, ", ", m.end, "), expected to start at ", covered,
-              " and span ", numel * dtype_size(m.dtype), " bytes");
+              " and span ", span, " bytes");
         covered = m.end;
         stored.moments.push_back(std::move(m));
     }
@@ -484,7 +496,7 @@ nlohmann::json read_checkpoint_run_config(const std::string& dir) {
     try {
         config = parse_json_noting_duplicates(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
                                               &duplicate);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
         fail(path, ": not valid JSON (", e.what(), ")");
     }
     check(duplicate.key.empty(), path, ": duplicate key '", duplicate.key, "'");

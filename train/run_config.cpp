@@ -53,12 +53,12 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("train.loss_spike_z", &R::train, &T::loss_spike_z).non_negative()
             .add("train.loss_spike_window", &R::train, &T::loss_spike_window).positive()
             .add("train.loss_spike_skip", &R::train, &T::loss_spike_skip)
-            .add("train.beta1", &R::train, &T::adamw, &AdamWConfig::beta1)   // AdamW's lr is the schedule's
-            .add("train.beta2", &R::train, &T::adamw, &AdamWConfig::beta2)
-            .add("train.eps", &R::train, &T::adamw, &AdamWConfig::eps)
-            .add("train.weight_decay", &R::train, &T::adamw, &AdamWConfig::weight_decay);
+            .add("train.beta1", &R::train, &T::adamw, &AdamWConfig::beta1).between(0.0, 0.999999)   // lr: the schedule's
+            .add("train.beta2", &R::train, &T::adamw, &AdamWConfig::beta2).between(0.0, 0.999999999)
+            .add("train.eps", &R::train, &T::adamw, &AdamWConfig::eps).between(1e-30, 1.0)
+            .add("train.weight_decay", &R::train, &T::adamw, &AdamWConfig::weight_decay).between(0.0, 10.0);
         f.add("schedule.kind", &R::schedule, &S::kind)
-            .add("schedule.lr", &R::schedule, &S::lr)
+            .add("schedule.lr", &R::schedule, &S::lr).between(0.0, 100.0)
             .add("schedule.warmup_steps", &R::schedule, &S::warmup_steps)
             .add("schedule.total_steps", &R::schedule, &S::total_steps)
             .add("schedule.final_lr_fraction", &R::schedule, &S::final_lr_fraction)
@@ -71,7 +71,7 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("eval.final_test", &R::eval, &E::final_test)
             .add("eval.stop_at_exact_match", &R::eval, &E::stop_at_exact_match);
         f.add("tracer.enabled", &R::tracer, &TracerConfig::enabled)
-            .add("tracer.frames", &R::tracer, &TracerConfig::frames).positive()
+            .add("tracer.frames", &R::tracer, &TracerConfig::frames).between(1, 100000)
             .add("tracer.policy", &R::tracer, &TracerConfig::policy).one_of({"stop", "skip"});
         f.add("loss_scaler.init_scale", &R::loss_scaler, &LossScalerSettings::init_scale)
             .add("loss_scaler.growth_factor", &R::loss_scaler, &LossScalerSettings::growth_factor)
@@ -185,11 +185,20 @@ void apply_set(json& config, const std::string& assignment) {
     const std::string key = assignment.substr(0, eq);
     const std::string text = assignment.substr(eq + 1);
     json value;
+    DuplicateKey duplicate;
     try {
-        value = json::parse(text);
+        value = parse_json_noting_duplicates(text, &duplicate);
     } catch (const json::parse_error&) {
         value = text;  // a bare word is a string
+        try {
+            (void)value.dump();   // a string JSON can hold: valid UTF-8 (messages below dump it)
+        } catch (const json::exception&) {
+            fail("--set '", key, "=...': the value is not valid UTF-8 text");
+        }
+    } catch (const json::exception& e) {   // valid JSON the reader refuses: 1e400, nesting
+        fail("--set '", key, "=...': ", e.what());
     }
+    check(duplicate.key.empty(), "--set '", key, "=...': key '", duplicate.key, "' appears twice in the value");
     // Build {"a": {"b": value}} for "a.b" and merge it strictly, so --set has the same checks as a file.
     json nested = value;
     std::string rest = key;

@@ -612,13 +612,21 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     // The template check comes first: another template usually means another vocabulary too, and
     // "wrong template" is the message that tells the user what to fix.
     const TrainState saved = read_checkpoint_state(dir);
+    // Everything the trainer needs from the state is checked before anything is loaded: a refused
+    // checkpoint is never half-loaded.
+    check(saved.rng_states.size() == 1, dir, ": expected 1 RNG state, found ", saved.rng_states.size());
     check(saved.template_fingerprint == data_.chat->fingerprint(), dir,
           ": the checkpoint was trained with another chat template or tokenizer (fingerprint ",
           saved.template_fingerprint, ", this run has ", data_.chat->fingerprint(), ")");
     // Continuing with another schedule is allowed (extending a WSD run is a use), but it is not the
     // run that was saved, so say so. The usual cause: train.max_steps changed while
     // schedule.total_steps = 0 ties the schedule's length to it.
-    const ScheduleConfig before = parse_run_config(read_checkpoint_run_config(dir), dir + "/run.json").schedule;
+    // The saved run.json, read like any run config: merged strictly onto the defaults (keys a checkpoint of
+    // an older version lacks take their defaults; a malformed one is refused naming the file and key).
+    json saved_json = default_run_config();
+    merge_config(saved_json, read_checkpoint_run_config(dir), dir + "/run.json");
+    const RunConfig saved_config = parse_run_config(saved_json, dir + "/run.json");
+    const ScheduleConfig& before = saved_config.schedule;
     const ScheduleConfig& now = config_.schedule;
     if (before.kind != now.kind || before.lr != now.lr || before.warmup_steps != now.warmup_steps ||
         before.total_steps != now.total_steps || before.final_lr_fraction != now.final_lr_fraction ||
@@ -630,7 +638,7 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     }
     // The global batch: the packer's position and the schedule count global batches, so another number of
     // ranks continues the same run only when ranks x grad_accum x batch_size stays the same.
-    const TrainConfig saved_train = parse_run_config(read_checkpoint_run_config(dir), dir + "/run.json").train;
+    const TrainConfig& saved_train = saved_config.train;
     int64_t saved_ranks = 1, saved_rows = saved_train.grad_accum * saved_train.batch_size;
     if (saved.extra.contains("dist")) {
         saved_ranks = saved.extra["dist"].at("ranks").get<int64_t>();
