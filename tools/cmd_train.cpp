@@ -35,6 +35,8 @@ void register_train_commands(CLI::App& app) {
                   << config.resolved.dump(2) << "\n";
         Trainer trainer(config, std::cout);
         trainer.run();
+        // Stopped by SIGINT/SIGTERM: the shell's convention, 128 + the signal, so a script sees it did not finish.
+        if (trainer.stopped_by_signal() != 0) std::exit(128 + trainer.stopped_by_signal());
     });
 
     // ---- sample ----

@@ -517,9 +517,25 @@ std::string save_run_checkpoint(const std::string& run_dir, const Transformer& m
     char name[32];
     std::snprintf(name, sizeof name, "step_%07lld", static_cast<long long>(state.step));
     const fs::path dir = root / name;
-    save_checkpoint(dir.string(), model, optimizer, state, run_config, tokenizer_model_path, /*overwrite=*/true);
-    const std::string latest = std::string(name) + "\n";
-    write_file_atomically((root / "latest").string(), latest.data(), latest.size());
+    // `latest` moves only after every file of the new checkpoint is in place. A write that fails (a full
+    // disk: ENOSPC; a file-size limit: EFBIG) leaves the previous checkpoint and `latest` as they were, and
+    // the half-written directory is removed so that nothing looks like a checkpoint that is not one.
+    std::string previous;
+    std::ifstream(root / "latest") >> previous;
+    try {
+        save_checkpoint(dir.string(), model, optimizer, state, run_config, tokenizer_model_path, /*overwrite=*/true);
+        const std::string latest = std::string(name) + "\n";
+        write_file_atomically((root / "latest").string(), latest.data(), latest.size());
+    } catch (const Error& e) {
+        std::error_code ignored;
+        if (previous != name) fs::remove_all(dir, ignored);
+        fs::remove_all(dir.string() + ".tmp", ignored);   // the unfinished write itself
+        fail("could not write checkpoint ", dir.string(), " (", e.what(), "). ",
+             previous.empty() ? std::string("No earlier checkpoint exists.")
+                              : concat("The last good checkpoint, ", (root / previous).string(),
+                                       ", is intact and checkpoints/latest still names it: free space and continue "
+                                       "with --set resume=latest."));
+    }
     return dir.string();
 }
 

@@ -82,6 +82,7 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("dist.allow_global_batch_change", &R::dist, &DistConfig::allow_global_batch_change);
         f.add("log_every", &R::log_every).positive()
             .add("checkpoint_every", &R::checkpoint_every).non_negative()
+            .add("checkpoint_keep", &R::checkpoint_keep).non_negative()
             .add("resume", &R::resume)
             .add("invariants", &R::invariants)
             .add("bugs", &R::bugs);

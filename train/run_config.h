@@ -104,6 +104,9 @@ struct RunConfig {
     DistConfig dist;
     int64_t log_every = 10;
     int64_t checkpoint_every = 0;             // 0 = only at the end
+    // How many step_* checkpoints stay on disk: the newest N (0 = all). The one checkpoints/latest names is
+    // always among them. A long run then does not fill the disk (docs/training.md, "Checkpoints").
+    int64_t checkpoint_keep = 3;
     std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""
     // Invariant modes, {"default": "warn", "mask.has_supervised_tokens": "fatal", ...}
     // (debug/invariants.h; an unknown name is refused when the trainer configures its registry).

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -607,6 +609,28 @@ std::string Trainer::save_checkpoint() {
     return save_run_checkpoint(config_.run_dir, *model_, *optimizer_, state, config_.resolved, data_.tokenizer_model_path);
 }
 
+// checkpoint_keep: the newest N step_* directories stay, older ones go (the one `latest` names is the
+// newest, so it always stays). Rank 0 only: it owns the checkpoints.
+void Trainer::prune_checkpoints() {
+    if (comm_.rank() != 0 || config_.checkpoint_keep <= 0) return;
+    const fs::path root = fs::path(config_.run_dir) / "checkpoints";
+    std::vector<fs::path> steps;
+    for (const auto& entry : fs::directory_iterator(root)) {
+        const std::string name = entry.path().filename().string();
+        if (entry.is_directory() && name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos) steps.push_back(entry.path());
+    }
+    std::sort(steps.begin(), steps.end());   // step_0000100 < step_0000200: zero-padded names sort by step
+    std::string latest;
+    std::ifstream(root / "latest") >> latest;
+    const size_t keep = static_cast<size_t>(config_.checkpoint_keep);
+    for (size_t i = 0; i + keep < steps.size(); ++i) {
+        if (steps[i].filename().string() == latest) continue;
+        std::error_code error;
+        fs::remove_all(steps[i], error);
+        if (error) out_ << "warning: could not remove old checkpoint " << steps[i].string() << ": " << error.message() << "\n";
+    }
+}
+
 void Trainer::resume(const std::string& checkpoint_dir) {
     const std::string dir = resolve_checkpoint_dir(checkpoint_dir == "latest" ? config_.run_dir : checkpoint_dir);
     // The template check comes first: another template usually means another vocabulary too, and
@@ -685,6 +709,40 @@ std::string format_duration(double seconds) {
     return buf;
 }
 
+// ---- graceful stop -------------------------------------------------------------------------------------
+// SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) while training: the handler only records the signal; the
+// loop finishes the optimizer step in flight, saves a checkpoint and returns. A second signal restores the
+// default action and re-raises it: the process ends at once. That never tears a checkpoint: every file of
+// one is written to a temp name and renamed, and checkpoints/latest moves only after all are in place.
+std::atomic<int> g_stop_signal{0};
+
+void on_stop_signal(int signal) {
+    if (g_stop_signal.exchange(signal) != 0) {   // the second one: stop now
+        std::signal(signal, SIG_DFL);
+        std::raise(signal);
+    }
+}
+
+// Installs the handlers for the life of one run() and puts the previous ones back after.
+class StopSignals {
+public:
+    StopSignals() {
+        g_stop_signal = 0;
+        previous_int_ = std::signal(SIGINT, on_stop_signal);
+        previous_term_ = std::signal(SIGTERM, on_stop_signal);
+    }
+    ~StopSignals() {
+        std::signal(SIGINT, previous_int_);
+        std::signal(SIGTERM, previous_term_);
+    }
+    StopSignals(const StopSignals&) = delete;
+    StopSignals& operator=(const StopSignals&) = delete;
+
+private:
+    void (*previous_int_)(int) = SIG_DFL;
+    void (*previous_term_)(int) = SIG_DFL;
+};
+
 // A run that died (a killed rank, a crash, an OOM) may have logged steps past its last checkpoint and a last
 // line cut in half. Resuming from step `step` keeps the complete lines up to it, so the file reads as one
 // run again: without this the resumed steps would follow a torn line and repeat steps already logged.
@@ -761,7 +819,21 @@ void Trainer::run() {
     double train_seconds = 0.0;
     int64_t steps_timed = 0;
     bool stopped_early = false;
+    const StopSignals stop_signals;
+    stopped_by_signal_ = 0;
     while (step_ < max_steps) {
+        // A stop signal: every rank stops after the same step (the flag is summed over the ranks).
+        double stop = static_cast<double>(g_stop_signal.load());
+        if (comm_.size() > 1) comm_.allreduce_sum(&stop, 1);
+        if (stop != 0.0) {
+            stopped_by_signal_ = g_stop_signal.load() != 0 ? g_stop_signal.load() : SIGTERM;
+            const std::string dir = save_checkpoint();
+            prune_checkpoints();
+            out_ << "stopped by " << (stopped_by_signal_ == SIGINT ? "SIGINT" : "SIGTERM") << " after step " << step_
+                 << " of " << max_steps << "; checkpoint: " << dir << "; continue with --set resume=latest\n";
+            out_.flush();
+            return;
+        }
         const StepMetrics m = train_step();
         train_seconds += m.seconds;
         ++steps_timed;
@@ -814,6 +886,7 @@ void Trainer::run() {
         }
         if (config_.checkpoint_every > 0 && m.step % config_.checkpoint_every == 0 && m.step < max_steps) {
             const std::string dir = save_checkpoint();
+            prune_checkpoints();
             if (!tty) out_ << "checkpoint: " << dir << "\n";
         }
     }
@@ -828,6 +901,7 @@ void Trainer::run() {
         out_ << note;
     }
     const std::string dir = save_checkpoint();
+    prune_checkpoints();
     out_ << "checkpoint: " << dir << "\n";
     if (data_.task && config_.eval.final_test && !data_.test_examples.empty()) {
         const double acc = exact_match(*model_, *data_.chat, *data_.task, data_.test_examples, config_.data.system_prompt,

@@ -74,6 +74,9 @@ public:
     void resume(const std::string& checkpoint_dir);   // "latest" = the run's newest
     // The whole run: resume if configured, the loop with progress, evals, checkpoints, final test.
     void run();
+    // The signal (SIGINT or SIGTERM) that stopped the last run() early, after it finished the step in
+    // flight and saved a checkpoint; 0 when it ran to the end. A second signal ends the process at once.
+    int stopped_by_signal() const { return stopped_by_signal_; }
 
     // True when the training step runs on the GPU (train.device = "cuda"); model() is then the CPU copy
     // used for evaluation and checkpoints, refreshed from the GPU by sync_from_gpu().
@@ -126,6 +129,8 @@ private:
     // dist.step_matches_one_process's normwise bound: the two differ only in the order of float additions.
     static constexpr double kOneProcessBound = 1e-4;
     int64_t global_batch_rows() const { return comm_.size() * config_.train.grad_accum * config_.train.batch_size; }
+    int stopped_by_signal_ = 0;
+    void prune_checkpoints();
     int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
     uint64_t last_batch_hash_ = 0;
     int64_t local_first_ = 0;              // this rank's first micro-batch in micro_ids_ (the global batch)

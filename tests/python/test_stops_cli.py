@@ -1,0 +1,194 @@
+"""test_stops_cli.py — `reftrain train` stopped the ways runs get stopped, driven as a user would.
+
+A tiny model (hidden 32, 2 layers, byte tokenizer) trains for a long time and is stopped:
+- SIGINT / SIGTERM: the step in flight finishes, a checkpoint of that step is written, the exit status is
+  128 + the signal, and `--set resume=latest` continues from it;
+- two SIGINTs in a row: the process ends at once, and whatever checkpoint `latest` names still loads;
+- SIGKILL at 12 random moments while a checkpoint is written every step: `resume=latest` always loads a
+  good checkpoint and continues;
+- a checkpoint write that fails (EFBIG under a file-size limit, as a full disk fails with ENOSPC): the
+  run stops with an error naming the last good checkpoint, which stays intact and resumable;
+- checkpoint_keep: only the newest N step_* directories stay.
+Each check prints FAIL with what it saw; the exit status is 1 if any failed.
+"""
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "addition.json")
+TINY = [
+    "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
+    "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.head_dim=8",
+    "model.max_position_embeddings=64", "data.tokenizer=byte", "data.train_examples=300",
+    "data.val_examples=0", "data.test_examples=0", "train.batch_size=4", "train.seq_len=48",
+    "eval.every=0", "eval.exact_match_examples=0", "eval.final_test=false", "threads=1", "log_every=1",
+    "schedule.kind=constant", "schedule.warmup_steps=0",
+]
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+        print(f"  FAIL {message}")
+    return condition
+
+
+def command(reftrain, run_dir, extra):
+    cmd = [reftrain, "train", "--config", CONFIG]
+    for s in TINY + [f"run_dir={run_dir}"] + extra:
+        cmd += ["--set", s]
+    return cmd
+
+
+def env():
+    return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+
+
+def train_steps(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("kind") == "train":
+            out.append(entry["step"])
+    return out
+
+
+def latest(run_dir):
+    p = Path(run_dir) / "checkpoints" / "latest"
+    return p.read_text().strip() if p.exists() else None
+
+
+def wait_for_steps(run_dir, n, job, timeout=60):
+    start = time.monotonic()
+    while len(train_steps(run_dir)) < n and job.poll() is None and time.monotonic() - start < timeout:
+        time.sleep(0.02)
+
+
+def resume(reftrain, run_dir, max_steps, extra=()):
+    p = subprocess.run(command(reftrain, run_dir, [f"train.max_steps={max_steps}", "resume=latest", *extra]),
+                       capture_output=True, text=True, env=env(), timeout=120)
+    return p
+
+
+def stop_with(reftrain, work, sig, name):
+    print(f"{name}: the step in flight finishes, a checkpoint is written, status {128 + sig}")
+    run_dir = str(work / name)
+    job = subprocess.Popen(command(reftrain, run_dir, ["train.max_steps=100000"]), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env())
+    wait_for_steps(run_dir, 5, job)
+    job.send_signal(sig)
+    sent = time.monotonic()
+    out, err = job.communicate(timeout=60)
+    took = time.monotonic() - sent
+    print(f"  [measured] exited {took:.2f} s after the signal with status {job.returncode}")
+    check(job.returncode == 128 + sig, f"{name}: exit status {job.returncode}, expected {128 + sig}\n{err[-800:]}")
+    line = next((l for l in out.splitlines() if l.startswith("stopped by")), "")
+    print("  " + line)
+    steps = train_steps(run_dir)
+    check(line.startswith(f"stopped by {name} after step {steps[-1] if steps else -1}"),
+          f"{name}: no 'stopped by {name} after step N' line matching the last logged step {steps[-1:]}")
+    check(latest(run_dir) == f"step_{steps[-1]:07d}", f"{name}: latest is {latest(run_dir)}, not the last step")
+    p = resume(reftrain, run_dir, steps[-1] + 3)
+    check(p.returncode == 0 and f"at step {steps[-1]}" in p.stdout, f"{name}: the resume failed: {p.stderr[-800:]}")
+    check(train_steps(run_dir) == list(range(1, steps[-1] + 4)), f"{name}: metrics are not steps 1..N+3 once each")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reftrain", required=True)
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    reftrain = args.reftrain
+
+    stop_with(reftrain, work, signal.SIGINT, "SIGINT")
+    stop_with(reftrain, work, signal.SIGTERM, "SIGTERM")
+
+    print("two SIGINTs: the second ends the process at once")
+    run_dir = str(work / "twice")
+    job = subprocess.Popen(command(reftrain, run_dir, ["train.max_steps=100000", "checkpoint_every=1"]),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    wait_for_steps(run_dir, 5, job)
+    job.send_signal(signal.SIGINT)
+    job.send_signal(signal.SIGINT)
+    job.communicate(timeout=60)
+    check(job.returncode in (-signal.SIGINT, 128 + signal.SIGINT), f"status {job.returncode} after two SIGINTs")
+    p = resume(reftrain, run_dir, len(train_steps(run_dir)) + 2)
+    check(p.returncode == 0, f"after two SIGINTs, resume=latest failed: {p.stderr[-800:]}")
+
+    print("SIGKILL at 12 random moments, a checkpoint every step")
+    rng = random.Random(1)
+    run_dir = str(work / "killed")
+    held = 0
+    for i in range(12):
+        job = subprocess.Popen(command(reftrain, run_dir, ["train.max_steps=100000", "checkpoint_every=1",
+                                                           "checkpoint_keep=2"] + (["resume=latest"] if i else [])),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+        wait_for_steps(run_dir, 2, job)
+        time.sleep(rng.uniform(0.0, 0.4))
+        job.kill()
+        job.communicate()
+        last = latest(run_dir)
+        p = resume(reftrain, run_dir, int(last[5:]) + 1 if last else 1, ["checkpoint_every=1", "checkpoint_keep=2"])
+        held += p.returncode == 0
+        check(p.returncode == 0, f"kill {i + 1}: resume=latest failed after latest={last}: {p.stderr[-600:]}")
+    print(f"  [measured] {held} of 12 kills resumed from a good checkpoint")
+
+    print("a checkpoint write that fails (EFBIG under a 64 KiB file-size limit)")
+    run_dir = str(work / "full")
+    p = subprocess.run(command(reftrain, run_dir, ["train.max_steps=6", "checkpoint_every=3"]), capture_output=True,
+                       text=True, env=env(), timeout=120)
+    check(p.returncode == 0, f"the 6-step run failed: {p.stderr[-800:]}")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # write() then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    p = subprocess.run(command(reftrain, run_dir, ["train.max_steps=9", "resume=latest"]), capture_output=True,
+                       text=True, env=env(), timeout=120, preexec_fn=limit_file_size)
+    check(p.returncode == 1, f"the write past the limit exited {p.returncode}, not 1")
+    err = p.stderr.strip()
+    print("  " + err[:300])
+    check("could not write checkpoint" in err and "File too large" in err and "step_0000006, is intact" in err,
+          f"the error does not say what failed and which checkpoint is intact: {err[-800:]}")
+    check(latest(run_dir) == "step_0000006", f"latest is {latest(run_dir)} after the failed write")
+    check(not (Path(run_dir) / "checkpoints" / "step_0000009").exists(), "the half-written step_0000009 was left")
+    check(not (Path(run_dir) / "checkpoints" / "step_0000009.tmp").exists(), "the unfinished step_0000009.tmp was left")
+    p = resume(reftrain, run_dir, 9)
+    check(p.returncode == 0, f"resume from the intact checkpoint failed: {p.stderr[-800:]}")
+
+    print("checkpoint_keep")
+    for keep, want in ((3, ["step_0000008", "step_0000010", "step_0000012"]), (0, [f"step_{s:07d}" for s in range(2, 13, 2)])):
+        run_dir = str(work / f"keep{keep}")
+        p = subprocess.run(command(reftrain, run_dir, ["train.max_steps=12", "checkpoint_every=2", f"checkpoint_keep={keep}"]),
+                           capture_output=True, text=True, env=env(), timeout=120)
+        kept = sorted(d.name for d in (Path(run_dir) / "checkpoints").glob("step_*"))
+        check(p.returncode == 0 and kept == want, f"checkpoint_keep={keep}: kept {kept}, expected {want}")
+
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
