@@ -25,7 +25,7 @@ namespace reftrain {
 // The "data" section of a run config (train/run_config.h reads it; defaults here).
 struct DataConfig {
     std::string task = "addition";            // a toy task (data/tasks.h), or "" when jsonl is set
-    nlohmann::json task_options = nlohmann::json::object();
+    nlohmann::json task_options = nlohmann::json(nlohmann::json::value_t::object);
     std::string jsonl;                        // the user's own conversations (train split)
     std::string val_jsonl;                    // optional held-out conversations for val loss
     std::string template_name = "chatml";     // "chatml" | "nanochat"

@@ -425,7 +425,8 @@ RunDiffReport diff_runs(const RunMetrics& a, const RunMetrics& b, const RunDiffO
     int64_t last_a = 0, last_b = 0;
     for (const MetricsRecord& r : a.records) last_a = std::max(last_a, r.step);
     for (const MetricsRecord& r : b.records) last_b = std::max(last_b, r.step);
-    if (last_a > 0 && last_b > 0 && 2 * std::min(last_a, last_b) <= std::max(last_a, last_b)) {
+    // (min <= max / 2, not 2 * min <= max: a step near 2^63 in a file must not overflow.)
+    if (last_a > 0 && last_b > 0 && std::min(last_a, last_b) <= std::max(last_a, last_b) / 2) {
         const bool a_shorter = last_a < last_b;
         report.warnings.push_back(concat(a_shorter ? "A" : "B", " is much shorter than ", a_shorter ? "B" : "A",
                                          ": its last step is ", std::min(last_a, last_b), ", ", a_shorter ? "B" : "A",

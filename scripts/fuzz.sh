@@ -45,14 +45,14 @@ run_one() {
     cp -n "$ROOT/tests/fuzz/corpus/$parser/"* "$corpus/" 2>/dev/null || true
     local dict=()
     [[ -f "$ROOT/tests/fuzz/dict/$parser.dict" ]] && dict=("-dict=$ROOT/tests/fuzz/dict/$parser.dict")
-    local before
-    before=$(find "$crashes" -type f | wc -l)
-    # One process in this shell's directory: ASan's exit code is non-zero on a finding, which we read
-    # from the crash directory rather than from the status. detect_leaks stays on (a leak is a finding).
+    # One process in this shell's directory. libFuzzer exits non-zero on any finding (crash, leak,
+    # timeout, OOM): the status decides, because a finding whose input was found before writes no new
+    # file into the crash directory. detect_leaks stays on (a leak is a finding).
+    local status=0
     (cd "$BUILD" && ASAN_OPTIONS="${ASAN_OPTIONS:-detect_stack_use_after_return=0}" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" OMP_NUM_THREADS=1 \
         "$binary" "$corpus" "${dict[@]}" -max_total_time="$seconds" -max_len="$(max_len_of "$parser")" \
-        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$crashes/" >"$log" 2>&1) || true
+        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$crashes/" >"$log" 2>&1) || status=$?
     local runs cov ft
     runs=$(grep -aoE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -aoE '[0-9]+$' | tail -1 || true)
     if [[ -z "$runs" ]]; then  # a crash ends the run before the final stats: take the last status line
@@ -62,7 +62,8 @@ run_one() {
     ft=$(grep -aoE 'ft: [0-9]+' "$log" | tail -1 | grep -aoE '[0-9]+' || true)
     local new_crashes
     new_crashes=$(find "$crashes" -type f -newer "$log.start" 2>/dev/null | sort | tr '\n' ' ' || true)
-    if (($(find "$crashes" -type f | wc -l) > before)); then
+    if ((status != 0)); then
+        [[ -n "$new_crashes" ]] || new_crashes="$(grep -aoE "Test unit written to [^ ]+" "$log" | tail -1 | cut -d' ' -f5) (exit $status; see $log)"
         printf '%-13s execs %-9s cov %-6s ft %-6s crashes: %s\n' "$parser" "${runs:-?}" "${cov:-?}" "${ft:-?}" "$new_crashes"
         return 1
     fi

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "data/chat.h"
+#include "debug/run_diff.h"
 #include "kernels/json_strict.h"
 #include "kernels/safetensors.h"
 #include "model/config.h"
@@ -131,6 +132,17 @@ TEST(Reliability, TextAfterANulByteIsNotIgnored) {
     expect_error([&] { load_conversations_jsonl(jsonl); }, {jsonl + ":1", "NUL byte"});
 }
 
+// Found by tests/fuzz/fuzz_run_metrics.cpp: a step of 2^63 - 1 overflowed "2 * last step" in the diff (UBSan).
+TEST(Reliability, MetricsWithAHugeStepDiffWithoutOverflow) {
+    const std::string line = R"({"kind": "train", "step": 9223372036854775807, "loss": 1.0})" "\n";
+    const RunMetrics a = parse_run_metrics(line, "a.jsonl");
+    const RunMetrics b = parse_run_metrics(R"({"kind": "train", "step": 2305843009213693952, "loss": 1.0})" "\n", "b.jsonl");
+    const RunDiffReport report = diff_runs(a, b, RunDiffOptions{});
+    bool said = false;
+    for (const std::string& w : report.warnings) said = said || w.find("B is much shorter than A") != std::string::npos;
+    EXPECT_TRUE(said) << "a run whose last step is half the other's is called much shorter";
+}
+
 // ---- 5. values accepted without a word -------------------------------------------------------------------
 
 TEST(Reliability, HyperparametersOutsideTheirRangeAreRefusedNamingTheRange) {
@@ -175,6 +187,13 @@ TEST_F(ReliabilityCheckpoint, RunJsonOfTheWrongShapeIsRefusedNamingTheFile) {
     write(fs::path(checkpoint) / "run.json", R"({"train": {"batch_size": "two"}})");
     Trainer t(config_, log_);
     expect_error([&] { t.resume(checkpoint); }, {checkpoint + "/run.json", "train.batch_size"});
+}
+
+// Found by tests/fuzz/fuzz_checkpoint.cpp: an empty state.bin reached memcmp with a null pointer (UBSan).
+TEST_F(ReliabilityCheckpoint, AnEmptyStateFileIsCalledTruncated) {
+    const std::string checkpoint = make_checkpoint("rel_ckpt_empty_state");
+    write(fs::path(checkpoint) / "state.bin", "");
+    expect_error([&] { read_checkpoint_state(checkpoint); }, {checkpoint + "/state.bin", "truncated: 0 bytes"});
 }
 
 TEST_F(ReliabilityCheckpoint, AnEmptyRunJsonTakesTheDefaultsAndResumes) {

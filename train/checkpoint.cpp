@@ -241,7 +241,9 @@ StoredState read_state_file(const std::string& path) {
 
     // Magic first: a file that is not ours should be named as such even when it is short.
     const size_t magic_seen = std::min(size, sizeof kMagic);
-    check(std::memcmp(bytes.data(), kMagic, magic_seen) == 0, path,
+    // (An empty file has no data() to compare, and memcmp on a null pointer is undefined even for 0
+    // bytes: it is called "truncated" below.)
+    check(magic_seen == 0 || std::memcmp(bytes.data(), kMagic, magic_seen) == 0, path,
           ": not a reftrain state file (bad magic; expected the file to start with \"RFTSTATE\")");
     check(size >= kPrefixBytes, path, ": truncated: ", size, " bytes, shorter than the ", kPrefixBytes,
           "-byte prefix (magic, version, payload length)");

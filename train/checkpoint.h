@@ -34,7 +34,7 @@ struct TrainState {
     DataPosition data;
     std::string template_fingerprint;
     std::string tokenizer_fingerprint;
-    nlohmann::json extra = nlohmann::json::object();  // loss scaler etc. later; round-tripped as is
+    nlohmann::json extra = nlohmann::json(nlohmann::json::value_t::object);  // loss scaler etc. later; round-tripped as is
 };
 
 inline constexpr uint32_t kCheckpointVersion = 1;

@@ -58,7 +58,7 @@ struct GrpoConfig {
     uint64_t seed = 1;
     int64_t threads = 0;                 // OpenMP threads; 0 = leave the default
     std::string task;                    // "" = the checkpoint's task (data.task)
-    nlohmann::json task_options = nlohmann::json::object();   // used only when task is set
+    nlohmann::json task_options = nlohmann::json(nlohmann::json::value_t::object);   // used only when task is set
     double reward_correct = 1.0;         // the verifier says the answer is right
     double reward_format = 0.0;          // wrong, but the turn ended with a non-empty answer
     int64_t prompts_per_update = 16;     // P
@@ -87,8 +87,8 @@ struct GrpoConfig {
     int64_t eval_max_new_tokens = 16;
     int64_t eval_samples = 3;            // printed examples per eval
     int64_t log_every = 1;               // print one line every N updates (0 = quiet)
-    nlohmann::json invariants = nlohmann::json::object();   // {"default": "warn", ...}
-    nlohmann::json bugs = nlohmann::json::object();         // {"negative-kl": true}, for experiments
+    nlohmann::json invariants = nlohmann::json(nlohmann::json::value_t::object);   // {"default": "warn", ...}
+    nlohmann::json bugs = nlohmann::json(nlohmann::json::value_t::object);         // {"negative-kl": true}, for experiments
     nlohmann::json resolved;             // the full JSON this was parsed from (printed, saved)
 };
 

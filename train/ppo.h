@@ -125,7 +125,7 @@ struct PpoConfig {
     int64_t log_every = 10;            // print one line every N updates (0 = quiet)
     // Bug switches of the failure catalog, {"advantage-sign": true} (kernels/bugs.h), for experiments:
     // the trainer turns them on at construction and says so. Empty = leave the switches as they are.
-    nlohmann::json bugs = nlohmann::json::object();
+    nlohmann::json bugs = nlohmann::json(nlohmann::json::value_t::object);
 };
 
 // Reads a PPO config: defaults, then the JSON file (if path is not empty), then "key=value" sets.

@@ -110,10 +110,10 @@ struct RunConfig {
     std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""
     // Invariant modes, {"default": "warn", "mask.has_supervised_tokens": "fatal", ...}
     // (debug/invariants.h; an unknown name is refused when the trainer configures its registry).
-    nlohmann::json invariants = nlohmann::json::object();
+    nlohmann::json invariants = nlohmann::json(nlohmann::json::value_t::object);
     // Bug switches of the failure catalog, {"forgot-zero-grad": true} (kernels/bugs.h). For
     // experiments: a run with any switch on says so at start.
-    nlohmann::json bugs = nlohmann::json::object();
+    nlohmann::json bugs = nlohmann::json(nlohmann::json::value_t::object);
 
     nlohmann::json resolved;                  // the full JSON this was parsed from (printed, saved)
 };
