@@ -183,6 +183,13 @@ void merge_config(json& base, const json& overrides, const std::string& source) 
 void apply_set(json& config, const std::string& assignment) {
     const size_t eq = assignment.find('=');
     check(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key=value, e.g. train.max_steps=200");
+    // Keys and bare-word values become JSON strings, which must be UTF-8: the messages below quote them
+    // through json::dump(), which throws on anything else (found by tests/fuzz/fuzz_run_config.cpp).
+    try {
+        (void)json(assignment).dump();
+    } catch (const json::exception&) {
+        fail("--set: the assignment is not valid UTF-8 text (a byte sequence no key or value can hold)");
+    }
     const std::string key = assignment.substr(0, eq);
     const std::string text = assignment.substr(eq + 1);
     json value;
@@ -191,11 +198,6 @@ void apply_set(json& config, const std::string& assignment) {
         value = parse_json_noting_duplicates(text, &duplicate);
     } catch (const json::parse_error&) {
         value = text;  // a bare word is a string
-        try {
-            (void)value.dump();   // a string JSON can hold: valid UTF-8 (messages below dump it)
-        } catch (const json::exception&) {
-            fail("--set '", key, "=...': the value is not valid UTF-8 text");
-        }
     } catch (const json::exception& e) {   // valid JSON the reader refuses: 1e400, nesting
         fail("--set '", key, "=...': ", e.what());
     }
