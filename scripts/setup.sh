@@ -32,7 +32,8 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then have
 packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev zlib1g-dev)
 if ! $main_only; then  # the tests and benchmarks; OpenMPI for data-parallel training (mpirun, tests/dist/)
   packages+=(git libgtest-dev libgmock-dev libbenchmark-dev sentencepiece python3 python3-venv python3-pip
-             python3-numpy python3-torch python3-sentencepiece openmpi-bin libopenmpi-dev)
+             python3-numpy python3-torch python3-sentencepiece openmpi-bin libopenmpi-dev
+             clang libclang-rt-14-dev)   # clang + libFuzzer: tests/fuzz (scripts/fuzz.sh, CI's smoke run)
 fi
 missing=()
 for p in "${packages[@]}"; do

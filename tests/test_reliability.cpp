@@ -156,7 +156,7 @@ TEST(Reliability, HyperparametersOutsideTheirRangeAreRefusedNamingTheRange) {
     // Found by tests/fuzz/fuzz_run_config.cpp: a bare word that is not UTF-8 once escaped as nlohmann's
     // type_error from the message that quoted it.
     expect_error([&] { load_run_config("", {"seed=\xff"}); }, {"--set", "not valid UTF-8"});
-    expect_error([&] { load_run_config("", {"bugs.tr\x89ain=true"}); }, {"--set", "not valid UTF-8"});   // in a key
+    expect_error([&] { load_run_config("", {"bugs.tr\x89" "ain=true"}); }, {"--set", "not valid UTF-8"});   // in a key
     EXPECT_NO_THROW(load_run_config("", {"train.beta1=0.9", "train.beta2=0.95", "train.eps=1e-8", "train.weight_decay=0.1"}));
 }
 

@@ -83,6 +83,7 @@ const ConfigFields<RunConfig>& run_fields() {
         f.add("log_every", &R::log_every).positive()
             .add("checkpoint_every", &R::checkpoint_every).non_negative()
             .add("checkpoint_keep", &R::checkpoint_keep).non_negative()
+            .add("checkpoint_keep_best", &R::checkpoint_keep_best)
             .add("resume", &R::resume)
             .add("invariants", &R::invariants)
             .add("bugs", &R::bugs);

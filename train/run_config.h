@@ -107,6 +107,9 @@ struct RunConfig {
     // How many step_* checkpoints stay on disk: the newest N (0 = all). The one checkpoints/latest names is
     // always among them. A long run then does not fill the disk (docs/training.md, "Checkpoints").
     int64_t checkpoint_keep = 3;
+    // Also keep the checkpoint with the lowest validation loss (recorded in checkpoints/best.json). Only
+    // checkpoints written right after an eval take part: let eval.every divide checkpoint_every.
+    bool checkpoint_keep_best = false;
     std::string resume;                       // checkpoint dir, "latest" (run_dir's newest), or ""
     // Invariant modes, {"default": "warn", "mask.has_supervised_tokens": "fatal", ...}
     // (debug/invariants.h; an unknown name is refused when the trainer configures its registry).

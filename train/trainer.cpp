@@ -24,6 +24,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
+#include "kernels/json_strict.h"
 #include "kernels/safetensors.h"
 #include "model/generate.h"
 #include "train/checkpoint.h"
@@ -622,9 +623,33 @@ void Trainer::prune_checkpoints() {
     std::sort(steps.begin(), steps.end());   // step_0000100 < step_0000200: zero-padded names sort by step
     std::string latest;
     std::ifstream(root / "latest") >> latest;
+    // checkpoint_keep_best: the newest checkpoint, if an eval ran at its step, competes with best.json's.
+    std::string best;
+    if (config_.checkpoint_keep_best) {
+        const fs::path best_path = root / "best.json";
+        json record;
+        if (fs::exists(best_path)) {
+            try {
+                DuplicateKey duplicate;
+                std::ifstream in(best_path);
+                const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+                record = parse_json_noting_duplicates(text, &duplicate);
+                best = record.at("checkpoint").get<std::string>();
+            } catch (const json::exception& e) {
+                out_ << "warning: " << best_path.string() << " is unreadable (" << e.what() << "); starting it again\n";
+                record = json();
+            }
+        }
+        if (last_val_step_ == step_ && !latest.empty() &&
+            (best.empty() || !record.contains("val_loss") || last_val_loss_ < record["val_loss"].get<double>())) {
+            best = latest;
+            const std::string text = json{{"checkpoint", best}, {"step", step_}, {"val_loss", last_val_loss_}}.dump() + "\n";
+            write_file_atomically(best_path.string(), text.data(), text.size());
+        }
+    }
     const size_t keep = static_cast<size_t>(config_.checkpoint_keep);
     for (size_t i = 0; i + keep < steps.size(); ++i) {
-        if (steps[i].filename().string() == latest) continue;
+        if (steps[i].filename().string() == latest || steps[i].filename().string() == best) continue;
         std::error_code error;
         fs::remove_all(steps[i], error);
         if (error) out_ << "warning: could not remove old checkpoint " << steps[i].string() << ": " << error.message() << "\n";
@@ -805,6 +830,10 @@ void Trainer::run() {
 
     auto log_eval = [&](int64_t show) -> EvalMetrics {
         const EvalMetrics e = evaluate(show);
+        if (e.val_tokens > 0) {
+            last_val_loss_ = e.val_loss;
+            last_val_step_ = step_;
+        }
         out_ << "eval step " << step_ << ": val loss " << std::fixed << std::setprecision(4) << e.val_loss;
         if (e.exact_match >= 0) out_ << ", exact match " << std::setprecision(1) << 100.0 * e.exact_match << "% of "
                                      << e.exact_match_examples;

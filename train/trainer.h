@@ -130,6 +130,8 @@ private:
     static constexpr double kOneProcessBound = 1e-4;
     int64_t global_batch_rows() const { return comm_.size() * config_.train.grad_accum * config_.train.batch_size; }
     int stopped_by_signal_ = 0;
+    double last_val_loss_ = 0.0;           // the last eval's validation loss, at step last_val_step_
+    int64_t last_val_step_ = -1;
     void prune_checkpoints();
     int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
     uint64_t last_batch_hash_ = 0;

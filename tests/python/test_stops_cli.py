@@ -183,6 +183,21 @@ def main():
         kept = sorted(d.name for d in (Path(run_dir) / "checkpoints").glob("step_*"))
         check(p.returncode == 0 and kept == want, f"checkpoint_keep={keep}: kept {kept}, expected {want}")
 
+    print("checkpoint_keep_best: the lowest validation loss stays, however old")
+    run_dir = str(work / "best")
+    # lr 0.3 (constant) makes this tiny model's validation loss go up and down: here the best is step 36, not 40.
+    extra = ["train.max_steps=40", "checkpoint_every=4", "eval.every=4", "checkpoint_keep=1", "checkpoint_keep_best=true",
+             "data.val_examples=40", "schedule.lr=0.3", "eval.samples=0"]
+    p = subprocess.run(command(reftrain, run_dir, extra), capture_output=True, text=True, env=env(), timeout=300)
+    evals = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    best_eval = min(evals, key=lambda e: e["val_loss"]) if evals else {"step": -1}
+    record = json.loads((Path(run_dir) / "checkpoints" / "best.json").read_text()) if p.returncode == 0 else {}
+    kept = sorted(d.name for d in (Path(run_dir) / "checkpoints").glob("step_*"))
+    print(f"  [measured] best val loss {best_eval.get('val_loss')} at step {best_eval['step']}; kept {kept}")
+    check(p.returncode == 0, f"the keep-best run failed: {p.stderr[-600:]}")
+    check(record.get("step") == best_eval["step"], f"best.json says step {record.get('step')}, the evals {best_eval['step']}")
+    check(kept == sorted({f"step_{best_eval['step']:07d}", "step_0000040"}), f"kept {kept}")
+
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1
