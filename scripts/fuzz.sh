@@ -2,7 +2,8 @@
 # scripts/fuzz.sh — build and run the libFuzzer harnesses of tests/fuzz (one per parser of user files).
 #
 #   scripts/fuzz.sh build                    configure and build build-fuzz/ (clang, ASan + UBSan, CPU only;
-#                                            FUZZ_BUILD_DIR=DIR elsewhere, FUZZ_QUICK=1 at -O0 for CI)
+#                                            FUZZ_BUILD_DIR=DIR elsewhere, FUZZ_QUICK=1 at -O0 for CI,
+#                                            FUZZ_CMAKE_ARGS for more -D options)
 #   scripts/fuzz.sh run SECONDS [PARSER...]  fuzz each parser (default: all) for SECONDS
 #
 # `run` fuzzes a copy of the committed seeds (build-fuzz/corpus/PARSER; the committed corpus never
@@ -35,7 +36,7 @@ build() {
     [[ "${FUZZ_QUICK:-0}" == 1 ]] && flags="-O0 -g0"
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$flags" -DREFTRAIN_FUZZ=ON -DREFTRAIN_CUDA=OFF -DREFTRAIN_MPI=OFF \
-        -DREFTRAIN_BUILD_TESTS=OFF -DREFTRAIN_BUILD_BENCH=OFF >/dev/null
+        -DREFTRAIN_BUILD_TESTS=OFF -DREFTRAIN_BUILD_BENCH=OFF ${FUZZ_CMAKE_ARGS:-} >/dev/null
     cmake --build "$BUILD" --target fuzz -j "${FUZZ_BUILD_JOBS:-2}"
     echo "fuzz build: $((SECONDS - start)) s"
 }
