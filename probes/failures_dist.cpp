@@ -60,38 +60,32 @@ void train_replicas(FailureHalf& half, Trainer& trainer, const std::string& watc
     }
 }
 
-FailureHalf run_clip_per_rank(const FailureContext& ctx) {
+// clip-per-rank and init-not-broadcast: the replicas' gap per step and dist.params_in_sync. The first
+// number is the gap after one step, or (`from_start`, the init) before any step.
+FailureHalf run_replica_drift(const FailureContext& ctx, bool from_start) {
     Trainer trainer(dist_config(ctx, {}), log_of(ctx));
     FailureHalf half;
+    const double before = from_start ? replica_gap(trainer) : 0.0;
     train_replicas(half, trainer, "dist.params_in_sync");
-    half.numbers.push_back({"replica gap after 1 step", fmt(half.curve.front(), 3)});
+    if (from_start) {
+        if (trainer.invariants().violations("dist.params_in_sync") > 0) half.detector_step = 0;  // before any update
+        half.numbers.push_back({"replica gap before the first step", fmt(before, 3)});
+    } else {
+        half.numbers.push_back({"replica gap after 1 step", fmt(half.curve.front(), 3)});
+    }
     half.numbers.push_back({"replica gap after " + std::to_string(kSteps) + " steps", fmt(half.curve.back(), 3)});
     read_invariant(half, trainer, "dist.params_in_sync");
     return half;
 }
 
-FailureHalf run_init_not_broadcast(const FailureContext& ctx) {
-    Trainer trainer(dist_config(ctx, {}), log_of(ctx));
-    FailureHalf half;
-    const double before = replica_gap(trainer);
-    train_replicas(half, trainer, "dist.params_in_sync");
-    if (trainer.invariants().violations("dist.params_in_sync") > 0) half.detector_step = 0;   // at step 0, before any update
-    half.numbers.push_back({"replica gap before the first step", fmt(before, 3)});
-    half.numbers.push_back({"replica gap after " + std::to_string(kSteps) + " steps", fmt(half.curve.back(), 3)});
-    read_invariant(half, trainer, "dist.params_in_sync");
-    return half;
-}
+FailureHalf run_clip_per_rank(const FailureContext& ctx) { return run_replica_drift(ctx, false); }
+FailureHalf run_init_not_broadcast(const FailureContext& ctx) { return run_replica_drift(ctx, true); }
 
 FailureHalf run_grads_not_averaged(const FailureContext& ctx) {
     Trainer trainer(dist_config(ctx, {}), log_of(ctx));
     FailureHalf half;
     half.curve_name = "gradient norm (before clipping)";
-    for (int64_t i = 0; i < kSteps; ++i) {
-        const StepMetrics m = trainer.train_step();
-        half.curve.push_back(m.grad_norm);
-        half.loss.push_back(m.loss);
-        if (half.detector_step < 0 && trainer.invariants().violations("dist.step_matches_one_process") > 0) half.detector_step = i;
-    }
+    failure_kit::train_into(half, trainer, kSteps, &StepMetrics::grad_norm, "dist.step_matches_one_process");
     half.numbers.push_back({"gradient norm at step 1", fmt(half.curve.front(), 4)});
     half.numbers.push_back({"loss after " + std::to_string(kSteps) + " steps", fmt(half.loss.back(), 4)});
     read_invariant(half, trainer, "dist.step_matches_one_process");

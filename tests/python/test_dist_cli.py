@@ -21,35 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "configs" / "addition.json")
+from tiny_cli import CONFIG, check, env, failures, sets
+
 SKIP = 77
 DEADLINE = 30.0   # seconds the job may take to end after a rank died
-
-TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-    "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.head_dim=8",
-    "model.max_position_embeddings=64", "data.tokenizer=byte", "data.train_examples=300",
-    "data.val_examples=20", "data.test_examples=0", "train.batch_size=4", "train.seq_len=48",
-    "eval.every=0", "eval.exact_match_examples=0", "eval.final_test=false", "threads=1", "log_every=10",
-    "schedule.kind=constant", "schedule.warmup_steps=0",
-]
-
-failures = []
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-        print(f"  FAIL {message}")
-    return condition
-
-
-def sets(extra):
-    out = []
-    for s in TINY + extra:
-        out += ["--set", s]
-    return out
 
 
 def mpirun_cmd(mpirun, n):
@@ -57,9 +32,8 @@ def mpirun_cmd(mpirun, n):
 
 
 def run(cmd, timeout=120):
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     start = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
     return p, time.monotonic() - start
 
 
@@ -111,8 +85,7 @@ def main():
     print("kill a rank mid-run")
     run_dir = str(work / "killed")
     cmd = mpirun_cmd(mpirun, 2) + train + sets([f"run_dir={run_dir}", "train.max_steps=100000", "checkpoint_every=20"])
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     checkpoint = Path(run_dir) / "checkpoints" / "step_0000040"
     waited = time.monotonic()
     while not checkpoint.exists() and job.poll() is None and time.monotonic() - waited < 120:

@@ -13,7 +13,6 @@ Each check prints FAIL with what it saw; the exit status is 1 if any failed.
 """
 import argparse
 import json
-import os
 import random
 import resource
 import shutil
@@ -23,35 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "configs" / "addition.json")
-TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-    "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.head_dim=8",
-    "model.max_position_embeddings=64", "data.tokenizer=byte", "data.train_examples=300",
-    "data.val_examples=0", "data.test_examples=0", "train.batch_size=4", "train.seq_len=48",
-    "eval.every=0", "eval.exact_match_examples=0", "eval.final_test=false", "threads=1", "log_every=1",
-    "schedule.kind=constant", "schedule.warmup_steps=0",
-]
-failures = []
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-        print(f"  FAIL {message}")
-    return condition
+from tiny_cli import CONFIG, check, env, failures, sets
 
 
 def command(reftrain, run_dir, extra):
-    cmd = [reftrain, "train", "--config", CONFIG]
-    for s in TINY + [f"run_dir={run_dir}"] + extra:
-        cmd += ["--set", s]
-    return cmd
+    return [reftrain, "train", "--config", CONFIG] + sets(["log_every=1", f"run_dir={run_dir}"] + extra)
 
-
-def env():
-    return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
 
 
 def train_steps(run_dir):
