@@ -150,6 +150,12 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out, Comm* comm)
         model_->set_tracer(tracer_.get());
     }
     optimizer_ = std::make_unique<AdamW>(model_->params(), model_->grads(), config_.train.adamw);
+    if (ranks > 1) {   // the all-reduce sums the gradient arena as one block of floats
+        for (const Tensor& g : model_->grads().tensors()) {
+            check(g.dtype == DType::F32, "data parallel: gradient '", g.name, "' is ", dtype_name(g.dtype),
+                  "; the all-reduce sums fp32 gradients");
+        }
+    }
     check_schedule_completes_in_run(invariants_, config_.schedule.kind, config_.schedule.total_steps,
                                     config_.train.max_steps, config_.train.grad_accum);
     if (config_.train.device == "cuda") {
@@ -295,11 +301,7 @@ StepMetrics Trainer::train_step() {
     if (ranks > 1) {
         local_norm = global_grad_norm(model_->grads());
         const auto reduce_start = std::chrono::steady_clock::now();
-        Arena& grads = model_->grads();
-        for (const Tensor& g : grads.tensors()) {
-            check(g.dtype == DType::F32, "data parallel: gradient '", g.name, "' is ", dtype_name(g.dtype),
-                  "; the all-reduce sums fp32 gradients");
-        }
+        Arena& grads = model_->grads();   // fp32 throughout: checked once, in the constructor
         comm_.allreduce_sum(reinterpret_cast<float*>(grads.data()), static_cast<int64_t>(grads.nbytes() / sizeof(float)),
                             config_.train.deterministic);
         // The step's loss and whether any rank's tracer saw a non-finite value, summed in rank order.
