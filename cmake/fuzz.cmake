@@ -17,7 +17,12 @@ if(REFTRAIN_CUDA)
   message(FATAL_ERROR "REFTRAIN_FUZZ=ON builds the CPU-only libraries: configure with -DREFTRAIN_CUDA=OFF")
 endif()
 
-set(REFTRAIN_SANITIZE -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+# What the libraries and harnesses are built with besides libFuzzer's coverage hooks: the sanitizers
+# (default), or, for `scripts/fuzz.sh coverage`, clang's source-based coverage instead
+# (-DREFTRAIN_FUZZ_FLAGS="-fprofile-instr-generate;-fcoverage-mapping").
+set(REFTRAIN_FUZZ_FLAGS "-fsanitize=address,undefined;-fno-sanitize-recover=undefined;-fno-omit-frame-pointer;-g"
+    CACHE STRING "compile and link flags of the fuzz build besides -fsanitize=fuzzer(-no-link)")
+set(REFTRAIN_SANITIZE ${REFTRAIN_FUZZ_FLAGS})
 
 get_property(reftrain_targets DIRECTORY ${CMAKE_SOURCE_DIR} PROPERTY BUILDSYSTEM_TARGETS)
 foreach(target ${reftrain_targets})

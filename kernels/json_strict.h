@@ -115,6 +115,11 @@ inline std::string closest_name(std::string_view key, const std::vector<std::str
     std::string closest;
     size_t best = max_distance + 1;
     for (const std::string& candidate : candidates) {
+        // The distance is at least the difference in length: a candidate that cannot beat the best
+        // so far is skipped without the O(|key|·|candidate|) table (a fuzzed or pasted key can be long).
+        const size_t length_gap = key.size() > candidate.size() ? key.size() - candidate.size()
+                                                                 : candidate.size() - key.size();
+        if (length_gap >= best) continue;
         const size_t d = edit_distance(key, candidate);
         if (d < best) { best = d; closest = candidate; }
     }

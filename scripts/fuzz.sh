@@ -5,12 +5,22 @@
 #                                            FUZZ_BUILD_DIR=DIR elsewhere, FUZZ_QUICK=1 at -O0 for CI,
 #                                            FUZZ_CMAKE_ARGS for more -D options)
 #   scripts/fuzz.sh run SECONDS [PARSER...]  fuzz each parser (default: all) for SECONDS
+#   scripts/fuzz.sh campaign EXECUTIONS [PARSER...]
+#                                            the long campaign: fuzz each parser in chunks of
+#                                            FUZZ_CHUNK seconds (default 600), round robin, until each has
+#                                            run EXECUTIONS inputs in all; resumable (the counts and the
+#                                            grown corpus stay in build-fuzz/), stops at the first crash
+#   scripts/fuzz.sh coverage [PARSER...]     line and region coverage of each parser's source files reached
+#                                            by its corpus in build-fuzz/ (clang source-based coverage in
+#                                            build-fuzz-cov/, FUZZ_COV_DIR elsewhere; needs llvm-cov and
+#                                            llvm-profdata, Debian's llvm)
 #
 # `run` fuzzes a copy of the committed seeds (build-fuzz/corpus/PARSER; the committed corpus never
 # grows) with the parser's dictionary and prints one line per parser: executions, coverage (cov: and
 # ft: of libFuzzer's final stats line) and the crash file, if any. Crash, leak, timeout and OOM
 # inputs are kept under build-fuzz/crashes/PARSER/; the full log is build-fuzz/logs/PARSER.log.
 # Exits 1 when any harness crashed. Jobs: FUZZ_BUILD_JOBS (default 2) compile jobs.
+# `campaign` appends one line per chunk to build-fuzz/campaign/PARSER.tsv and prints the totals.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,8 +81,10 @@ run_one() {
     if ((status != 0)); then
         [[ -n "$new_crashes" ]] || new_crashes="$(grep -aoE "Test unit written to [^ ]+" "$log" | tail -1 | cut -d' ' -f5) (exit $status; see $log)"
         printf '%-13s execs %-9s cov %-6s ft %-6s crashes: %s\n' "$parser" "${runs:-?}" "${cov:-?}" "${ft:-?}" "$new_crashes"
+        LAST_RUNS=${runs:-0} LAST_COV=${cov:-0} LAST_FT=${ft:-0}
         return 1
     fi
+    LAST_RUNS=${runs:-0} LAST_COV=${cov:-0} LAST_FT=${ft:-0}
     printf '%-13s execs %-9s cov %-6s ft %-6s crashes: 0\n' "$parser" "${runs:-?}" "${cov:-?}" "${ft:-?}"
 }
 
@@ -91,8 +103,105 @@ run() {
     return $failed
 }
 
+
+# The long campaign: round robin over the parsers, FUZZ_CHUNK seconds at a time, each chunk resuming
+# from the corpus the earlier ones grew, until every parser has run the target number of inputs.
+# build-fuzz/campaign/PARSER.tsv: date, seconds, executions, cov, ft, exit status of each chunk.
+executions_so_far() {
+    local file="$BUILD/campaign/$1.tsv"
+    [[ -f "$file" ]] || { echo 0; return; }
+    awk -F'\t' '{ total += $3 } END { print total + 0 }' "$file"
+}
+
+campaign() {
+    local target=${1:?usage: scripts/fuzz.sh campaign EXECUTIONS [PARSER...]}
+    shift
+    local selected=("$@") chunk=${FUZZ_CHUNK:-600} parser done_count status
+    ((${#selected[@]})) || selected=("${PARSERS[@]}")
+    mkdir -p "$BUILD/campaign" "$BUILD/logs"
+    while :; do
+        done_count=0
+        for parser in "${selected[@]}"; do
+            [[ " ${PARSERS[*]} " == *" $parser "* ]] || { echo "unknown parser '$parser' (one of: ${PARSERS[*]})" >&2; exit 2; }
+            if (($(executions_so_far "$parser") >= target)); then
+                done_count=$((done_count + 1))
+                continue
+            fi
+            touch "$BUILD/logs/$parser.log.start"
+            status=0
+            run_one "$parser" "$chunk" || status=1
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$chunk" "$LAST_RUNS" "$LAST_COV" "$LAST_FT" "$status" \
+                >>"$BUILD/campaign/$parser.tsv"
+            if ((status != 0)); then
+                echo "campaign stopped: $parser crashed (see above); fix it, then run the campaign again" >&2
+                campaign_totals "${selected[@]}"
+                return 1
+            fi
+        done
+        ((done_count == ${#selected[@]})) && break
+    done
+    campaign_totals "${selected[@]}"
+}
+
+# One line per parser: executions and fuzzing time in all, chunks, the last chunk's cov and ft.
+campaign_totals() {
+    local parser file
+    echo "campaign totals (build-fuzz/campaign/*.tsv):"
+    for parser in "$@"; do
+        file="$BUILD/campaign/$parser.tsv"
+        [[ -f "$file" ]] || { printf '%-13s no chunks yet\n' "$parser"; continue; }
+        awk -F'\t' -v p="$parser" '{ e += $3; s += $2; n += 1; c = $4; f = $5; bad += ($6 != 0) }
+            END { printf "%-13s executions %\047d in %.1f h (%d chunks), cov %s ft %s, crashes %d\n", p, e, s / 3600, n, c, f, bad }' "$file"
+    done
+}
+
+# The source files whose coverage each harness reports: the parser and the JSON reader it goes through.
+sources_of() {
+    case "$1" in
+        safetensors) echo kernels/safetensors.cpp kernels/json_strict.h ;;
+        model_config) echo model/config.cpp kernels/json_strict.h ;;
+        run_config) echo train/run_config.cpp train/config_fields.h kernels/json_strict.h ;;
+        chat) echo data/chat.cpp kernels/json_strict.h ;;
+        checkpoint) echo train/checkpoint.cpp kernels/json_strict.h ;;
+        name_map) echo debug/name_map.cpp kernels/json_strict.h ;;
+        run_metrics) echo debug/run_diff.cpp kernels/json_strict.h ;;
+    esac
+}
+
+# Source-based coverage of the corpus the fuzzing grew (build-fuzz/corpus/PARSER): each input is run once
+# by a harness built with -fprofile-instr-generate -fcoverage-mapping instead of the sanitizers. A file's
+# figure counts all of it, also functions no parser reaches (a checkpoint's writer, say).
+coverage() {
+    local selected=("$@") cov_build="${FUZZ_COV_DIR:-$ROOT/build-fuzz-cov}" parser files f
+    ((${#selected[@]})) || selected=("${PARSERS[@]}")
+    command -v llvm-cov >/dev/null && command -v llvm-profdata >/dev/null ||
+        { echo "coverage needs llvm-cov and llvm-profdata (Debian: apt-get install llvm)" >&2; exit 2; }
+    cmake -S "$ROOT" -B "$cov_build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DREFTRAIN_FUZZ=ON -DREFTRAIN_CUDA=OFF -DREFTRAIN_MPI=OFF \
+        -DREFTRAIN_BUILD_TESTS=OFF -DREFTRAIN_BUILD_BENCH=OFF \
+        "-DREFTRAIN_FUZZ_FLAGS=-fprofile-instr-generate;-fcoverage-mapping" >/dev/null
+    cmake --build "$cov_build" --target fuzz -j "${FUZZ_BUILD_JOBS:-2}" >/dev/null
+    for parser in "${selected[@]}"; do
+        local corpus="$BUILD/corpus/$parser" profile_dir="$cov_build/profiles/$parser"
+        [[ -d "$corpus" ]] || corpus="$ROOT/tests/fuzz/corpus/$parser"
+        rm -rf "$profile_dir" && mkdir -p "$profile_dir"
+        # -runs=0: every corpus input once, nothing mutated. Leak checks are the sanitizer build's business.
+        (cd "$cov_build" && LLVM_PROFILE_FILE="$profile_dir/%p.profraw" OMP_NUM_THREADS=1 \
+            "./fuzz_$parser" -runs=0 -detect_leaks=0 "$corpus" >"$profile_dir/run.log" 2>&1) || true
+        llvm-profdata merge -sparse "$profile_dir"/*.profraw -o "$profile_dir/merged.profdata"
+        files=()
+        for f in $(sources_of "$parser"); do files+=("$ROOT/$f"); done
+        echo "== $parser: $(ls "$corpus" | wc -l) corpus inputs from $corpus"
+        llvm-cov report "$cov_build/fuzz_$parser" -instr-profile="$profile_dir/merged.profdata" "${files[@]}" |
+            awk 'NR == 1 || /^-/ || /\.(cpp|h) / || /^TOTAL/'
+    done
+}
+
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) echo "usage: scripts/fuzz.sh build | run SECONDS [PARSER...]" >&2; exit 2 ;;
+    campaign) shift; campaign "$@" ;;
+    coverage) shift; coverage "$@" ;;
+    *) echo "usage: scripts/fuzz.sh build | run SECONDS [PARSER...] | campaign EXECUTIONS [PARSER...] | coverage [PARSER...]" >&2
+       exit 2 ;;
 esac

@@ -6,12 +6,14 @@ A tiny model (hidden 32, 2 layers, byte tokenizer) trains for a long time and is
 - two SIGINTs in a row: the process ends at once, and whatever checkpoint `latest` names still loads;
 - SIGKILL at 12 random moments while a checkpoint is written every step: `resume=latest` always loads a
   good checkpoint and continues;
-- a checkpoint write that fails (EFBIG under a file-size limit, as a full disk fails with ENOSPC): the
-  run stops with an error naming the last good checkpoint, which stays intact and resumable;
+- a checkpoint write that fails (EFBIG under a file-size limit; ENOSPC on a small tmpfs mounted in a private
+  namespace, where `unshare` may): the run stops with an error naming the last good checkpoint, which stays
+  intact and resumable;
 - checkpoint_keep: only the newest N step_* directories stay.
 Each check prints FAIL with what it saw; the exit status is 1 if any failed.
 """
 import argparse
+import os
 import json
 import random
 import resource
@@ -85,6 +87,50 @@ def stop_with(reftrain, work, sig, name):
     check(train_steps(run_dir) == list(range(1, steps[-1] + 4)), f"{name}: metrics are not steps 1..N+3 once each")
 
 
+def enospc_disk_full(reftrain, work, source_run):
+    """A real full disk: the run of the EFBIG check (checkpoint step 6, then resumed to 9) is copied onto a
+    tmpfs with room for it and half a checkpoint more, in a private mount namespace (`unshare`, as root or in
+    a user namespace). Training on from step 9 to 12 fails writing step 12 with ENOSPC: the error must name the
+    cause and the intact checkpoint, nothing half-written may stay, and the run must resume from it."""
+    if shutil.which("unshare") is None:
+        print("  SKIP: no unshare command (util-linux); the EFBIG check above covers the same code path")
+        return
+    checkpoints = Path(source_run) / "checkpoints"
+    one = sum(f.stat().st_size for f in (checkpoints / "step_0000009").rglob("*") if f.is_file())
+    used = sum(f.stat().st_size + 4096 for f in Path(source_run).rglob("*") if f.is_file())  # a page per file at least
+    size_kib = (used + one // 2) // 1024 + 16
+    mnt, err, after = work / "enospc_mnt", work / "enospc.err", work / "enospc_after"
+    mnt.mkdir(exist_ok=True)
+    train = command(reftrain, f"{mnt}/run", ["train.max_steps=12", "checkpoint_every=3", "resume=latest",
+                                              "checkpoint_keep=0"])
+    script = "\n".join([
+        f"mount -t tmpfs -o size={size_kib}k reftrain_enospc {mnt} || exit 77",
+        f"cp -a {source_run} {mnt}/run || exit 78",
+        " ".join(f"'{a}'" for a in train) + f" >/dev/null 2>{err}",
+        "status=$?",
+        f"cp -a {mnt}/run {after}",
+        "exit $status",
+    ])
+    shutil.rmtree(after, ignore_errors=True)
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    p = subprocess.run(unshare + ["sh", "-c", script], capture_output=True, text=True, env=env(), timeout=180)
+    if p.returncode in (77, 78) or (p.returncode != 0 and not err.exists()):
+        print(f"  SKIP: no private tmpfs here ({(p.stderr or '').strip()[:200]}); the EFBIG check above covers the "
+              "same code path")
+        return
+    text = err.read_text().strip() if err.exists() else ""
+    print(f"  [measured] tmpfs of {size_kib} KiB, a checkpoint is {one // 1024} KiB: exit {p.returncode}")
+    print("  " + text[-300:])
+    check(p.returncode == 1, f"the write on a full disk exited {p.returncode}, not 1")
+    check("could not write checkpoint" in text and "No space left on device" in text
+          and "step_0000009, is intact" in text, f"the error does not say what failed and which checkpoint is intact: {text[-800:]}")
+    check(latest(after) == "step_0000009", f"latest is {latest(after)} after the failed write")
+    check(not (after / "checkpoints" / "step_0000012").exists(), "the half-written step_0000012 was left")
+    check(not (after / "checkpoints" / "step_0000012.tmp").exists(), "the unfinished step_0000012.tmp was left")
+    p = resume(reftrain, str(after), 10)
+    check(p.returncode == 0, f"resume from the intact checkpoint after the full disk failed: {p.stderr[-800:]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reftrain", required=True)
@@ -150,6 +196,9 @@ def main():
     check(not (Path(run_dir) / "checkpoints" / "step_0000009.tmp").exists(), "the unfinished step_0000009.tmp was left")
     p = resume(reftrain, run_dir, 9)
     check(p.returncode == 0, f"resume from the intact checkpoint failed: {p.stderr[-800:]}")
+
+    print("a checkpoint write that fails for lack of space (ENOSPC on a tmpfs that holds the run and half a checkpoint)")
+    enospc_disk_full(reftrain, work, run_dir)
 
     print("checkpoint_keep")
     for keep, want in ((3, ["step_0000008", "step_0000010", "step_0000012"]), (0, [f"step_{s:07d}" for s in range(2, 13, 2)])):
