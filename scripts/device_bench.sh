@@ -9,11 +9,13 @@
 #   gpu_vs_torch.txt / .json   bench/gpu_vs_torch.py: the 135M step against PyTorch eager / compile
 #   cpu_vs_torch.txt bench/cpu_step_vs_torch.py --threads 2: the tiny step against PyTorch's CPU path
 #                    (--sdpa, then --sdpa --compile)
-#   sanitize.log     compute-sanitizer memcheck (phase sanitize, named only)
+#   sanitize.log     compute-sanitizer memcheck (phase sanitize, named only; SANITIZE_FILTER picks the tests)
+#   cli.log          `reftrain train` of the addition job on the GPU in bf16 (phase cli, named only)
 #   summary.txt      each phase's status and the result lines
 #
 # Usage:  scripts/device_bench.sh [PHASE...]   phases: build test gpu cpu (default: all four, in order),
-#                                              and sanitize (compute-sanitizer memcheck; named only)
+#                                              and sanitize (compute-sanitizer memcheck) and cli (the
+#                                              addition job from the command line on the GPU), named only
 #         scripts/device_bench.sh deps         ON THE DEVELOPMENT MACHINE (with Debian's apt): download
 #                                              the build's library packages into .debs/ for `carry`
 #         scripts/device_bench.sh pack         ON THE DEVELOPMENT MACHINE, after building build-gpu there
@@ -365,6 +367,20 @@ for line in open(sys.argv[1]):
         print(f"CPU target reftrain / PyTorch {r['torch_version']} >= 1.2x: {r['ratio']:.2f}x "
               f"{'PASS' if ok else 'MISS'} ({(r['ratio'] / 1.2 - 1):+.1%} against the target)")
 PYEOF
+fi
+
+# cli (optional, named only): the main job from the command line on the GPU, as a user starts it:
+# `reftrain train --config configs/addition.json` with train.device "cuda" and bf16, evals included.
+if want cli && [ "$(limit "${CLI_TIMEOUT:-150}")" = 0 ]; then
+  skip_note "cli"
+elif want cli; then
+  t0=$(date +%s)
+  cli_run=/tmp/reftrain-cli-addition
+  rm -rf "$cli_run"
+  timeout "$(limit "${CLI_TIMEOUT:-150}")" "$BUILD_DIR/reftrain" train --config configs/addition.json \
+    --set run_dir="$cli_run" --set 'train.device="cuda"' --set 'train.precision="bf16"' > "$OUT/cli.log" 2>&1
+  rc=$?
+  note "cli: reftrain train (addition, cuda, bf16): exit $rc in $(( $(date +%s) - t0 ))s; $(grep -iE 'exact match' "$OUT/cli.log" | tail -2 | tr '\n' ' ' | cut -c1-300)"
 fi
 
 # sanitize (optional, not in the default phases): compute-sanitizer's memcheck over the element-wise,
