@@ -329,9 +329,13 @@ bool Invariants::report(const std::string& name, bool ok, const std::string& det
     if (ok) return true;
     ++e.violations;
     e.last_message = message(name, details);
-    if (m == InvariantMode::fatal) throw InvariantViolation(name, e.last_message);
     // warn: the first few in full, then a line at every power of ten so a long run neither floods the
     // terminal nor goes quiet about a violation that keeps happening.
+    int64_t power = 10;
+    while (power < e.violations) power *= 10;
+    const bool printed = m == InvariantMode::warn && (e.violations <= max_printed_ || power == e.violations);
+    if (listener_) listener_(name, details, printed);
+    if (m == InvariantMode::fatal) throw InvariantViolation(name, e.last_message);
     std::ostream& out = *out_;
     if (e.violations <= max_printed_) {
         out << "warning: " << e.last_message << "\n";
@@ -340,8 +344,6 @@ bool Invariants::report(const std::string& name, bool ok, const std::string& det
                 << "lists them)\n";
         }
     } else {
-        int64_t power = 10;
-        while (power < e.violations) power *= 10;
         if (power == e.violations) {
             out << "warning: invariant " << name << ": " << e.violations << " violations so far"
                 << (details.empty() ? "" : " (latest: " + details + ")") << "; see " << e.info.doc() << "\n";

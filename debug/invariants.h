@@ -77,6 +77,12 @@ public:
     void configure(const nlohmann::json& config, const std::string& where = "invariants");
 
     void set_stream(std::ostream& out) { out_ = &out; }
+    // Called with the name and the details of every violation, warned or fatal, before anything is printed
+    // or thrown; `printed` says whether a warning is about to be printed for it (warn mode prints the first
+    // few in full, then only counts). The trainer puts each one on the run's timeline (metrics.jsonl) and
+    // clears its progress line before a printed one. Empty: none.
+    using Listener = std::function<void(const std::string& name, const std::string& details, bool printed)>;
+    void set_listener(Listener listener) { listener_ = std::move(listener); }
     // How many violations of one name warn mode prints in full before it only counts (default 3).
     void set_max_printed(int64_t n) { max_printed_ = n; }
 
@@ -111,6 +117,7 @@ private:
     InvariantMode default_mode_ = InvariantMode::fatal;
     std::ostream* out_;
     int64_t max_printed_ = 3;
+    Listener listener_;
 };
 
 // ---- the checks ---------------------------------------------------------------------------------------

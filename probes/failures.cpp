@@ -15,9 +15,12 @@
 #include <iostream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/error.h"
+#include "kernels/safetensors.h"
 #include "data/tasks.h"
 #include "probes/failure_kit.h"
 #include "probes/plot.h"
@@ -27,6 +30,7 @@
 namespace reftrain {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 
 namespace {
 
@@ -403,6 +407,28 @@ const FailureScenario& find_failure(const std::string& id) {
     fail("unknown failure '", id, "' (known: ", known, ")");
 }
 
+namespace {
+
+// <run_dir>/failure.json: both halves as data, for `reftrain report` (debug/report.h), which puts them side
+// by side. JSON has no NaN: a non-finite point of a curve is null.
+void write_failure_json(const FailureScenario& s, const FailureReport& report, const std::string& run_dir, uint64_t seed) {
+    auto half = [](const FailureHalf& h) {
+        json numbers = json::array();
+        for (const auto& [name, value] : h.numbers) numbers.push_back({name, value});
+        return json{{"curve", h.curve}, {"loss", h.loss}, {"numbers", numbers}, {"detector_fired", h.detector_fired},
+                    {"detector_message", h.detector_message}, {"detector_step", h.detector_step}};
+    };
+    const json record = {{"kind", "failure"}, {"id", s.id}, {"title", s.title}, {"source", s.source}, {"bug", s.bug},
+                         {"symptom", s.symptom}, {"detector", s.detector}, {"fix", s.fix}, {"seed", seed},
+                         {"curve_name", report.with_bug.curve_name}, {"log_scale", s.log_scale},
+                         {"with_bug", half(report.with_bug)}, {"without_bug", half(report.without_bug)},
+                         {"detector_works", report.detector_works()}};
+    const std::string text = record.dump(1) + "\n";
+    write_file_atomically((fs::path(run_dir) / "failure.json").string(), text.data(), text.size());
+}
+
+}  // namespace
+
 FailureReport run_failure(const std::string& id, const std::string& run_dir, std::ostream& report_out, uint64_t seed) {
     const FailureScenario& s = find_failure(id);
     check(world().size() >= s.ranks, "failure ", id, " needs ", s.ranks, " ranks (data parallel): run it as `mpirun -np ",
@@ -470,6 +496,7 @@ FailureReport run_failure(const std::string& id, const std::string& run_dir, std
     out << "verdict: " << (report.detector_works() ? "the detector catches this bug and stays quiet without it"
                                                    : "THE DETECTOR DOES NOT SEPARATE THE TWO RUNS")
         << "\n";
+    if (plots) write_failure_json(s, report, run_dir, seed);
     return report;
 }
 

@@ -10,10 +10,12 @@
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
 #     nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark,
-#     Debian's PyTorch + numpy (parity tests and benchmark peers) and OpenMPI (mpirun -np 2 tests).
+#     Debian's PyTorch + numpy (parity tests and benchmark peers), OpenMPI (mpirun -np 2 tests), clang
+#     (the fuzz harnesses), chromium (renders `reftrain report` pages) and tmux (a real terminal).
 #   - For the tests, a Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and
-#     adds `safetensors` and `gymnasium` from PyPI (Debian has no package for them); with CUDA also the
-#     cudnn-frontend C++ headers (PyPI's nvidia-cudnn-frontend, headers only) for cuDNN attention.
+#     adds `safetensors`, `gymnasium` and `tensorboard` from PyPI (Debian has no package for them); with
+#     CUDA also the cudnn-frontend C++ headers (PyPI's nvidia-cudnn-frontend, headers only) for cuDNN
+#     attention.
 # Environment: REFTRAIN_BUILD_DIR (default build/), REFTRAIN_CMAKE_ARGS (extra -D options).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +35,8 @@ packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev 
 if ! $main_only; then  # the tests and benchmarks; OpenMPI for data-parallel training (mpirun, tests/dist/)
   packages+=(git libgtest-dev libgmock-dev libbenchmark-dev sentencepiece python3 python3-venv python3-pip
              python3-numpy python3-torch python3-sentencepiece openmpi-bin libopenmpi-dev
-             clang libclang-rt-14-dev)   # clang + libFuzzer: tests/fuzz (scripts/fuzz.sh, CI's smoke run)
+             clang libclang-rt-14-dev    # clang + libFuzzer: tests/fuzz (scripts/fuzz.sh, CI's smoke run)
+             chromium tmux)              # the report page in a real browser, the progress line on a real terminal
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -70,6 +73,12 @@ fi
 if ! "$venv/bin/python" -c "import gymnasium" >/dev/null 2>&1; then
   echo "setup: adding gymnasium to .venv (the CartPole reference)"
   "$venv/bin/pip" install -q --disable-pip-version-check "gymnasium>=1.0"
+fi
+# TensorBoard: `tensorboard --logdir RUN_DIR` shows a run's scalars, and its reader checks the event files
+# reftrain writes (tests/python/test_tensorboard.py, docs/tensorboard.md).
+if ! "$venv/bin/python" -c "import tensorboard" >/dev/null 2>&1; then
+  echo "setup: adding tensorboard to .venv (the viewer and reader of reftrain's event files)"
+  "$venv/bin/pip" install -q --disable-pip-version-check "tensorboard>=2.12"
 fi
 # cuDNN's fused attention (kernels/cuda/attention_cudnn.cpp) is written against the header-only
 # cudnn-frontend C++ API, which PyPI's nvidia-cudnn-frontend ships in site-packages/include (CMake looks

@@ -62,7 +62,7 @@ void register_train_commands(CLI::App& app) {
                        "chat template; must be the one the checkpoint was trained with (checked)");
     sample->callback([a] {
         const std::string dir = a->checkpoint;
-        const RunConfig config = parse_run_config(read_checkpoint_run_config(dir), (fs::path(dir) / "run.json").string());
+        const RunConfig config = parse_saved_run_config(read_checkpoint_run_config(dir), (fs::path(dir) / "run.json").string());
         const TrainState state = read_checkpoint_state(dir);
         const fs::path sp = fs::path(dir) / "tokenizer.model";
         const std::string template_name = a->template_name.empty() ? config.data.template_name : a->template_name;

@@ -26,6 +26,7 @@ void register_train_commands(CLI::App& app);
 // `reftrain dump` and `reftrain diff A B`: one step's named tensors, two dumps compared (tools/cmd_debug.cpp).
 void register_debug_commands(CLI::App& app);
 void register_diff_runs_command(CLI::App& app);  // `reftrain diff-runs A B` (tools/cmd_diff_runs.cpp)
+void register_report_command(CLI::App& app);     // `reftrain report RUN_DIR` (tools/cmd_report.cpp)
 // `reftrain failure list|show|run`: the catalog of runnable failures (tools/cmd_failure.cpp).
 void register_failure_commands(CLI::App& app);
 // `reftrain diagnose NAME|list`: init-loss, overfit-batch, grad-flow, causality, ... (tools/cmd_diagnose.cpp).

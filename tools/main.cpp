@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
     register_diagnose_commands(app);
     register_debug_commands(app);
     register_diff_runs_command(app);
+    register_report_command(app);
     register_failure_commands(app);
     register_rl_commands(app);
     register_env_commands(app);

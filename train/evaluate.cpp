@@ -40,7 +40,7 @@ std::string response_text(const Tokenizer& tokenizer, const Generation& g, int64
 
 double exact_match(const Transformer& model, const ChatTemplate& chat, const Task& task,
                    const std::vector<TaskExample>& examples, const std::string& system_prompt,
-                   int64_t max_new_tokens, int64_t show, std::ostream& out) {
+                   int64_t max_new_tokens, int64_t show, std::ostream& out, std::vector<EvalSample>* shown_samples) {
     if (examples.empty()) return -1.0;
     InferenceSession session(model, model.config().max_position_embeddings);
     SamplingConfig sampling;
@@ -60,6 +60,7 @@ double exact_match(const Transformer& model, const ChatTemplate& chat, const Tas
         if (shown < show) {
             out << "  sample: " << e.prompt << " -> " << response << (ok ? "   [correct]" : "   [wrong, want " + e.answer + "]")
                 << "\n";
+            if (shown_samples) shown_samples->push_back({e.prompt, response, e.answer, ok});
             ++shown;
         }
     }

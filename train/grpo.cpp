@@ -34,6 +34,7 @@
 #include "train/config_fields.h"
 #include "train/grad_clip.h"
 #include "train/run_config.h"
+#include "train/run_log.h"
 #include "train/trainer.h"
 
 namespace reftrain {
@@ -75,7 +76,8 @@ const ConfigFields<GrpoConfig>& grpo_fields() {
             .add("eval.every", &G::eval_every).non_negative()
             .add("eval.max_new_tokens", &G::eval_max_new_tokens).positive()
             .add("eval.samples", &G::eval_samples).non_negative();
-        f.add("log_every", &G::log_every).non_negative().add("invariants", &G::invariants).add("bugs", &G::bugs);
+        f.add("log_every", &G::log_every).non_negative().add("tensorboard", &G::tensorboard);
+        f.add("invariants", &G::invariants).add("bugs", &G::bugs);
         return f;
     }();
     return fields;
@@ -250,7 +252,8 @@ GrpoTrainer::GrpoTrainer(const GrpoConfig& config, std::ostream& out)
     // Everything about the model, its tokenizer and template comes from the SFT checkpoint.
     init_dir_ = resolve_checkpoint_dir(config_.init);
     init_run_config_ = read_checkpoint_run_config(init_dir_);
-    const RunConfig sft = parse_run_config(init_run_config_, (fs::path(init_dir_) / "run.json").string());
+    // Keys a checkpoint of an older version lacks take their defaults.
+    const RunConfig sft = parse_saved_run_config(init_run_config_, (fs::path(init_dir_) / "run.json").string());
     const TrainState saved = read_checkpoint_state(init_dir_);
     system_prompt_ = sft.data.system_prompt;
     const fs::path sp = fs::path(init_dir_) / "tokenizer.model";
@@ -564,9 +567,8 @@ std::string GrpoTrainer::save_checkpoint() {
 GrpoRunResult GrpoTrainer::run() {
     const auto start = std::chrono::steady_clock::now();
     const fs::path run_dir(config_.run_dir);
-    fs::create_directories(run_dir);
-    std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::trunc);
-    check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+    RunLog metrics;   // run_dir/metrics.jsonl and its TensorBoard mirror
+    metrics.open(run_dir.string(), false, config_.tensorboard);
     GrpoRunResult result;
     out_ << "GRPO from " << init_dir_ << ": " << policy_->num_parameters() << " parameters, task " << task_->name()
          << ", " << config_.updates << " updates of " << config_.prompts_per_update << " prompts x "
@@ -580,44 +582,41 @@ GrpoRunResult GrpoTrainer::run() {
         std::snprintf(line, sizeof line, "eval update %lld: held-out exact match %.1f%% of %lld test problems (greedy)\n",
                       (long long)e.update, 100.0 * e.exact_match, (long long)e.examples);
         out_ << line;
-        metrics << json{{"kind", "eval"}, {"update", e.update}, {"exact_match", e.exact_match},
-                        {"examples", e.examples}}.dump()
-                << "\n" << std::flush;
+        metrics.write(json{{"kind", "eval"}, {"update", e.update}, {"exact_match", e.exact_match},
+                           {"examples", e.examples}});
     };
 
     log_eval(config_.eval_samples);
     while (update_ < config_.updates) {
         const GrpoUpdateMetrics m = update();
         result.updates.push_back(m);
-        metrics << json{{"kind", "update"},
-                        {"update", m.update},
-                        {"reward_mean", m.reward_mean},
-                        {"accuracy", m.accuracy},
-                        {"zero_signal_fraction", m.zero_signal_fraction},
-                        {"zero_advantage_fraction", m.zero_advantage_fraction},
-                        {"max_abs_uniform_advantage", m.max_abs_uniform_advantage},
-                        {"kl_k1", m.kl_k1},
-                        {"kl_measured", m.kl_measured},
-                        {"kl_k3", m.kl_k3},
-                        {"mean_length", m.mean_length},
-                        {"ended_fraction", m.ended_fraction},
-                        {"loss", m.loss},
-                        {"grad_norm", m.grad_norm},
-                        {"sampled_tokens", m.sampled_tokens},
-                        {"sample_seconds", m.sample_seconds},
-                        {"update_seconds", m.update_seconds},
-                        {"clip_fraction", m.clip_fraction},
-                        {"ratio_max_deviation", m.ratio_max_deviation},
-                        {"ratio_mean", m.ratio_mean},
-                        {"logprob_gap_mean", m.logprob_gap_mean},
-                        {"logprob_gap_max", m.logprob_gap_max},
-                        {"correct_length", m.correct_length},
-                        {"incorrect_length", m.incorrect_length},
-                        {"nonfinite_rewards", m.nonfinite_rewards},
-                        {"max_abs_advantage", std::isfinite(m.max_abs_advantage) ? json(m.max_abs_advantage) : json(nullptr)},
-                        {"skipped_steps", m.skipped_steps}}
-                       .dump()
-                << "\n";
+        metrics.write(json{{"kind", "update"},
+                           {"update", m.update},
+                           {"reward_mean", m.reward_mean},
+                           {"accuracy", m.accuracy},
+                           {"zero_signal_fraction", m.zero_signal_fraction},
+                           {"zero_advantage_fraction", m.zero_advantage_fraction},
+                           {"max_abs_uniform_advantage", m.max_abs_uniform_advantage},
+                           {"kl_k1", m.kl_k1},
+                           {"kl_measured", m.kl_measured},
+                           {"kl_k3", m.kl_k3},
+                           {"mean_length", m.mean_length},
+                           {"ended_fraction", m.ended_fraction},
+                           {"loss", m.loss},
+                           {"grad_norm", m.grad_norm},
+                           {"sampled_tokens", m.sampled_tokens},
+                           {"sample_seconds", m.sample_seconds},
+                           {"update_seconds", m.update_seconds},
+                           {"clip_fraction", m.clip_fraction},
+                           {"ratio_max_deviation", m.ratio_max_deviation},
+                           {"ratio_mean", m.ratio_mean},
+                           {"logprob_gap_mean", m.logprob_gap_mean},
+                           {"logprob_gap_max", m.logprob_gap_max},
+                           {"correct_length", m.correct_length},
+                           {"incorrect_length", m.incorrect_length},
+                           {"nonfinite_rewards", m.nonfinite_rewards},
+                           {"max_abs_advantage", std::isfinite(m.max_abs_advantage) ? json(m.max_abs_advantage) : json(nullptr)},
+                           {"skipped_steps", m.skipped_steps}});
         if (config_.log_every > 0 && (m.update % config_.log_every == 0 || m.update == config_.updates)) {
             char line[256];
             std::snprintf(line, sizeof line,

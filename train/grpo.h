@@ -87,6 +87,7 @@ struct GrpoConfig {
     int64_t eval_max_new_tokens = 16;
     int64_t eval_samples = 3;            // printed examples per eval
     int64_t log_every = 1;               // print one line every N updates (0 = quiet)
+    bool tensorboard = true;             // also write TensorBoard event files into run_dir (train/run_log.h)
     nlohmann::json invariants = nlohmann::json(nlohmann::json::value_t::object);   // {"default": "warn", ...}
     nlohmann::json bugs = nlohmann::json(nlohmann::json::value_t::object);         // {"negative-kl": true}, for experiments
     nlohmann::json resolved;             // the full JSON this was parsed from (printed, saved)

@@ -39,6 +39,7 @@
 #include "train/config_fields.h"
 #include "train/grad_clip.h"
 #include "train/run_config.h"
+#include "train/run_log.h"
 
 namespace reftrain {
 
@@ -226,7 +227,8 @@ const ConfigFields<PpoConfig>& ppo_fields() {
         f.add("adam_eps", &P::adam_eps).positive().add("target_kl", &P::target_kl);
         f.add("normalize_reward", &P::normalize_reward).add("hidden", &P::hidden);
         f.add("max_episode_steps", &P::max_episode_steps).add("seed", &P::seed).add("threads", &P::threads).non_negative();
-        f.add("run_dir", &P::run_dir).add("log_every", &P::log_every).non_negative().add("bugs", &P::bugs);
+        f.add("run_dir", &P::run_dir).add("tensorboard", &P::tensorboard);
+        f.add("log_every", &P::log_every).non_negative().add("bugs", &P::bugs);
         return f;
     }();
     return fields;
@@ -386,7 +388,7 @@ struct PpoTrainer::Impl {
     double max_abs_reward = 0.0;  // the largest raw reward so far, for rl.reward_scale_only
     int64_t updates_done = 0;
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-    std::ofstream metrics;
+    RunLog metrics;   // run_dir/metrics.jsonl and its TensorBoard mirror
 
     std::vector<double> next_obs;                           // (N, obs_dim) what the agent sees next
     // The rollout, time-major: index t * N + i is step t of copy i.
@@ -634,10 +636,7 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
     }
     impl_ = std::make_unique<Impl>(config_, log);
     if (!config_.run_dir.empty()) {
-        fs::create_directories(config_.run_dir);
-        const fs::path path = fs::path(config_.run_dir) / "metrics.jsonl";
-        impl_->metrics.open(path, std::ios::trunc);
-        check(static_cast<bool>(impl_->metrics), path.string(), ": cannot open for writing");
+        impl_->metrics.open(config_.run_dir, false, config_.tensorboard);
     }
     if (config_.log_every > 0) {
         log << "ppo: " << config_.env << ", " << config_.num_envs << " copies x " << config_.num_steps
@@ -657,7 +656,7 @@ int64_t PpoTrainer::num_updates() const { return config_.total_timesteps / (conf
 
 PpoUpdateMetrics PpoTrainer::update() {
     const PpoUpdateMetrics m = impl_->update(num_updates());
-    if (impl_->metrics.is_open()) impl_->metrics << metrics_json(m).dump() << "\n" << std::flush;
+    impl_->metrics.write(metrics_json(m));   // nothing without a run_dir
     // Repeated with every log line: a shifted reward is a different task, not a slower run.
     if (m.reward_scale_violations > 0 && config_.log_every > 0 && m.update % config_.log_every == 0) {
         impl_->log << "WARNING rl.reward_scale_only: " << m.reward_scale_violations

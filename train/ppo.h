@@ -122,6 +122,7 @@ struct PpoConfig {
     uint64_t seed = 1;
     int64_t threads = 1;
     std::string run_dir;               // metrics.jsonl and the final weights go here ("" = nowhere)
+    bool tensorboard = true;           // also write TensorBoard event files into run_dir (train/run_log.h)
     int64_t log_every = 10;            // print one line every N updates (0 = quiet)
     // Bug switches of the failure catalog, {"advantage-sign": true} (kernels/bugs.h), for experiments:
     // the trainer turns them on at construction and says so. Empty = leave the switches as they are.

@@ -72,7 +72,8 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("eval.stop_at_exact_match", &R::eval, &E::stop_at_exact_match);
         f.add("tracer.enabled", &R::tracer, &TracerConfig::enabled)
             .add("tracer.frames", &R::tracer, &TracerConfig::frames).between(1, 100000)
-            .add("tracer.policy", &R::tracer, &TracerConfig::policy).one_of({"stop", "skip"});
+            .add("tracer.policy", &R::tracer, &TracerConfig::policy).one_of({"stop", "skip"})
+            .add("tracer.summary_every", &R::tracer, &TracerConfig::summary_every).between(0, int64_t{1} << 40);
         f.add("loss_scaler.init_scale", &R::loss_scaler, &LossScalerSettings::init_scale)
             .add("loss_scaler.growth_factor", &R::loss_scaler, &LossScalerSettings::growth_factor)
             .add("loss_scaler.backoff_factor", &R::loss_scaler, &LossScalerSettings::backoff_factor)
@@ -81,6 +82,7 @@ const ConfigFields<RunConfig>& run_fields() {
             .add("dist.check_first_step", &R::dist, &DistConfig::check_first_step)
             .add("dist.allow_global_batch_change", &R::dist, &DistConfig::allow_global_batch_change);
         f.add("log_every", &R::log_every).positive()
+            .add("tensorboard", &R::tensorboard)
             .add("checkpoint_every", &R::checkpoint_every).non_negative()
             .add("checkpoint_keep", &R::checkpoint_keep).non_negative()
             .add("checkpoint_keep_best", &R::checkpoint_keep_best)
@@ -245,6 +247,12 @@ MergedConfig merge_config_sources(json defaults, const std::string& what, const 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets) {
     const MergedConfig merged = merge_config_sources(default_run_config(), "run config", "", path, sets);
     return parse_run_config(merged.json, merged.source);
+}
+
+RunConfig parse_saved_run_config(const json& saved, const std::string& source) {
+    json merged = default_run_config();
+    merge_config(merged, saved, source);
+    return parse_run_config(merged, source);
 }
 
 RunConfig parse_run_config(const json& j, const std::string& source) {

@@ -69,6 +69,8 @@ struct TracerConfig {
     bool enabled = true;          // the frame-buffered NaN tracer (debug/tracer.h), on by default
     int64_t frames = 21;          // K frames of run-up kept
     std::string policy = "stop";  // on the first non-finite value: "stop" the run or "skip" the step
+    int64_t summary_every = 25;   // a "tracer" line in metrics.jsonl every N steps (0: never), and the whole
+                                  // run-up of frames on a trip (debug/tracer_summary.h, docs/report.md)
 };
 
 struct LossScalerSettings {       // used when train.precision = "fp16" (train/loss_scaler.h)
@@ -103,6 +105,7 @@ struct RunConfig {
     LossScalerSettings loss_scaler;
     DistConfig dist;
     int64_t log_every = 10;
+    bool tensorboard = true;                  // also write TensorBoard event files into run_dir (train/run_log.h)
     int64_t checkpoint_every = 0;             // 0 = only at the end
     // How many step_* checkpoints stay on disk: the newest N (0 = all). The one checkpoints/latest names is
     // always among them. A long run then does not fill the disk (docs/training.md, "Checkpoints").
@@ -143,5 +146,8 @@ void apply_set(nlohmann::json& config, const std::string& assignment);
 // Reads `path` (empty = defaults only), applies the overrides, validates, returns the typed config.
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& sets);
 RunConfig parse_run_config(const nlohmann::json& resolved, const std::string& source);
+// A checkpoint's run.json (`source` names it): merged strictly onto the defaults, then parsed, so keys a
+// checkpoint of an older version lacks take their defaults instead of failing as missing.
+RunConfig parse_saved_run_config(const nlohmann::json& saved, const std::string& source);
 
 }  // namespace reftrain

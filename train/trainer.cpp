@@ -20,6 +20,7 @@
 #include <optional>
 #include <sstream>
 
+#include "debug/tracer_summary.h"
 #include "kernels/bugs.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
@@ -38,6 +39,7 @@
 #include "train/dist_nccl.h"
 #endif
 #include "train/grad_clip.h"
+#include "train/progress.h"
 #include "train/schedule.h"
 
 namespace reftrain {
@@ -90,6 +92,11 @@ Trainer::Trainer(const RunConfig& config, std::ostream& out, Comm* comm)
     if (config_.threads > 0) omp_set_num_threads(static_cast<int>(config_.threads));
     invariants_.set_stream(out_);
     invariants_.configure(config_.invariants, "run config 'invariants'");
+    // Every violation on the run's timeline, at the step being computed (the report marks them).
+    invariants_.set_listener([this](const std::string& name, const std::string& details, bool printed) {
+        if (printed) clear_progress_line();   // the warning takes the progress line's place; the next step redraws it
+        log_.write({{"kind", "invariant"}, {"step", step_ + 1}, {"name", name}, {"details", details}});
+    });
     for (const auto& [name, on] : config_.bugs.items()) {
         set_bug(name, on.get<bool>());
         if (on.get<bool>()) out_ << "WARNING: bug switch '" << name << "' is ON (kernels/bugs.h): this run is wrong on purpose\n";
@@ -330,6 +337,7 @@ StepMetrics Trainer::train_step() {
     if (tripped) {
         if (!m.skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
             tracer_->end_step();
+            log_tracer_frames(/*runup=*/true);
             if (tracer_->tripped()) stop_at_first_nonfinite(*tracer_, step_);
             fail("step ", step_ + 1, ": another rank's tracer found a non-finite value (its report names the tensor); "
                  "every rank stops (tracer.policy = stop)");
@@ -362,7 +370,10 @@ StepMetrics Trainer::train_step() {
     // The detector reads the LR the optimizer applied, not how the loop computed it.
     check_schedule_counts_optimizer_steps(invariants_, step_, m.skipped ? m.lr : optimizer_->last_lr(),
                                           schedule_at(), step_ * k, k);
-    if (tracer_) tracer_->end_step();
+    if (tracer_) {
+        tracer_->end_step();
+        log_tracer_frames(/*runup=*/tripped);
+    }
     ++step_;
     m.step = step_;
     m.tokens = global_k * B * T;
@@ -546,6 +557,7 @@ StepMetrics Trainer::train_step_gpu(const std::vector<int64_t>& counts, int64_t 
     m.skipped = r.skipped;
     m.grad_norm = r.grad_norm;
     if (step_ == 0 && std::isfinite(m.loss)) check_init_loss(invariants_, m.loss, gpu_->model->config().vocab_size);
+    if (tracer_) log_tracer_frames(/*runup=*/tracer_->tripped());
     if (tracer_ && tracer_->tripped() && !r.scaler_skipped && tracer_->options().policy == FrameTracer::Policy::stop) {
         stop_at_first_nonfinite(*tracer_, step_);
     }
@@ -590,7 +602,7 @@ EvalMetrics Trainer::evaluate(int64_t show_samples) {
         const size_t shift = examples.empty() ? 0 : sample_rng_.below(examples.size());
         std::rotate(examples.begin(), examples.begin() + static_cast<std::ptrdiff_t>(shift), examples.end());
         e.exact_match = exact_match(*model_, *data_.chat, *data_.task, examples, config_.data.system_prompt,
-                                    config_.eval.max_new_tokens, show_samples, out_);
+                                    config_.eval.max_new_tokens, show_samples, out_, &e.samples);
         e.exact_match_examples = static_cast<int64_t>(examples.size());
     }
     return e;
@@ -728,14 +740,6 @@ void Trainer::resume(const std::string& checkpoint_dir) {
 
 namespace {
 
-std::string format_duration(double seconds) {
-    const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
-    char buf[32];
-    if (s >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
-    else std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
-    return buf;
-}
-
 // ---- graceful stop -------------------------------------------------------------------------------------
 // SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) while training: the handler only records the signal; the
 // loop finishes the optimizer step in flight, saves a checkpoint and returns. A second signal restores the
@@ -806,6 +810,23 @@ void trim_metrics_after(const fs::path& path, int64_t step, std::ostream& out) {
 
 }  // namespace
 
+void Trainer::log_tracer_frames(bool runup) {
+    if (!tracer_ || !log_.is_open() || config_.tracer.summary_every <= 0 || tracer_->frame_count() == 0) return;
+    const double compute_max = config_.train.precision == "fp16" ? 65504.0 : static_cast<double>(std::numeric_limits<float>::max());
+    // The ring holds the last K frames, oldest first; its newest is the step just ended.
+    for (size_t i = 0; i < tracer_->frame_count(); ++i) {
+        const FrameTracer::Frame& frame = tracer_->frame(i);
+        if (frame.step < last_tracer_line_step_) continue;   // written already
+        const bool newest = i + 1 == tracer_->frame_count();
+        const bool due = (frame.step + 1) % config_.tracer.summary_every == 0;
+        if (!runup && !(newest && due)) continue;
+        TracerSummary summary = summarize_frame(*tracer_, frame, compute_max);
+        summary.step = frame.step + 1;   // the frame's 0-based index; metrics.jsonl counts steps done
+        log_.write(tracer_summary_json(summary));
+        last_tracer_line_step_ = frame.step + 1;
+    }
+}
+
 void Trainer::run() {
     const fs::path run_dir(config_.run_dir);
     fs::create_directories(run_dir);
@@ -814,12 +835,14 @@ void Trainer::run() {
     // next collective (docs/distributed.md).
     const bool lead = comm_.rank() == 0;
     // A fresh run starts a fresh metrics file; a resumed one appends after the steps it already has.
-    std::ofstream metrics;
     if (lead && step_ > 0) trim_metrics_after(run_dir / "metrics.jsonl", step_, out_);
     if (lead) {
-        metrics.open(run_dir / "metrics.jsonl", step_ == 0 ? std::ios::trunc : std::ios::app);
-        check(static_cast<bool>(metrics), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+        log_.open(run_dir.string(), /*append=*/step_ > 0, config_.tensorboard, step_);
+        // The resolved config beside the metrics, for the report and for a person (a checkpoint keeps its own).
+        const std::string text = config_.resolved.dump(2) + "\n";
+        write_file_atomically((run_dir / "run_config.json").string(), text.data(), text.size());
     }
+    last_tracer_line_step_ = step_;
 
     // Under mpirun stdout is a pseudo-terminal on every rank: a live bar there would be N interleaved bars.
     const bool tty = isatty(fileno(stdout)) && &out_ == &std::cout && comm_.size() == 1;
@@ -843,7 +866,14 @@ void Trainer::run() {
         out_.unsetf(std::ios::floatfield);
         json line = {{"kind", "eval"}, {"step", step_}, {"val_loss", e.val_loss}, {"val_tokens", e.val_tokens}};
         if (e.exact_match >= 0) line["exact_match"] = e.exact_match;
-        metrics << line.dump() << "\n" << std::flush;
+        if (!e.samples.empty()) {
+            line["samples"] = json::array();
+            for (const EvalSample& x : e.samples) {
+                line["samples"].push_back(
+                    {{"prompt", x.prompt}, {"response", x.response}, {"answer", x.answer}, {"correct", x.correct}});
+            }
+        }
+        log_.write(line);
         return e;
     };
 
@@ -860,6 +890,7 @@ void Trainer::run() {
             stopped_by_signal_ = g_stop_signal.load() != 0 ? g_stop_signal.load() : SIGTERM;
             const std::string dir = save_checkpoint();
             prune_checkpoints();
+            finish_progress_line();
             out_ << "stopped by " << (stopped_by_signal_ == SIGINT ? "SIGINT" : "SIGTERM") << " after step " << step_
                  << " of " << max_steps << "; checkpoint: " << dir << "; continue with --set resume=latest\n";
             out_.flush();
@@ -877,22 +908,18 @@ void Trainer::run() {
         if (loss_scaler_.enabled()) line["loss_scale"] = m.loss_scale;
         if (m.skipped) line["skipped"] = true;
         if (comm_.size() > 1) line["allreduce_seconds"] = m.allreduce_seconds;
-        metrics << line.dump() << "\n" << std::flush;   // a killed run keeps every step it logged
+        log_.write(line);   // flushed: a killed run keeps every step it logged
+        if (m.skipped) clear_progress_line();
         if (m.skipped) out_ << "step " << m.step << " skipped: non-finite gradients"
                             << (loss_scaler_.enabled() ? concat(" (loss scale now ", loss_scaler_.scale(), ")") : "") << "\n";
 
         const bool log_now = m.step % config_.log_every == 0 || m.step == max_steps;
         if (tty) {
-            // A live bar, redrawn in place.
-            const int width = 30;
-            const int filled = static_cast<int>(width * m.step / max_steps);
-            char line[256];
-            std::snprintf(line, sizeof line, "\r[%s%s] step %lld/%lld loss %.4f lr %.2e gnorm %.3f %.0f tok/s ETA %s ",
-                          std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
-                          (long long)m.step, (long long)max_steps, m.loss, m.lr, m.grad_norm, tok_per_s,
-                          format_duration(eta).c_str());
-            out_ << line << std::flush;
-            if (log_now && m.step == max_steps) out_ << "\n";
+            // A live line, redrawn in place ("\r", the line, erase to its end), as wide as the terminal is now.
+            const ProgressState state{m.step, max_steps, m.loss, m.lr, m.grad_norm, tok_per_s, eta};
+            out_ << "\r" << format_progress(state, terminal_columns(fileno(stdout))) << "\x1b[K" << std::flush;
+            bar_open_ = true;
+            if (log_now && m.step == max_steps) finish_progress_line();
         } else if (log_now) {
             char line[256];
             std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f lr %.2e grad_norm %.3f %.0f tok/s ETA %s\n",
@@ -901,7 +928,7 @@ void Trainer::run() {
             out_ << line << std::flush;
         }
         if (config_.eval.every > 0 && m.step % config_.eval.every == 0 && m.step < max_steps) {
-            if (tty) out_ << "\n";
+            clear_progress_line();
             EvalMetrics e;
             if (lead) e = log_eval(config_.eval.samples);
             const double target = config_.eval.stop_at_exact_match;
@@ -921,7 +948,8 @@ void Trainer::run() {
             if (!tty) out_ << "checkpoint: " << dir << "\n";
         }
     }
-    metrics.flush();
+    finish_progress_line();
+    log_.flush();
     if (comm_.size() > 1) check_params_in_sync();   // the replicas end as one model
     if (!lead) return;
     if (!stopped_early) log_eval(config_.eval.samples);
@@ -941,10 +969,7 @@ void Trainer::run() {
         std::snprintf(line, sizeof line, "test: exact match %.1f%% on %zu held-out problems (greedy)\n", 100.0 * acc,
                       data_.test_examples.size());
         out_ << line;
-        metrics << json{{"kind", "test"}, {"step", step_}, {"exact_match", acc},
-                        {"examples", data_.test_examples.size()}}
-                       .dump()
-                << "\n";
+        log_.write({{"kind", "test"}, {"step", step_}, {"exact_match", acc}, {"examples", data_.test_examples.size()}});
     }
     const std::string violated = invariants_.summary();
     if (!violated.empty()) out_ << "invariants violated during this run (warn mode):\n" << violated;

@@ -32,6 +32,7 @@
 #include "train/loss_scaler.h"
 #include "train/evaluate.h"
 #include "train/run_config.h"
+#include "train/run_log.h"
 
 namespace reftrain {
 
@@ -57,6 +58,7 @@ struct EvalMetrics {
     int64_t val_tokens = 0;
     double exact_match = -1.0;        // fraction of verified answers; -1 when there is no task
     int64_t exact_match_examples = 0;
+    std::vector<EvalSample> samples;  // the ones shown (eval.samples), also kept in metrics.jsonl
 };
 
 class Trainer {
@@ -133,6 +135,25 @@ private:
     double last_val_loss_ = 0.0;           // the last eval's validation loss, at step last_val_step_
     int64_t last_val_step_ = -1;
     void prune_checkpoints();
+    // metrics.jsonl and the TensorBoard events of a run (rank 0, inside run(); closed otherwise, when a
+    // caller drives train_step() itself).
+    RunLog log_;
+    // "tracer" lines: every tracer.summary_every steps, and on a trip every frame of the run-up not yet
+    // written (debug/tracer_summary.h).
+    void log_tracer_frames(bool runup);
+    // The terminal's progress line (train/progress.h), open while it is drawn. Anything else printed during
+    // the run first clears it (the message takes its place; the next step draws it again below); the run's
+    // end finishes it (the last state stays on the screen).
+    bool bar_open_ = false;
+    void clear_progress_line() {
+        if (bar_open_) out_ << "\r\x1b[K";
+        bar_open_ = false;
+    }
+    void finish_progress_line() {
+        if (bar_open_) out_ << "\n";
+        bar_open_ = false;
+    }
+    int64_t last_tracer_line_step_ = -1;
     int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
     uint64_t last_batch_hash_ = 0;
     int64_t local_first_ = 0;              // this rank's first micro-batch in micro_ids_ (the global batch)
