@@ -163,6 +163,23 @@ def run_metrics_seeds():
     for src in ROOT.glob("build*/pytest_work/test_blas_core/auto/metrics.jsonl"):
         put("run_metrics", "real_run", src.read_bytes())
         break
+    # What `reftrain report` draws besides the curves: tracer lines, invariant warnings, eval samples.
+    report_lines = lines + [
+        {"kind": "invariant", "step": 2, "name": "loss.no_spike", "details": "z=7.1"},
+        {"kind": "eval", "step": 2, "val_loss": 5.4, "val_tokens": 40, "exact_match": 0.5,
+         "samples": [{"prompt": "1+2=", "response": "3", "answer": "3", "correct": True}]},
+        {"kind": "tracer", "step": 2, "worst_tensor": "model.layers.1.mlp.down_proj.out", "worst_abs_max": 7000.0,
+         "near_overflow": {"tensor": "model.layers.1.mlp.down_proj.out", "abs_max": 7000.0, "limit": 65504.0},
+         "groups": {"mlp.down_proj.out": {"layers": [0, 1], "abs_max": [3.5, 7000.0], "rms": [0.5, 20.0]},
+                    "grad:model.norm.weight": {"layers": [-1], "abs_max": [0.01], "rms": [0.001]}}},
+        {"kind": "test", "step": 2, "exact_match": 0.25, "examples": 4},
+    ]
+    put("run_metrics", "report_run", "M" + "\n".join(json.dumps(l) for l in report_lines) + "\n")
+    half = {"curve": [1.0, 2.0, None, 8.0], "loss": [5.0, 4.0, 3.0, 2.0], "numbers": [["max lr", "8"]],
+            "detector_fired": True, "detector_message": "fired", "detector_step": 1}
+    put("run_metrics", "failure_json", "F" + json.dumps({
+        "kind": "failure", "id": "demo", "title": "a demo", "curve_name": "lr", "log_scale": False, "seed": 1,
+        "with_bug": half, "without_bug": dict(half, detector_fired=False, detector_step=-1), "detector_works": True}))
 
 
 if __name__ == "__main__":
