@@ -42,6 +42,14 @@ std::string short_number(double v) {
 
 namespace {
 
+// An axis label: as short as it can be read (3e-05, 0.005, 80k), so that it fits the margin.
+std::string tick_label(double v) {
+    if (std::fabs(v) >= 1e4 && std::fabs(v) < 1e9) return short_number(v);
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3g", v);
+    return text;
+}
+
 // A coordinate with one decimal: enough for a screen, and short in the file.
 std::string num(double v) {
     char text[32];
@@ -134,7 +142,10 @@ std::string svg_chart(const ChartSpec& spec) {
         << "</text>\n";
     // Grid and tick labels.
     if (spec.log_y) {
-        for (int e = static_cast<int>(std::ceil(y_lo)); e <= static_cast<int>(std::floor(y_hi)); ++e) {
+        // A label every decade, or every few when they are many (at most about 6).
+        const int first = static_cast<int>(std::ceil(y_lo)), last = static_cast<int>(std::floor(y_hi));
+        const int every = std::max(1, (last - first + 5) / 6);
+        for (int e = first; e <= last; e += every) {
             const double y = top + ph * (1.0 - (e - y_lo) / (y_hi - y_lo));
             svg << "<line x1=\"" << num(left) << "\" y1=\"" << num(y) << "\" x2=\"" << num(left + pw) << "\" y2=\"" << num(y)
                 << "\" stroke=\"#e5e5e5\"/><text x=\"" << num(left - 5) << "\" y=\"" << num(y + 4)
@@ -145,12 +156,12 @@ std::string svg_chart(const ChartSpec& spec) {
             const double y = top + ph * (1.0 - (t - y_lo) / (y_hi - y_lo));
             svg << "<line x1=\"" << num(left) << "\" y1=\"" << num(y) << "\" x2=\"" << num(left + pw) << "\" y2=\"" << num(y)
                 << "\" stroke=\"#e5e5e5\"/><text x=\"" << num(left - 5) << "\" y=\"" << num(y + 4)
-                << "\" text-anchor=\"end\">" << short_number(t) << "</text>\n";
+                << "\" text-anchor=\"end\">" << tick_label(t) << "</text>\n";
         }
     }
     for (const double t : nice_ticks(x_lo, x_hi, 5)) {
         svg << "<text x=\"" << num(px(t)) << "\" y=\"" << num(top + ph + 14) << "\" text-anchor=\"middle\">"
-            << short_number(t) << "</text>\n";
+            << tick_label(t) << "</text>\n";
     }
     svg << "<rect x=\"" << num(left) << "\" y=\"" << num(top) << "\" width=\"" << num(pw) << "\" height=\"" << num(ph)
         << "\" fill=\"none\" stroke=\"#999\"/>\n";
@@ -179,6 +190,10 @@ std::string svg_chart(const ChartSpec& spec) {
         };
         for (size_t i = 0; i < line.x.size() && i < line.y.size(); ++i) {
             const double v = line.y[i];
+            if (!std::isfinite(v) && !line.mark_nonfinite) {   // no value here: a gap
+                flush();
+                continue;
+            }
             if (!std::isfinite(v)) {   // marked, never dropped
                 flush();
                 ++nonfinite;

@@ -19,6 +19,8 @@ struct ChartLine {
     std::string color = "#1f77b4";
     std::vector<double> x{}, y{};   // same length; y may hold NaN/inf (drawn as "!")
     bool dots = false;          // points (evals, clip events) instead of a line
+    bool mark_nonfinite = true; // false: a non-finite y is a gap and nothing more (a field with no value
+                                // at that update, like PPO's episode return when no episode ended)
 };
 
 struct ChartMark {

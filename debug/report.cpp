@@ -79,18 +79,30 @@ ChartLine line_of(const std::vector<const MetricsRecord*>& records, const std::s
     return line;
 }
 
-// A log axis when the finite positive values span more than two decades.
+// A log axis when every finite value is positive and they span more than two decades (a series that
+// crosses zero, like a policy loss or an explained variance, keeps a linear axis: a log one would drop
+// half of it).
 bool wants_log(const std::vector<ChartLine>& lines) {
     double lo = INFINITY, hi = 0.0;
     for (const ChartLine& l : lines) {
         for (const double v : l.y) {
-            if (std::isfinite(v) && v > 0.0) {
-                lo = std::min(lo, v);
-                hi = std::max(hi, v);
-            }
+            if (!std::isfinite(v)) continue;
+            if (v <= 0.0) return false;
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
         }
     }
     return hi > 0.0 && hi / lo > 100.0;
+}
+
+// The fields a person looks at first in an RL run, in this order; any other follows in file order.
+int field_rank(const std::string& field) {
+    static const std::vector<std::string> first = {
+        "mean_return_last_100", "episode_return", "exact_match", "accuracy", "reward_mean", "loss", "policy_loss",
+        "value_loss", "approx_kl_k1", "approx_kl_k3", "kl_k1", "kl_k3", "kl_measured", "clip_fraction", "entropy",
+        "explained_variance", "zero_advantage_fraction", "grad_norm", "learning_rate", "lr"};
+    const auto it = std::find(first.begin(), first.end(), field);
+    return it == first.end() ? static_cast<int>(first.size()) : static_cast<int>(it - first.begin());
 }
 
 // The resolved config: RUN_DIR/run_config.json, else the latest checkpoint's run.json; null if neither.
@@ -141,7 +153,10 @@ void summary_section(Page& page, const RunMetrics& metrics, const json& config, 
         first = false;
     }
     page.html << ")</td></tr>\n";
-    if (!train.empty()) {
+    if (!train.empty() && metrics.indexed_by_update) {
+        page.html << "<tr><td>updates logged</td><td>" << train.front()->step << " to " << train.back()->step
+                  << "</td></tr>\n";
+    } else if (!train.empty()) {
         page.html << "<tr><td>steps logged</td><td>" << train.front()->step << " to " << train.back()->step << "</td></tr>\n";
         double tokens = 0, seconds = 0;
         int64_t skipped = 0;
@@ -415,21 +430,37 @@ void other_kinds_section(Page& page, const RunMetrics& metrics, const std::set<s
             }
         }
         if (fields.empty()) continue;
+        std::stable_sort(fields.begin(), fields.end(),
+                         [](const std::string& a, const std::string& b) { return field_rank(a) < field_rank(b); });
         const std::string axis = metrics.indexed_by_update ? "update" : "step";
         page.html << "<h2>" << html_escape(kind == "train" && metrics.indexed_by_update ? "updates" : kind) << " ("
                   << records.size() << " lines)</h2>\n<div class=\"grid\">\n";
+        std::vector<std::string> constant;   // a field that never changes is a line of text, not a chart
         for (size_t i = 0; i < fields.size(); ++i) {
+            ChartLine line = line_of(records, fields[i], fields[i], colors[i % 5]);
+            line.mark_nonfinite = false;   // null here means "no value at this update"
+            bool same = !line.y.empty();
+            for (const double v : line.y) same = same && (v == line.y.front());
+            if (same && records.size() > 1) {
+                constant.push_back(fields[i] + " = " + short_number(line.y.front()));
+                continue;
+            }
             ChartSpec spec{fields[i]};
             spec.x_label = axis;
             spec.y_label = fields[i];
             spec.width = 360;
             spec.height = 220;
-            spec.lines = {line_of(records, fields[i], fields[i], colors[i % 5])};
-            spec.lines[0].dots = records.size() <= 30;
+            line.dots = records.size() <= 30;
+            spec.lines = {line};
             spec.log_y = wants_log(spec.lines);
             page.html << svg_chart(spec);
         }
         page.html << "</div>\n";
+        if (!constant.empty()) {
+            page.html << "<p class=\"note\">The same in every line: ";
+            for (size_t i = 0; i < constant.size(); ++i) page.html << (i ? ", " : "") << html_escape(constant[i]);
+            page.html << ".</p>\n";
+        }
     }
 }
 

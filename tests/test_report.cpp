@@ -182,8 +182,9 @@ TEST(Report, TrainingPageHasEveryChartTheInvariantsSamplesAndTheHeatmaps) {
 TEST(Report, UpdateLinesOfPpoAndGrpoGetAChartPerField) {
     std::vector<json> lines;
     for (int u = 1; u <= 5; ++u) {
-        lines.push_back({{"update", u}, {"mean_return", 10.0 * u}, {"approx_kl", 0.01}, {"clip_fraction", 0.1},
-                         {"entropy", 0.6}, {"explained_variance", 0.5}, {"seconds", 0.1}});
+        lines.push_back({{"update", u}, {"mean_return", 10.0 * u}, {"approx_kl", 0.01 * u}, {"clip_fraction", 0.1 / u},
+                         {"entropy", 0.7 - 0.01 * u}, {"explained_variance", u % 2 ? -0.5 : 0.5}, {"epochs", 4},
+                         {"episode_return", u == 3 ? json(nullptr) : json(20.0 * u)}, {"seconds", 0.1 * u}});
     }
     const fs::path dir = write_run("ppo", lines, json());
     const std::string page = render_run_report(dir.string());
@@ -192,6 +193,10 @@ TEST(Report, UpdateLinesOfPpoAndGrpoGetAChartPerField) {
         EXPECT_NE(page.find(std::string("<title>") + field + "</title>"), std::string::npos) << field;
     }
     EXPECT_NE(page.find("No run_config.json"), std::string::npos);
+    EXPECT_NE(page.find("The same in every line: epochs = 4"), std::string::npos);   // a constant is text, not a chart
+    EXPECT_EQ(page.find("<title>epochs</title>"), std::string::npos);
+    EXPECT_EQ(page.find("class=\"nonfinite\""), std::string::npos);   // a null episode_return is a gap, not a "!"
+    EXPECT_EQ(page.find("explained_variance (log)"), std::string::npos);   // crosses zero: a linear axis
 }
 
 TEST(Report, FailureScenarioPageShowsBothHalvesWithTheDetectorMarked) {

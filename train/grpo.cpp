@@ -569,6 +569,7 @@ GrpoRunResult GrpoTrainer::run() {
     const fs::path run_dir(config_.run_dir);
     RunLog metrics;   // run_dir/metrics.jsonl and its TensorBoard mirror
     metrics.open(run_dir.string(), false, config_.tensorboard);
+    metrics.write_config(config_.resolved);
     GrpoRunResult result;
     out_ << "GRPO from " << init_dir_ << ": " << policy_->num_parameters() << " parameters, task " << task_->name()
          << ", " << config_.updates << " updates of " << config_.prompts_per_update << " prompts x "

@@ -637,6 +637,7 @@ PpoTrainer::PpoTrainer(const PpoConfig& config, std::ostream& log) : config_(con
     impl_ = std::make_unique<Impl>(config_, log);
     if (!config_.run_dir.empty()) {
         impl_->metrics.open(config_.run_dir, false, config_.tensorboard);
+        impl_->metrics.write_config(to_json(config_));
     }
     if (config_.log_every > 0) {
         log << "ppo: " << config_.env << ", " << config_.num_envs << " copies x " << config_.num_steps

@@ -28,6 +28,7 @@
 #include <filesystem>
 
 #include "kernels/error.h"
+#include "kernels/safetensors.h"
 
 namespace reftrain {
 
@@ -219,6 +220,7 @@ void RunLog::open(const std::string& run_dir, bool append, bool tensorboard, int
     fs::create_directories(run_dir, ec);
     check(!ec && fs::is_directory(run_dir), run_dir, ": cannot create the run directory (", ec.message(),
           "); expected a directory for metrics.jsonl and the TensorBoard event file");
+    run_dir_ = run_dir;
     metrics_path_ = (fs::path(run_dir) / "metrics.jsonl").string();
     metrics_.open(metrics_path_, append ? std::ios::app : std::ios::trunc);
     check(metrics_.is_open(), metrics_path_, ": cannot open for writing (", std::strerror(errno), ")");
@@ -277,6 +279,12 @@ void RunLog::flush() {
 void RunLog::write_record(const std::string& event) {
     events_ << tfrecord(event) << std::flush;
     check(static_cast<bool>(events_), event_path_, ": cannot write a TensorBoard event (", std::strerror(errno), ")");
+}
+
+void RunLog::write_config(const nlohmann::json& resolved) {
+    if (!is_open()) return;
+    const std::string text = resolved.dump(2) + "\n";
+    write_file_atomically((fs::path(run_dir_) / "run_config.json").string(), text.data(), text.size());
 }
 
 }  // namespace reftrain

@@ -44,11 +44,14 @@ public:
     void write(const nlohmann::json& line);
     bool is_open() const { return metrics_.is_open(); }
     void flush();
+    // run_dir/run_config.json: the run's resolved config beside its metrics (for `reftrain report` and a
+    // person), written atomically; nothing when closed.
+    void write_config(const nlohmann::json& resolved);
     // The event file ("" without TensorBoard or before open).
     const std::string& event_path() const { return event_path_; }
 
 private:
-    std::string metrics_path_, event_path_;
+    std::string run_dir_, metrics_path_, event_path_;
     std::ofstream metrics_, events_;
     int64_t lines_written_ = 0;
 

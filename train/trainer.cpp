@@ -838,9 +838,7 @@ void Trainer::run() {
     if (lead && step_ > 0) trim_metrics_after(run_dir / "metrics.jsonl", step_, out_);
     if (lead) {
         log_.open(run_dir.string(), /*append=*/step_ > 0, config_.tensorboard, step_);
-        // The resolved config beside the metrics, for the report and for a person (a checkpoint keeps its own).
-        const std::string text = config_.resolved.dump(2) + "\n";
-        write_file_atomically((run_dir / "run_config.json").string(), text.data(), text.size());
+        log_.write_config(config_.resolved);   // beside the metrics, for the report (a checkpoint keeps its own)
     }
     last_tracer_line_step_ = step_;
 
