@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -331,7 +332,9 @@ void samples_section(Page& page, const RunMetrics& metrics) {
 }
 
 void tracer_section(Page& page, const RunMetrics& metrics) {
-    const auto lines = of_kind(metrics, "tracer");
+    // By step: a run-up written when the tracer tripped follows the due line of a later step in the file.
+    auto lines = of_kind(metrics, "tracer");
+    std::stable_sort(lines.begin(), lines.end(), [](const MetricsRecord* a, const MetricsRecord* b) { return a->step < b->step; });
     if (lines.empty()) return;
     // Rows: every (group, layer) seen; activations first, then gradients, then the parameters after the
     // update; within each, by group then layer, so one group's layers sit together.
@@ -391,9 +394,10 @@ void tracer_section(Page& page, const RunMetrics& metrics) {
             if (abs_map.marked_column < 0 && values.contains("near_overflow") && values["near_overflow"].is_object()) {
                 const json& near = values["near_overflow"];
                 abs_map.marked_column = static_cast<int>(c);
-                abs_map.mark_label = "step " + std::to_string(lines[i]->step) + ": " + field(near, "tensor", std::string()) +
-                                     " reached " + short_number(field(near, "abs_max", 0.0)) + ", within 10x of its dtype's " +
-                                     short_number(field(near, "limit", 0.0));
+                char figures[96];   // exact, not 65.5k: the limit is a number people know (65504)
+                std::snprintf(figures, sizeof figures, " reached %.6g, within 10x of its dtype's %.6g",
+                              field(near, "abs_max", 0.0), field(near, "limit", 0.0));
+                abs_map.mark_label = "step " + std::to_string(lines[i]->step) + ": " + field(near, "tensor", std::string()) + figures;
             }
         }
     }

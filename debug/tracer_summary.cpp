@@ -47,8 +47,13 @@ TracerSummary summarize_frame(const FrameTracer& tracer, const FrameTracer::Fram
             s.worst_tensor = name;
             s.worst_abs_max = e.stats.abs_max;
         }
-        const double limit = tracer.name(e.op) == "adamw.update" ? fp32_max : compute_max;
-        if (s.near_overflow_tensor.empty() && e.stats.abs_max >= limit / 10.0) {
+        // Gradients are left out: under fp16 the loss scaler drives them towards the limit on purpose and
+        // skips the step when they pass it. Parameters (and the fp32 master copy after the update) hold fp32.
+        const bool gradient = name.rfind("grad:", 0) == 0;
+        const bool parameter = tracer.name(e.op) == "adamw.update" ||
+                               (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0);
+        const double limit = parameter ? fp32_max : compute_max;
+        if (!gradient && s.near_overflow_tensor.empty() && e.stats.abs_max >= limit / 10.0) {
             s.near_overflow_tensor = name;
             s.near_overflow_abs_max = e.stats.abs_max;
             s.near_overflow_limit = limit;
@@ -89,7 +94,7 @@ nlohmann::json tracer_summary_json(const TracerSummary& s) {
     if (!s.near_overflow_tensor.empty()) {
         line["near_overflow"] = {{"tensor", s.near_overflow_tensor},
                                  {"abs_max", four_digits(s.near_overflow_abs_max)},
-                                 {"limit", four_digits(s.near_overflow_limit)}};
+                                 {"limit", s.near_overflow_limit}};   // exact: 65504, not 65500
     }
     return line;
 }

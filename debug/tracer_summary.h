@@ -9,9 +9,10 @@
 //   - a tensor written twice in a step (an accumulated gradient) counts with its worst write;
 // and two names a person looks for first:
 //   - the tensor with the largest finite |x| of the step, and
-//   - the first tensor, in execution order, whose |x| came within 10x of the largest value its dtype can
-//     hold (the parameters after "adamw.update" are fp32 master weights; everything else is in the run's
-//     compute precision: fp16 65504, bf16 and fp32 3.4e38), or none.
+//   - the first tensor that is not a gradient, in execution order, whose |x| came within 10x of the
+//     largest value its dtype can hold (parameters are fp32 master weights; activations are in the run's
+//     compute precision: fp16 65504, bf16 and fp32 3.4e38), or none. Gradients are left out because
+//     under fp16 the loss scaler drives them towards the limit on purpose (and skips a step that passes it).
 #pragma once
 
 #include <cstdint>

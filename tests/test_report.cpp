@@ -91,6 +91,23 @@ TEST(TracerSummary, WorstPerGroupAndLayerAndTheFirstTensorNearItsDtypeLimit) {
     EXPECT_EQ(line["near_overflow"]["tensor"], "model.layers.1.self_attn.o_proj.out");
 }
 
+TEST(TracerSummary, GradientsNearTheLimitAreNotTheRunUp) {
+    FrameTracer::Options options;
+    options.policy = FrameTracer::Policy::skip;
+    FrameTracer tracer(options);
+    // A scaled fp16 activation gradient at 60000, then an activation at 7000: the activation is named.
+    std::vector<float> g(8, 60000.0f), a(8, 7000.0f);
+    const Tensor tg(g.data(), DType::F32, {8}, "grad:model.norm.out");
+    const Tensor ta(a.data(), DType::F32, {8}, "model.layers.0.mlp.down_proj.out");
+    tracer.begin_step(0);
+    tracer.record("rmsnorm_backward", {&tg});
+    tracer.record("linear_forward", {&ta});
+    tracer.end_step();
+    const TracerSummary s = summarize_frame(tracer, tracer.frame(tracer.frame_count() - 1), 65504.0);
+    EXPECT_EQ(s.near_overflow_tensor, "model.layers.0.mlp.down_proj.out");
+    EXPECT_EQ(s.worst_tensor, "grad:model.norm.out");   // the worst is still the worst, gradient or not
+}
+
 TEST(TracerSummary, NothingNearTheLimitGivesNull) {
     FrameTracer::Options options;
     options.policy = FrameTracer::Policy::skip;
@@ -172,7 +189,7 @@ TEST(Report, TrainingPageHasEveryChartTheInvariantsSamplesAndTheHeatmaps) {
     EXPECT_GE(count(page, "class=\"mark\""), 2u);          // the invariant on loss and grad norm, the heat map's column
     EXPECT_NE(page.find("loss.no_spike"), std::string::npos);
     EXPECT_NE(page.find("1+1=&lt;b&gt;"), std::string::npos);   // a sample, escaped
-    EXPECT_NE(page.find("step 20: model.layers.1.mlp.out reached 7000"), std::string::npos);
+    EXPECT_NE(page.find("step 20: model.layers.1.mlp.out reached 7000, within 10x of its dtype&#39;s 65504"), std::string::npos);
     EXPECT_NE(page.find("exact match 75% on 4"), std::string::npos);
     EXPECT_NE(page.find("grad_clip"), std::string::npos);   // the config
     EXPECT_EQ(page.find("<script"), std::string::npos);

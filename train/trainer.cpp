@@ -813,17 +813,22 @@ void trim_metrics_after(const fs::path& path, int64_t step, std::ostream& out) {
 void Trainer::log_tracer_frames(bool runup) {
     if (!tracer_ || !log_.is_open() || config_.tracer.summary_every <= 0 || tracer_->frame_count() == 0) return;
     const double compute_max = config_.train.precision == "fp16" ? 65504.0 : static_cast<double>(std::numeric_limits<float>::max());
-    // The ring holds the last K frames, oldest first; its newest is the step just ended.
+    const int64_t every = config_.tracer.summary_every;
+    // The ring holds the last K frames, oldest first; its newest is the step just ended. Normally only the
+    // newest is written, when it is due; on a trip every frame of the ring not written yet (the run-up, at
+    // full resolution: those lines may come after a later due line; the report sorts by step).
     for (size_t i = 0; i < tracer_->frame_count(); ++i) {
         const FrameTracer::Frame& frame = tracer_->frame(i);
-        if (frame.step < last_tracer_line_step_) continue;   // written already
+        const int64_t step = frame.step + 1;   // the frame's 0-based index; metrics.jsonl counts steps done
         const bool newest = i + 1 == tracer_->frame_count();
-        const bool due = (frame.step + 1) % config_.tracer.summary_every == 0;
-        if (!runup && !(newest && due)) continue;
+        const bool due = step % every == 0;
+        const bool written = step <= last_tracer_line_step_ && (due || step <= last_runup_line_step_);
+        if (written || (!runup && !(newest && due))) continue;
         TracerSummary summary = summarize_frame(*tracer_, frame, compute_max);
-        summary.step = frame.step + 1;   // the frame's 0-based index; metrics.jsonl counts steps done
+        summary.step = step;
         log_.write(tracer_summary_json(summary));
-        last_tracer_line_step_ = frame.step + 1;
+        last_tracer_line_step_ = std::max(last_tracer_line_step_, step);
+        if (runup) last_runup_line_step_ = std::max(last_runup_line_step_, step);
     }
 }
 
@@ -840,7 +845,7 @@ void Trainer::run() {
         log_.open(run_dir.string(), /*append=*/step_ > 0, config_.tensorboard, step_);
         log_.write_config(config_.resolved);   // beside the metrics, for the report (a checkpoint keeps its own)
     }
-    last_tracer_line_step_ = step_;
+    last_tracer_line_step_ = last_runup_line_step_ = step_;
 
     // Under mpirun stdout is a pseudo-terminal on every rank: a live bar there would be N interleaved bars.
     const bool tty = isatty(fileno(stdout)) && &out_ == &std::cout && comm_.size() == 1;

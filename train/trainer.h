@@ -153,7 +153,8 @@ private:
         if (bar_open_) out_ << "\n";
         bar_open_ = false;
     }
-    int64_t last_tracer_line_step_ = -1;
+    int64_t last_tracer_line_step_ = -1;   // the latest step with a tracer line
+    int64_t last_runup_line_step_ = -1;    // the latest step written as part of a run-up
     int64_t first_step_of_process_ = -1;   // the first step this process ran (dist checks run there)
     uint64_t last_batch_hash_ = 0;
     int64_t local_first_ = 0;              // this rank's first micro-batch in micro_ids_ (the global batch)

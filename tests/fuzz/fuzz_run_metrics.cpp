@@ -33,7 +33,7 @@ const std::string& run_dir() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view input = reftrain_fuzz::as_text(data, size);
     const char mode = input.empty() ? 'M' : input.front();
-    if (mode == 'F' || mode == 'M') input.remove_prefix(1);
+    if (!input.empty() && (mode == 'F' || mode == 'M')) input.remove_prefix(1);
     const std::string& dir = run_dir();
     std::error_code ignored;
     try {

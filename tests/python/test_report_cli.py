@@ -145,6 +145,34 @@ def main():
     if (run / "report.html").exists():
         check_page("train", run / "report.html", chrome, work, want_charts=5, want_heatmaps=2)
 
+    print("an fp16 run that overflows: the tracer's run-up at full resolution, the first near-overflow outlined")
+    run = work / "fp16"
+    # lr 0.3 without clipping: an MLP output passes 65504 within a few dozen steps; every step after is skipped
+    # until the loss scale underflows and the run stops with an error (exit 1), as it should.
+    extra = [f"run_dir={run}", "train.precision=fp16", "schedule.lr=0.3", "train.grad_clip=0", "train.max_steps=300",
+             "tracer.summary_every=10"]
+    p = subprocess.run([reftrain, "train", "--config", CONFIG] + sets(extra), capture_output=True, text=True, env=env(),
+                       timeout=300)
+    check(p.returncode == 1 and "the run has diverged" in p.stderr, f"the fp16 run was expected to diverge: {p.stderr[-400:]}")
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [l for l in lines if l.get("kind") == "train"]
+    first_skip = next((l["step"] for l in train if l.get("skipped")), None)
+    tracer_steps = sorted(l["step"] for l in lines if l.get("kind") == "tracer")
+    near = [l["step"] for l in lines if l.get("kind") == "tracer" and l.get("near_overflow")]
+    print(f"  [measured] first skipped step {first_skip}; tracer lines at steps {tracer_steps[:14]}...; "
+          f"first near-overflow line at step {min(near) if near else None}")
+    if first_skip is not None:
+        # The ring holds 21 frames: every step of the 20 before the first trip has its line, not only every 10th.
+        want = list(range(max(1, first_skip - 20), first_skip + 1))
+        check(all(s in tracer_steps for s in want), f"the run-up before step {first_skip} is not at full resolution: "
+                                                    f"{[s for s in want if s not in tracer_steps]} missing")
+    check(near and min(near) <= (first_skip or 0), f"no near-overflow line at or before the first skipped step {first_skip}")
+    p = subprocess.run([reftrain, "report", str(run)], capture_output=True, text=True, env=env(), timeout=120)
+    html = (run / "report.html").read_text() if p.returncode == 0 else ""
+    check("within 10x of its dtype&#39;s 65504" in html, "the page does not name the first near-overflow tensor")
+    if html:
+        check_page("fp16", run / "report.html", chrome, work, want_charts=5, want_heatmaps=2)
+
     print("a failure scenario: both halves side by side")
     fdir = work / "failures"
     p = subprocess.run([reftrain, "failure", "run", "scheduler-per-microbatch", "--run-dir", str(fdir)],
