@@ -68,7 +68,13 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
         step = m * power;
         if (step >= raw) break;
     }
-    for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(std::fabs(t) < step * 1e-9 ? 0.0 : t);
+    // Counted, not accumulated: where lo is huge against the step, t += step would never move.
+    const double start = std::ceil(lo / step) * step;
+    for (int k = 0; k <= 2 * target + 2; ++k) {
+        const double t = start + k * step;
+        if (!(t <= hi + step * 1e-9)) break;
+        ticks.push_back(std::fabs(t) < step * 1e-9 ? 0.0 : t);
+    }
     return ticks;
 }
 

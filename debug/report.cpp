@@ -167,7 +167,7 @@ void summary_section(Page& page, const RunMetrics& metrics, const json& config, 
             skipped += field(r->values, "skipped", false) ? 1 : 0;
         }
         if (seconds > 0) {
-            page.html << "<tr><td>throughput</td><td>" << static_cast<int64_t>(tokens / seconds) << " tokens/s over "
+            page.html << "<tr><td>throughput</td><td>" << short_number(tokens / seconds) << " tokens/s over "
                       << short_number(seconds) << " s of steps</td></tr>\n";
         }
         page.html << "<tr><td>skipped steps</td><td>" << skipped << "</td></tr>\n";

@@ -253,6 +253,17 @@ TEST(Report, AFailureRecordOfTheWrongShapeIsAClearError) {
     }
 }
 
+// Found by the fuzzer (tests/fuzz/fuzz_run_metrics.cpp): tokens/seconds past int64 was cast to an integer
+// (undefined behaviour); a series whose range is tiny against its values kept the tick loop from moving.
+TEST(Report, ExtremeNumbersDrawWithoutOverflowOrHanging) {
+    const fs::path dir = write_run("extreme", {{{"kind", "train"}, {"step", 1}, {"loss", 1e10}, {"tokens", 1e300}, {"seconds", 1e-300}},
+                                               {{"kind", "train"}, {"step", 2}, {"loss", 1e10 + 1e-5}, {"tokens", 1}, {"seconds", 1}}},
+                                   json());
+    const std::string page = render_run_report(dir.string());
+    EXPECT_NE(page.find("tokens/s over"), std::string::npos);
+    EXPECT_GE(count(page, "<svg class=\"chart\""), 3u);
+}
+
 TEST(Report, MissingOrBadMetricsAreClearErrors) {
     const fs::path empty = fs::path(testing::scratch_dir("report")) / "empty";
     fs::create_directories(empty);
