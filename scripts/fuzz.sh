@@ -164,7 +164,7 @@ sources_of() {
         chat) echo data/chat.cpp kernels/json_strict.h ;;
         checkpoint) echo train/checkpoint.cpp kernels/json_strict.h ;;
         name_map) echo debug/name_map.cpp kernels/json_strict.h ;;
-        run_metrics) echo debug/run_diff.cpp kernels/json_strict.h ;;
+        run_metrics) echo debug/run_diff.cpp debug/report.cpp debug/chart.cpp kernels/json_strict.h ;;
     esac
 }
 
