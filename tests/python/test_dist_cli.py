@@ -11,7 +11,6 @@ A tiny model (hidden 32, 2 layers, byte tokenizer) trains on 2 ranks of one thre
 Exits 77 (ctest: skipped) without mpirun or without MPI in the build. Each check prints FAIL with what it
 saw; the exit status is 1 if any failed.
 """
-import argparse
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tiny_cli import CONFIG, check, env, failures, sets
+from tiny_cli import CONFIG, check, env, finish, fresh_workdir, parse_cli, sets
 
 SKIP = 77
 DEADLINE = 30.0   # seconds the job may take to end after a rank died
@@ -61,17 +60,12 @@ def last_train_step(run_dir):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reftrain", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
+    args = parse_cli()
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         print("SKIP: no mpirun on PATH (scripts/setup.sh installs openmpi-bin)")
         return SKIP
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_workdir(args)
     train = [args.reftrain, "train", "--config", CONFIG]
 
     probe, _ = run(mpirun_cmd(mpirun, 2) + train + sets([f"run_dir={work}/probe", "train.max_steps=1"]))
@@ -155,11 +149,7 @@ def main():
     check("train.global_batch = 12 rows cannot be split over 2 rank(s) x train.batch_size = 4" in odd.stderr and
           "multiple of 8" in odd.stderr, f"unclear refusal: {odd.stderr[-1500:]}")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ redraws it in place. Checked at 100 and at 60 columns:
   the progress line.
 Exit 0 pass, 1 fail, 77 when tmux is missing (scripts/setup.sh installs it for the tests).
 """
-import argparse
 import re
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tiny_cli import CONFIG, check, failures, sets
+from tiny_cli import CONFIG, check, finish, fresh_workdir, parse_cli, sets
 
 BAR = re.compile(r"(\[[#.]+\] )?step (\d+)/(\d+) loss")
 
@@ -68,16 +66,11 @@ def check_screen(screen, columns, name):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reftrain", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
+    args = parse_cli()
     if shutil.which("tmux") is None:
         print("SKIPPED: tmux is not installed (scripts/setup.sh installs it for the tests)")
         return 77
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_workdir(args)
     steps = 300
     for columns in (100, 60):
         print(f"a {columns}-column terminal, {steps} steps")
@@ -102,11 +95,7 @@ def main():
         print(f"  [measured] {len(screens)} screens read, steps seen {steps_seen[:3]}...{steps_seen[-2:]}; last line "
               f"{len(last)} chars: {last!r}; {len(evals)} eval lines, {len(warnings)} warning lines on the final screen")
         (work / f"screen_{columns}.txt").write_text(final)
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

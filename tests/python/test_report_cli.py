@@ -8,7 +8,6 @@ its screenshot must not be blank (enough non-white pixels and colours). The scre
 work directory for a person to look at (report_*.png).
 Exit 0 pass, 1 fail; Chromium missing: the browser checks are reported as SKIPPED and the rest still runs.
 """
-import argparse
 import json
 import re
 import shutil
@@ -18,7 +17,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from tiny_cli import CONFIG, check, env, failures, sets
+from tiny_cli import CONFIG, check, env, finish, fresh_workdir, parse_cli, sets
 
 
 def png_pixels(path):
@@ -110,13 +109,8 @@ def check_page(name, page, chrome, work, want_charts, want_heatmaps=0):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reftrain", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    args = parse_cli()
+    work = fresh_workdir(args)
     reftrain = args.reftrain
     chrome = browser()
     if chrome is None:
@@ -193,11 +187,7 @@ def main():
     p = subprocess.run([reftrain, "report", str(work / "nowhere")], capture_output=True, text=True, env=env(), timeout=60)
     check(p.returncode == 1 and "no such run directory" in p.stderr, f"report of a missing directory: {p.returncode} {p.stderr[-300:]}")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ A tiny model (hidden 32, 2 layers, byte tokenizer) trains for a long time and is
 - checkpoint_keep: only the newest N step_* directories stay.
 Each check prints FAIL with what it saw; the exit status is 1 if any failed.
 """
-import argparse
 import os
 import json
 import random
@@ -24,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from tiny_cli import CONFIG, check, env, failures, sets
+from tiny_cli import CONFIG, check, env, finish, fresh_workdir, parse_cli, sets
 
 
 def command(reftrain, run_dir, extra):
@@ -132,13 +131,8 @@ def enospc_disk_full(reftrain, work, source_run):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reftrain", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    args = parse_cli()
+    work = fresh_workdir(args)
     reftrain = args.reftrain
 
     stop_with(reftrain, work, signal.SIGINT, "SIGINT")
@@ -223,11 +217,7 @@ def main():
     check(record.get("step") == best_eval["step"], f"best.json says step {record.get('step')}, the evals {best_eval['step']}")
     check(kept == sorted({f"step_{best_eval['step']:07d}", "step_0000040"}), f"kept {kept}")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,15 @@ read with TensorBoard's own reader (EventAccumulator, PyPI's `tensorboard`), nev
 events_match_metrics(run_dir, what) is the comparison.
 Exit 0 pass, 1 fail, 77 skip (no tensorboard package: scripts/setup.sh installs it into .venv).
 """
-import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tiny_cli import CONFIG, check, env, failures, sets
+from tiny_cli import CONFIG, check, env, finish, fresh_workdir, parse_cli, sets
 
 try:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -228,16 +226,11 @@ def check_resume_purge(reftrain_tests, work):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reftrain", required=True)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--reftrain-tests", help="the GoogleTest binary (default: reftrain_tests beside --reftrain)")
-    args = ap.parse_args()
+    args = parse_cli(lambda ap: ap.add_argument(
+        "--reftrain-tests", help="the GoogleTest binary (default: reftrain_tests beside --reftrain)"))
     reftrain = os.path.abspath(args.reftrain)
     reftrain_tests = args.reftrain_tests or str(Path(reftrain).parent / "reftrain_tests")
-    work = Path(args.workdir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_workdir(args)
 
     check_ppo(reftrain, work)
     check_grpo(reftrain, work)
@@ -245,11 +238,7 @@ def main():
     check_live(reftrain, work)
     check_resume_purge(reftrain_tests, work)
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

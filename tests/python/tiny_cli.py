@@ -1,8 +1,11 @@
-"""tiny_cli.py — what the command-line tests of stops and data-parallel runs share: the tiny run they
-start (hidden 32, 2 layers, byte tokenizer, 4 x 48 tokens a step, no evals), its environment, and the
-check() that collects failures. Not a test itself (ctest runs tests/python/test_*.py).
+"""tiny_cli.py — what the command-line tests share: the tiny run they start (hidden 32, 2 layers, byte
+tokenizer, 4 x 48 tokens a step, no evals), its environment, the command line ctest gives them, the
+check() that collects failures and the exit status that reports them. Not a test itself (ctest runs
+tests/python/test_*.py).
 """
+import argparse
 import os
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,3 +40,30 @@ def sets(extra):
 def env():
     """One OpenMP thread, waiting passively: tests run side by side on 2 cores."""
     return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+
+
+def parse_cli(add_options=None):
+    """--reftrain and --workdir, as ctest passes them, and any options of the test's own."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reftrain", required=True)
+    ap.add_argument("--workdir", required=True)
+    if add_options:
+        add_options(ap)
+    return ap.parse_args()
+
+
+def fresh_workdir(args):
+    """The test's work directory, emptied: what an earlier run left there never passes for this run's."""
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def finish():
+    """The exit status: 1 with the count when a check failed, else 0."""
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("all checks passed")
+    return 0
