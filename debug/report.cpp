@@ -13,7 +13,6 @@
 
 #include "debug/chart.h"
 #include "debug/run_diff.h"
-#include "debug/tracer_summary.h"
 #include "kernels/error.h"
 #include "kernels/json_strict.h"
 #include "kernels/safetensors.h"
