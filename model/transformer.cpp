@@ -148,6 +148,10 @@ void Transformer::after_op(std::string_view op, std::initializer_list<const Tens
     if (precision_ != DType::F32) {
         for (const Tensor* t : rounded) round_to_precision(*t, precision_);
     }
+    if (clock_ != nullptr) {
+        const Tensor* first = rounded.size() ? *rounded.begin() : exact.size() ? *exact.begin() : nullptr;
+        clock_->lap(op, first != nullptr ? std::string_view(first->name) : std::string_view());
+    }
     if (tracer_ == nullptr) return;
     std::array<const Tensor*, 8> outputs{};
     size_t n = 0;
@@ -155,6 +159,7 @@ void Transformer::after_op(std::string_view op, std::initializer_list<const Tens
     for (const Tensor* t : exact) outputs[n++] = t;
     tracer_->record(op, std::span<const Tensor* const>(outputs.data(), n),
                     std::span<const Tensor* const>(inputs.begin(), inputs.size()));
+    if (clock_ != nullptr) clock_->lap("tracer");
 }
 
 namespace {
@@ -203,46 +208,6 @@ void softmax_rows_backward_in_place(Tensor& dz, const Tensor& p, int64_t N, int6
 
 }  // namespace
 
-// max over s <= t of q[b,t,h] . k[b,s,h/G] / sqrt(D) for every (b, h). The saved softmax gives the
-// argmax for free (exp is monotone, so the largest prob of a row sits at its largest logit), and one
-// dot product per row recomputes that logit: B*Hq*T*D multiply-adds plus a read of the causal half of
-// probs, instead of a second attention product. Exact up to fp32 near-ties in probs (two logits within
-// rounding of each other). A NaN anywhere in a row's probs makes the maximum NaN.
-void Transformer::compute_attn_logits_max(const Layer& l) {
-    const int64_t Hq = config_.num_attention_heads, Hkv = config_.num_key_value_heads, D = config_.head_dim;
-    const int64_t group = Hq / Hkv;
-    dispatch_float(dtype_, "attn_logits_max", [&](auto tag) {
-        using T = decltype(tag);
-        const T* q = l.q_rotary->ptr<T>();
-        const T* k = l.k_rotary->ptr<T>();
-        const T* probs = l.probs->ptr<T>();
-        T* out = l.attn_logits_max->ptr<T>();
-        const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int64_t b = 0; b < B_; ++b) {
-            for (int64_t h = 0; h < Hq; ++h) {
-                double m = -std::numeric_limits<double>::infinity();
-                for (int64_t t = 0; t < T_; ++t) {
-                    const T* row = probs + ((b * Hq + h) * T_ + t) * T_;
-                    int64_t best = 0;
-                    bool nan = false;
-                    for (int64_t s = 0; s <= t; ++s) {
-                        nan |= std::isnan(row[s]);
-                        best = row[s] > row[best] ? s : best;
-                    }
-                    const T* qt = q + ((b * T_ + t) * Hq + h) * D;
-                    const T* ks = k + ((b * T_ + best) * Hkv + h / group) * D;
-                    double dot = 0.0;
-                    for (int64_t e = 0; e < D; ++e) dot += static_cast<double>(qt[e]) * static_cast<double>(ks[e]);
-                    const double logit = nan ? std::numeric_limits<double>::quiet_NaN() : dot * scale;
-                    if (logit > m || std::isnan(logit)) m = logit;  // once NaN, stays NaN
-                }
-                out[b * Hq + h] = static_cast<T>(m);
-            }
-        }
-    });
-}
-
 // ---- forward ------------------------------------------------------------------------------------------
 
 ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& targets) {
@@ -258,6 +223,7 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
         expect_dtype(targets, DType::I64, "Transformer::forward", "targets");
         targets_.assign(targets.ptr<int64_t>(), targets.ptr<int64_t>() + N);
     }
+    if (clock_ != nullptr) clock_->start();
     if (precision_ != DType::F32) refresh_compute_weights();
     const Tensor ids(input_ids_.data(), DType::I64, {N}, "input_ids");
     const Tensor& cos = rope_.get("rope.cos");
@@ -296,12 +262,13 @@ ForwardResult Transformer::forward(const Tensor& input_ids, const Tensor& target
         after_op("rope_forward", {l.q_rotary}, {}, {q});
         rope_forward(*l.k_rotary, *k, cos, sin);
         after_op("rope_forward", {l.k_rotary}, {}, {k});
-        attention_forward(l.attn_out->reshaped({B_, T_, Hq, D}), *l.probs, *l.q_rotary, *l.k_rotary, *l.v);
+        // With the tracer on, the softmax also reports its largest score per (batch row, head): the
+        // attn_logits_max diagnostic, at no extra pass (kernels/cpu/attention.cpp).
+        const bool logit_stats = tracer_ != nullptr && tracer_->enabled();
+        attention_forward(l.attn_out->reshaped({B_, T_, Hq, D}), *l.probs, *l.q_rotary, *l.k_rotary, *l.v,
+                          logit_stats ? *l.attn_logits_max : Tensor());
         after_op("attention_forward", {l.attn_out}, {l.probs}, {l.q_rotary, l.k_rotary, l.v});
-        if (tracer_ != nullptr && tracer_->enabled()) {
-            compute_attn_logits_max(l);
-            after_op("attn_logits_max", {}, {l.attn_logits_max}, {l.q_rotary, l.k_rotary});
-        }
+        if (logit_stats) after_op("attn_logits_max", {}, {l.attn_logits_max}, {l.q_rotary, l.k_rotary});
         const Tensor& wo = weight(l.o_proj);
         linear_forward(l.o_out->reshaped({N, d}), l.attn_out->reshaped({N, Hq * D}), wo);
         after_op("linear_forward", {l.o_out}, {}, {l.attn_out, &wo});
@@ -367,7 +334,9 @@ void Transformer::backward(double loss_weight) {
     auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
     const Tensor targets(targets_.data(), DType::I64, {N}, "targets");
 
+    if (clock_ != nullptr) clock_->start();
     act_grads_.zero();
+    if (clock_ != nullptr) clock_->lap("zero activation gradients");
     Tensor& logits = acts_.get("logits");
     Tensor& logsumexp = acts_.get("loss.logsumexp");
     cross_entropy_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}), logsumexp.reshaped({N}), targets,
@@ -395,7 +364,9 @@ void Transformer::backward_weighted(std::span<const double> weights) {
     auto dA = [&](const Tensor* a) -> Tensor& { return act_grads_.get("grad:" + a->name); };
     const Tensor targets(targets_.data(), DType::I64, {N}, "targets");
     const Tensor weight_view(const_cast<double*>(weights.data()), DType::F64, {N}, "token_weights");
+    if (clock_ != nullptr) clock_->start();
     act_grads_.zero();
+    if (clock_ != nullptr) clock_->lap("zero activation gradients");
     Tensor& logits = acts_.get("logits");
     Tensor& logsumexp = acts_.get("loss.logsumexp");
     cross_entropy_weighted_backward(dA(&logits).reshaped({N, V}), logits.reshaped({N, V}), logsumexp.reshaped({N}),

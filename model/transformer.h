@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "debug/name_map.h"
+#include "debug/op_clock.h"
 #include "debug/tracer.h"
 #include "kernels/arena.h"
 #include "kernels/cpu/ops.h"
@@ -120,7 +121,8 @@ public:
 
     // The tracer every op reports to (not owned; null = off). Setting one also turns on the per-layer
     // diagnostic "model.layers.{i}.self_attn.attn_logits_max" (B, Hq): the largest pre-softmax logit
-    // q.k/sqrt(D) over the causal pairs of each row and head, in trace_acts(), not in acts().
+    // q.k/sqrt(D) over the (query, key) pairs the causal softmax sees, per batch row and head, taken from
+    // the attention op's own row maxima; in trace_acts(), not in acts().
     void set_tracer(FrameTracer* tracer);
     FrameTracer* tracer() const { return tracer_; }
     const Arena& trace_acts() const { return trace_acts_; }
@@ -130,6 +132,8 @@ public:
     // read a rounded compute copy of the weights (compute_params(), refreshed by every forward) and
     // every activation and activation gradient is rounded when written. Rounding points: docs/tracer.md.
     void set_precision(DType compute);
+    // Times every op of forward() and backward() into `clock` (debug/op_clock.h; not owned; null = off).
+    void set_op_clock(OpClock* clock) { clock_ = clock; }
     DType precision() const { return precision_; }
     const Arena& compute_params() const { return compute_params_; }
 
@@ -146,7 +150,6 @@ private:
     // statistics and fp32 parameter gradients, never rounded) and `inputs` (read only on a trip).
     void after_op(std::string_view op, std::initializer_list<const Tensor*> rounded,
                   std::initializer_list<const Tensor*> exact, std::initializer_list<const Tensor*> inputs);
-    void compute_attn_logits_max(const Layer& l);
     // backward() and backward_weighted() after the cross-entropy's gradient is in grad:logits.
     void backward_from_logits();
 
@@ -162,6 +165,7 @@ private:
     double logit_temperature_ = 1.0;
 
     FrameTracer* tracer_ = nullptr;
+    OpClock* clock_ = nullptr;
     DType precision_ = DType::F32;
     Arena compute_params_{"compute weights"};         // allocated by the first set_precision(BF16/F16)
     Arena trace_acts_{"tracer activations"};          // attn_logits_max per layer; by the first set_tracer

@@ -9,7 +9,7 @@
 #                                  or CUDA build).
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #   - Debian packages (apt-get; uses sudo when not root): compiler, CMake, OpenBLAS (OpenMP flavour),
-#     nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark,
+#     SLEEF (vector exp), nlohmann-json, CLI11, sentencepiece, zlib; for the tests also GoogleTest, Google Benchmark,
 #     Debian's PyTorch + numpy (parity tests and benchmark peers), OpenMPI (mpirun -np 2 tests), clang
 #     (the fuzz harnesses), chromium (renders `reftrain report` pages) and tmux (a real terminal).
 #   - For the tests, a Python venv in .venv that sees Debian's torch/numpy (--system-site-packages) and
@@ -31,7 +31,7 @@ have_nvcc=false
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then have_nvcc=true; fi
 
 # What the reftrain binary needs to build and run.
-packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev zlib1g-dev)
+packages=(g++ cmake make libopenblas-openmp-dev libsleef-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev zlib1g-dev)
 if ! $main_only; then  # the tests and benchmarks; OpenMPI for data-parallel training (mpirun, tests/dist/)
   packages+=(git libgtest-dev libgmock-dev libbenchmark-dev sentencepiece python3 python3-venv python3-pip
              python3-numpy python3-torch python3-sentencepiece openmpi-bin libopenmpi-dev

@@ -8,6 +8,11 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+#include "kernels/bugs.h"
 #include "kernels/cpu/ops.h"
 #include "tests/gradcheck.h"
 
@@ -103,6 +108,60 @@ TEST(OpsGradcheck, AttentionGQA) {
         } else {
             expect_gradients_match("attention", {&q, &k, &v}, {&dq, &dk, &dv}, loss);
         }
+    }
+}
+
+// The attention runs its products by blocks of 32 query rows over the keys each block can see, and
+// dK/dV by blocks of 32 keys over the rows that see them (kernels/cpu/attention.cpp). T = 70 has two
+// full blocks and a partial one; the causal-leak bug moves every block edge by one key.
+TEST(OpsGradcheck, AttentionAcrossCausalBlocks) {
+    const int64_t B = 1, T = 70, Hq = 2, Hkv = 1, D = 4;
+    for (const bool leak : {false, true}) {
+        std::optional<ScopedBug> bug;
+        if (leak) bug.emplace("causal-leak");
+        Rng rng(12);
+        Buffer q("q", {B, T, Hq, D}), k("k", {B, T, Hkv, D}), v("v", {B, T, Hkv, D});
+        Buffer y("y", {B, T, Hq, D}), p("probs", {B, Hq, T, T}), g("g", {B, T, Hq, D}), m("logits_max", {B, Hq});
+        q.randomize(rng); k.randomize(rng); v.randomize(rng); g.randomize(rng);
+        Buffer dq("dq", {B, T, Hq, D}), dk("dk", {B, T, Hkv, D}), dv("dv", {B, T, Hkv, D});
+        cpu::attention_forward(y, p, q, k, v, m);
+        // The forward against the textbook formula on the full square.
+        for (int64_t h = 0; h < Hq; ++h) {
+            double top = -INFINITY;
+            for (int64_t t = 0; t < T; ++t) {
+                const int64_t last = leak ? std::min(t + 1, T - 1) : t;
+                std::vector<double> score(T);
+                double row_max = -INFINITY, sum = 0.0;
+                for (int64_t s = 0; s <= last; ++s) {
+                    double dot = 0.0;
+                    for (int64_t e = 0; e < D; ++e) dot += q.values[(t * Hq + h) * D + e] * k.values[s * Hkv * D + e];
+                    score[s] = dot / std::sqrt(double(D));
+                    row_max = std::max(row_max, score[s]);
+                }
+                top = std::max(top, row_max);
+                for (int64_t s = 0; s <= last; ++s) sum += std::exp(score[s] - row_max);
+                for (int64_t s = 0; s < T; ++s) {
+                    const double want = s <= last ? std::exp(score[s] - row_max) / sum : 0.0;
+                    const double got = p.values[(h * T + t) * T + s];
+                    if (s > last) {
+                        ASSERT_EQ(got, 0.0) << "leak " << leak << " h " << h << " t " << t << " s " << s;
+                    } else {
+                        ASSERT_NEAR(got, want, 1e-12) << "leak " << leak << " h " << h << " t " << t << " s " << s;
+                    }
+                }
+                for (int64_t e = 0; e < D; ++e) {
+                    double want = 0.0;
+                    for (int64_t s = 0; s <= last; ++s) want += std::exp(score[s] - row_max) / sum * v.values[s * Hkv * D + e];
+                    ASSERT_NEAR(y.values[(t * Hq + h) * D + e], want, 1e-12) << "leak " << leak << " t " << t;
+                }
+            }
+            EXPECT_NEAR(m.values[h], top, 1e-12) << "logits_max, leak " << leak << " head " << h;
+        }
+        cpu::attention_backward(dq, dk, dv, g, p, q, k, v);
+        expect_gradients_match(leak ? "attention T=70, causal-leak" : "attention T=70", {&q, &k, &v}, {&dq, &dk, &dv}, [&] {
+            cpu::attention_forward(y, p, q, k, v);
+            return weighted_sum(y, g);
+        });
     }
 }
 
@@ -284,6 +343,65 @@ TEST(OpsBehaviour, ShapeMismatchNamesOpArgumentAndShapes) {
         EXPECT_NE(m.find("'weight'"), std::string::npos) << m;
         EXPECT_NE(m.find("(5, 3)"), std::string::npos) << m;
     }
+}
+
+// A NaN score makes its row's softmax NaN, and the head's logits_max NaN from then on.
+TEST(OpsBehaviour, AttentionLogitsMaxTurnsNaNWithItsSoftmax) {
+    const int64_t B = 2, T = 40, H = 1, D = 2;
+    Rng rng(13);
+    Buffer q("q", {B, T, H, D}), k("k", {B, T, H, D}), v("v", {B, T, H, D}), y("y", {B, T, H, D});
+    Buffer p("p", {B, H, T, T}), m("logits_max", {B, H});
+    q.randomize(rng); k.randomize(rng); v.randomize(rng);
+    q.values[(1 * T + 35) * D] = std::nan("");  // batch row 1, position 35 (the second block of rows)
+    cpu::attention_forward(y, p, q, k, v, m);
+    EXPECT_TRUE(std::isfinite(m.values[0])) << m.values[0];
+    EXPECT_TRUE(std::isnan(m.values[1])) << m.values[1];
+}
+
+// Every op that splits work over threads: the same bits with 1 and 3 threads, in fp32 (where the
+// vectorised exp and the attention's blocks live) at sizes that leave partial blocks everywhere.
+TEST(OpsBehaviour, Fp32ResultsDoNotDependOnThreadCount) {
+    struct F32 {
+        std::vector<float> v;
+        Tensor t;
+        F32(std::string name, std::initializer_list<int64_t> shape, Rng* rng = nullptr)
+            : t(nullptr, DType::F32, shape, std::move(name)) {
+            v.assign(t.numel(), 0.0f);
+            if (rng) for (float& x : v) x = static_cast<float>(2.0 * rng->normal());
+            t.data = v.data();
+        }
+        operator const Tensor&() const { return t; }
+    };
+    auto run = [](int threads) {
+        omp_set_num_threads(threads);
+        Rng rng(14);
+        const int64_t B = 3, T = 70, Hq = 4, Hkv = 2, D = 8, N = 37, V = 1500, F = 1001;
+        F32 q("q", {B, T, Hq, D}, &rng), k("k", {B, T, Hkv, D}, &rng), v("v", {B, T, Hkv, D}, &rng);
+        F32 y("y", {B, T, Hq, D}), p("p", {B, Hq, T, T}), m("m", {B, Hq}), g("g", {B, T, Hq, D}, &rng);
+        F32 dq("dq", {B, T, Hq, D}), dk("dk", {B, T, Hkv, D}), dv("dv", {B, T, Hkv, D});
+        cpu::attention_forward(y, p, q, k, v, m);
+        cpu::attention_backward(dq, dk, dv, g, p, q, k, v);
+        F32 gate("gate", {N, F}, &rng), up("up", {N, F}, &rng), act("act", {N, F}), dact("dact", {N, F}, &rng);
+        F32 dgate("dgate", {N, F}), dup("dup", {N, F});
+        cpu::swiglu_forward(act, gate, up);
+        cpu::swiglu_backward(dgate, dup, dact, gate, up);
+        F32 logits("logits", {N, V}, &rng), lse("lse", {N}), dlogits("dlogits", {N, V});
+        std::vector<int64_t> ids(N);
+        for (int64_t n = 0; n < N; ++n) ids[n] = n % 5 == 0 ? cpu::kIgnoreIndex : (n * 37) % V;
+        const Tensor targets(ids.data(), DType::I64, {N}, "targets");
+        const double loss = cpu::cross_entropy_forward(lse, logits, targets).loss;
+        cpu::cross_entropy_backward(dlogits, logits, lse, targets, 1.0);
+        std::vector<float> all;
+        for (const F32* t : {&y, &p, &m, &dq, &dk, &dv, &act, &dgate, &dup, &lse, &dlogits}) {
+            all.insert(all.end(), t->v.begin(), t->v.end());
+        }
+        all.push_back(static_cast<float>(loss));
+        return all;
+    };
+    const std::vector<float> one = run(1), three = run(3);
+    omp_set_num_threads(omp_get_num_procs());
+    ASSERT_EQ(one.size(), three.size());
+    EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
 }
 
 TEST(OpsBehaviour, ResultsDoNotDependOnThreadCount) {

@@ -26,11 +26,13 @@
 #include <cstddef>
 #include <functional>
 #include <initializer_list>
+#include <limits>
 #include <vector>
 
 #include "kernels/bugs.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace reftrain::cpu {
 
@@ -43,11 +45,29 @@ inline int64_t last_visible(int64_t t, int64_t Tn) {
 }
 
 // Head h of batch row b is the (T, D) matrix starting at q + (b T Hq + h) D with row stride Hq D;
-// the products below run on those strided slices directly. The scores are computed for the full
-// (T, T) square and the upper triangle is then overwritten: half the multiply is wasted, but BLAS
-// on the square is still several times faster than any triangular loop we could write here.
+// the products below run on those strided slices directly.
+//
+// Causal blocks: the query rows go in blocks of kRows, and a block's products run only over the keys
+// some row of it can see, [0, visible_columns(block)): for T = 128 and kRows = 32 that is 62.5% of the
+// (T, T) square instead of all of it. Within a block, the entries past a row's last visible key are
+// written as 0 (the mask), and the entries past the block's columns are never written: the saved
+// probs are zeroed there once per forward and the backward's scratch dS starts zeroed, so every
+// product below may read any rectangle of P or dS and find exact zeros above the diagonal.
+constexpr int64_t kRows = 32;
+
+// One past the last key any row in [r0, r1) may attend to.
+inline int64_t visible_columns(int64_t r1, int64_t Tn) { return last_visible(r1 - 1, Tn) + 1; }
+
+// The first query row that sees key c0 (rows before it have all of [c0, ...) masked).
+inline int64_t first_row_seeing(int64_t c0, int64_t Tn) {
+    int64_t t = c0;
+    while (t > 0 && last_visible(t - 1, Tn) >= c0) --t;
+    return t;
+}
+
 template <class T>
-void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
+void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const Tensor& logits_max) {
     const int64_t B = q.dim(0), Tn = q.dim(1), Hq = q.dim(2), D = q.dim(3), Hkv = k.dim(2);
     const int64_t group = Hq / Hkv;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
@@ -60,22 +80,32 @@ void forward_impl(const Tensor& out, const Tensor& probs, const Tensor& q, const
             const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
             T* oh = out.ptr<T>() + (b * Tn * Hq + h) * D;
             T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;      // (T, T)
-            gemm(false, true, Tn, Tn, D, scale, qh, Hq * D, kg, Hkv * D, T(0), P, Tn);  // S = scale Q K^T
-            for (int64_t t = 0; t < Tn; ++t) {                    // causal softmax, row by row
-                T* row = P + t * Tn;
-                const int64_t last = last_visible(t, Tn);            // t, unless the causal_leak bug is on
-                T max_score = row[0];
-                for (int64_t s = 1; s <= last; ++s) max_score = row[s] > max_score ? row[s] : max_score;
-                double sum = 0.0;
-                for (int64_t s = 0; s <= last; ++s) {
-                    row[s] = std::exp(row[s] - max_score);
-                    sum += row[s];
+            T head_max = -std::numeric_limits<T>::infinity();  // for logits_max; NaN stays NaN
+            for (int64_t r0 = 0; r0 < Tn; r0 += kRows) {
+                const int64_t r1 = std::min(Tn, r0 + kRows), rows = r1 - r0, cols = visible_columns(r1, Tn);
+                T* Pb = P + r0 * Tn;
+                gemm(false, true, rows, cols, D, scale, qh + r0 * Hq * D, Hq * D, kg, Hkv * D, T(0), Pb, Tn);  // S = scale Q K^T
+                for (int64_t t = r0; t < r1; ++t) {                   // causal softmax, row by row
+                    T* row = P + t * Tn;
+                    const int64_t last = last_visible(t, Tn);            // t, unless the causal_leak bug is on
+                    T max_score = row[0];
+                    for (int64_t s = 1; s <= last; ++s) max_score = row[s] > max_score ? row[s] : max_score;
+                    for (int64_t s = 0; s <= last; ++s) row[s] -= max_score;
+                    exp_array(row, row, last + 1);                       // vectorised (kernels/cpu/vec_math.h)
+                    double sum = 0.0;
+                    for (int64_t s = 0; s <= last; ++s) sum += row[s];
+                    if (std::isnan(sum) || std::isnan(head_max)) {
+                        head_max = std::numeric_limits<T>::quiet_NaN();
+                    } else if (max_score > head_max) {
+                        head_max = max_score;
+                    }
+                    const T inv_sum = static_cast<T>(1.0 / sum);
+                    for (int64_t s = 0; s <= last; ++s) row[s] *= inv_sum;
+                    for (int64_t s = last + 1; s < Tn; ++s) row[s] = 0;  // the mask: no weight on the future
                 }
-                const T inv_sum = static_cast<T>(1.0 / sum);
-                for (int64_t s = 0; s <= last; ++s) row[s] *= inv_sum;
-                for (int64_t s = last + 1; s < Tn; ++s) row[s] = 0;  // the mask: no weight on the future
+                gemm(false, false, rows, D, cols, T(1), Pb, Tn, vg, Hkv * D, T(0), oh + r0 * Hq * D, Hq * D);  // O = P V
             }
-            gemm(false, false, Tn, D, Tn, T(1), P, Tn, vg, Hkv * D, T(0), oh, Hq * D);  // O = P V
+            if (logits_max.data) logits_max.ptr<T>()[b * Hq + h] = head_max;
         }
     }
 }
@@ -89,35 +119,46 @@ void backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t g = 0; g < Hkv; ++g) {
-            std::vector<T> dS(Tn * Tn);  // dP, then turned into dS in place
+            std::vector<T> dS(Tn * Tn);  // dP, then turned into dS in place; zero where never written
             const T* kg = k.ptr<T>() + (b * Tn * Hkv + g) * D;
             const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
             for (int64_t h = g * group; h < (g + 1) * group; ++h) {
                 const T* qh = q.ptr<T>() + (b * Tn * Hq + h) * D;
                 const T* doh = dout.ptr<T>() + (b * Tn * Hq + h) * D;
                 const T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;
-                gemm(false, true, Tn, Tn, D, T(1), doh, Hq * D, vg, Hkv * D, T(0), dS.data(), Tn);  // dP = dO V^T
-                for (int64_t t = 0; t < Tn; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
-                    const T* p = P + t * Tn;
-                    T* row = dS.data() + t * Tn;
-                    const int64_t last = last_visible(t, Tn);
-                    double weighted = 0.0;
-                    for (int64_t s = 0; s <= last; ++s) weighted += static_cast<double>(p[s]) * row[s];
-                    const T w = static_cast<T>(weighted);
-                    for (int64_t s = 0; s <= last; ++s) row[s] = p[s] * (row[s] - w);
-                    for (int64_t s = last + 1; s < Tn; ++s) row[s] = 0;
+                for (int64_t r0 = 0; r0 < Tn; r0 += kRows) {
+                    const int64_t r1 = std::min(Tn, r0 + kRows), rows = r1 - r0, cols = visible_columns(r1, Tn);
+                    T* dSb = dS.data() + r0 * Tn;
+                    gemm(false, true, rows, cols, D, T(1), doh + r0 * Hq * D, Hq * D, vg, Hkv * D, T(0), dSb, Tn);  // dP = dO V^T
+                    for (int64_t t = r0; t < r1; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
+                        const T* p = P + t * Tn;
+                        T* row = dS.data() + t * Tn;
+                        const int64_t last = last_visible(t, Tn);
+                        double weighted = 0.0;
+                        for (int64_t s = 0; s <= last; ++s) weighted += static_cast<double>(p[s]) * row[s];
+                        const T w = static_cast<T>(weighted);
+                        for (int64_t s = 0; s <= last; ++s) row[s] = p[s] * (row[s] - w);
+                        for (int64_t s = last + 1; s < cols; ++s) row[s] = 0;
+                    }
+                    if (dq.data) {  // dQ += scale dS K
+                        T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
+                        gemm(false, false, rows, D, cols, scale, dSb, Tn, kg, Hkv * D, T(1), dqh + r0 * Hq * D, Hq * D);
+                    }
                 }
-                if (dq.data) {  // dQ += scale dS K
-                    T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
-                    gemm(false, false, Tn, D, Tn, scale, dS.data(), Tn, kg, Hkv * D, T(1), dqh, Hq * D);
-                }
-                if (dk.data) {  // dK += scale dS^T Q
-                    T* dkg = dk.ptr<T>() + (b * Tn * Hkv + g) * D;
-                    gemm(true, false, Tn, D, Tn, scale, dS.data(), Tn, qh, Hq * D, T(1), dkg, Hkv * D);
-                }
-                if (dv.data) {  // dV += P^T dO
-                    T* dvg = dv.ptr<T>() + (b * Tn * Hkv + g) * D;
-                    gemm(true, false, Tn, D, Tn, T(1), P, Tn, doh, Hq * D, T(1), dvg, Hkv * D);
+                // dK and dV by blocks of keys: key block [c0, c1) gets contributions from rows t >= the
+                // first row that sees c0; P and dS are exact zeros wherever a row cannot see a key.
+                for (int64_t c0 = 0; c0 < Tn; c0 += kRows) {
+                    const int64_t c1 = std::min(Tn, c0 + kRows), keys = c1 - c0, t0 = first_row_seeing(c0, Tn);
+                    if (dk.data) {  // dK += scale dS^T Q
+                        T* dkg = dk.ptr<T>() + (b * Tn * Hkv + g) * D;
+                        gemm(true, false, keys, D, Tn - t0, scale, dS.data() + t0 * Tn + c0, Tn, qh + t0 * Hq * D,
+                             Hq * D, T(1), dkg + c0 * Hkv * D, Hkv * D);
+                    }
+                    if (dv.data) {  // dV += P^T dO
+                        T* dvg = dv.ptr<T>() + (b * Tn * Hkv + g) * D;
+                        gemm(true, false, keys, D, Tn - t0, T(1), P + t0 * Tn + c0, Tn, doh + t0 * Hq * D, Hq * D, T(1),
+                             dvg + c0 * Hkv * D, Hkv * D);
+                    }
                 }
             }
         }
@@ -176,8 +217,10 @@ void on_regrouped_rows(std::initializer_list<const Tensor*> outputs, std::initia
     }
 }
 
-void forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
-    dispatch_float(q.dtype, "attention_forward", [&](auto t) { forward_impl<decltype(t)>(out, probs, q, k, v); });
+void forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+             const Tensor& logits_max) {
+    dispatch_float(q.dtype, "attention_forward",
+                   [&](auto t) { forward_impl<decltype(t)>(out, probs, q, k, v, logits_max); });
 }
 
 void backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& probs,
@@ -188,12 +231,18 @@ void backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor
 
 }  // namespace
 
-void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v) {
+void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const Tensor& logits_max) {
     check_args(out, probs, q, k, v, "attention_forward", "out");
-    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: heads split over a (T, B) view
-        return on_regrouped_rows({&out}, {&q, &k, &v}, [&](auto& r) { forward(r[0], probs, r[1], r[2], r[3]); });
+    if (logits_max.data) {
+        expect_shape(logits_max, {q.dim(0), q.dim(2)}, "attention_forward", "logits_max");
+        expect_same_dtype(q, logits_max, "attention_forward");
     }
-    forward(out, probs, q, k, v);
+    if (bugs().view_vs_permute && q.dim(0) > 1) {  // BUG view-vs-permute: heads split over a (T, B) view
+        return on_regrouped_rows({&out}, {&q, &k, &v},
+                                 [&](auto& r) { forward(r[0], probs, r[1], r[2], r[3], logits_max); });
+    }
+    forward(out, probs, q, k, v, logits_max);
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,

@@ -15,14 +15,19 @@
 //   L        = sum_n w[n] * CE_n = -sum_n w[n] * logp[n]
 //   dz[n,v] += w[n] * (exp(z[n, v] - lse[n]) - [v == y])
 // With w[n] = dloss / M on every supervised row it is the backward above.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace reftrain::cpu {
 
 namespace {
+
+// Rows are exponentiated kChunk entries at a time through a stack buffer (kernels/cpu/vec_math.h).
+constexpr int64_t kChunk = 1024;
 
 template <class T>
 double forward_impl(const Tensor& logsumexp, const Tensor& logits, const Tensor& targets, int64_t* supervised) {
@@ -38,7 +43,13 @@ double forward_impl(const Tensor& logsumexp, const Tensor& logits, const Tensor&
         T max_logit = row[0];
         for (int64_t v = 1; v < V; ++v) max_logit = row[v] > max_logit ? row[v] : max_logit;
         double sum = 0.0;
-        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - max_logit));
+        for (int64_t lo = 0; lo < V; lo += kChunk) {  // exp in vectorised chunks, summed in fp64
+            const int64_t len = std::min(kChunk, V - lo);
+            T e[kChunk];
+            for (int64_t v = 0; v < len; ++v) e[v] = row[lo + v] - max_logit;
+            exp_array(e, e, len);
+            for (int64_t v = 0; v < len; ++v) sum += static_cast<double>(e[v]);
+        }
         lse[n] = static_cast<T>(max_logit + std::log(sum));
         if (y[n] != kIgnoreIndex) ++count;
     }
@@ -78,7 +89,13 @@ void weighted_backward_impl(const Tensor& dlogits, const Tensor& logits, const T
         const T scale = static_cast<T>(w[n]);
         const T* row = z + n * V;
         T* drow = dz + n * V;
-        for (int64_t v = 0; v < V; ++v) drow[v] += scale * std::exp(row[v] - lse[n]);
+        for (int64_t lo = 0; lo < V; lo += kChunk) {
+            const int64_t len = std::min(kChunk, V - lo);
+            T e[kChunk];
+            for (int64_t v = 0; v < len; ++v) e[v] = row[lo + v] - lse[n];
+            exp_array(e, e, len);
+            for (int64_t v = 0; v < len; ++v) drow[lo + v] += scale * e[v];
+        }
         drow[y[n]] -= scale;
     }
 }

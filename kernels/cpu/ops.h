@@ -97,7 +97,11 @@ void attention_forward(const Tensor& out,   // (B, T, Hq, D)
                        const Tensor& probs, // (B, Hq, T, T)  saved for backward
                        const Tensor& q,     // (B, T, Hq, D)
                        const Tensor& k,     // (B, T, Hkv, D)
-                       const Tensor& v);    // (B, T, Hkv, D)
+                       const Tensor& v,     // (B, T, Hkv, D)
+                       // (B, Hq) optional (null data = skip): max over t and s of the scores the softmax saw,
+                       // the tracer's attn_logits_max, read off the softmax's own row maxima; NaN once a
+                       // row's softmax went NaN
+                       const Tensor& logits_max = Tensor());
 void attention_backward(const Tensor& dq,    // (B, T, Hq, D)
                         const Tensor& dk,    // (B, T, Hkv, D)
                         const Tensor& dv,    // (B, T, Hkv, D)
