@@ -32,6 +32,10 @@ Prints one JSON line per mode on stdout (diagnostics on stderr):
    "peak_memory_allocated_bytes", "peak_memory_reserved_bytes", ..., "error": null or a message}
 A mode that fails (torch.compile missing or raising) reports its error in "error" instead of crashing.
 
+`--device cpu`: the same model and step on the CPU (the peer of bench/cpu_step_vs_torch.py, which
+passes the tiny config, `--precision fp32 --max-norm 0` and its thread count); `--sgemm` adds a line
+with PyTorch's own 1024^3 float32 matmul rate and its BLAS (a candidate for the CPU's physical limit).
+
 `--dry-run`: tiny config on the CPU (B=2, T=64), one warm-up and one timed step per mode, plus the
 parity check against the mirror; runs on PyTorch 1.13 (where SDPA, fused AdamW and torch.compile do
 not exist and the fallbacks are used and named in the JSON).
@@ -321,7 +325,8 @@ def run_mode(mode: str, c: BenchConfig, args: argparse.Namespace, device: torch.
     torch.manual_seed(args.seed)
     model = BenchTransformer(c, use_sdpa).to(device)
     init_weights(model, c, args.seed)
-    optimizer, optimizer_impl = make_adamw(model, args.lr, args.weight_decay, want_fused=cuda)
+    # fused where this PyTorch has it (CUDA, and the CPU since 2.4): the fastest AdamW the peer can use.
+    optimizer, optimizer_impl = make_adamw(model, args.lr, args.weight_decay, want_fused=True)
     params = [p for p in model.parameters()]
     forward = model
     if mode == "compile":
@@ -341,7 +346,8 @@ def run_mode(mode: str, c: BenchConfig, args: argparse.Namespace, device: torch.
         else:
             loss = forward(input_ids, targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.max_norm)
+        if args.max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.max_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -470,7 +476,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--max-norm", type=float, default=1.0, help="clip_grad_norm_ threshold")
+    p.add_argument("--max-norm", type=float, default=1.0, help="clip_grad_norm_ threshold (0 = no clipping)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--sgemm", action="store_true",
+                   help="also print PyTorch's 1024^3 float32 matmul rate and BLAS (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                    help="the device's peak for MFU (default: H100 SXM dense BF16, 989.4)")
@@ -513,12 +522,15 @@ def main() -> int:
                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                         head_dim=args.head_dim, tie_word_embeddings=args.tie_word_embeddings,
                         qk_norm=not args.no_qk_norm, seq_len=args.seq_len, batch_size=args.batch_size)
-        if not torch.cuda.is_available():
+        if args.device == "cpu":
+            device = torch.device("cpu")
+        elif not torch.cuda.is_available():
             for m in modes:
                 print(json.dumps({"peer": "pytorch", "mode": m, "torch_version": torch.__version__,
                                   "error": "no CUDA device (use --dry-run for the CPU smoke test)"}))
             return 2
-        device = torch.device("cuda")
+        else:
+            device = torch.device("cuda")
     config_summary = {**dataclasses.asdict(c), "parameters": total_parameters(c),
                       "matmul_parameters": matmul_parameters(c), "flops_per_token": flops_per_token(c)}
     print(f"torch_gpu_step: PyTorch {torch.__version__} on {device}; config {json.dumps(config_summary)}; "
@@ -530,6 +542,11 @@ def main() -> int:
         print(json.dumps(r), flush=True)
         failed |= r["error"] is not None and not (m == "compile" and args.dry_run)
         release_memory(device)
+    if args.sgemm:
+        from torch_step import measure_sgemm  # bench/torch_step.py, beside this file
+        print(json.dumps({"peer": "pytorch", "torch_version": torch.__version__,
+                          "sgemm_flops": measure_sgemm(torch.get_num_threads()),
+                          "blas": torch.__config__.show().splitlines()[:12]}), flush=True)
     return 1 if failed else 0
 
 

@@ -1,6 +1,10 @@
 // kernels/arena.cpp — see arena.h.
 #include "kernels/arena.h"
 
+#include <omp.h>
+
+#include <algorithm>
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -96,7 +100,22 @@ void Arena::allocate() {
 }
 
 void Arena::zero() {
-    if (allocated()) std::memset(data(), 0, nbytes());
+    if (!allocated()) return;
+    // One contiguous part per OpenMP thread: the activation gradients of a training step are tens of
+    // MB, cleared every backward, and one thread's memset leaves the other cores idle. The parts stay
+    // large so that memset keeps its streaming stores (small pieces went through the cache, 2x slower).
+    const size_t n = nbytes();
+    auto* bytes = static_cast<std::byte*>(data());
+    if (n < (size_t{4} << 20)) {
+        std::memset(bytes, 0, n);
+        return;
+    }
+#pragma omp parallel
+    {
+        const size_t parts = static_cast<size_t>(omp_get_num_threads()), k = static_cast<size_t>(omp_get_thread_num());
+        const size_t begin = n / parts * k, end = k + 1 == parts ? n : n / parts * (k + 1);
+        std::memset(bytes + begin, 0, end - begin);
+    }
 }
 
 }  // namespace reftrain

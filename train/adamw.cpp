@@ -55,15 +55,19 @@ void AdamW::step(double lr) {
             const T tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2), teps = static_cast<T>(eps);
             const T tstep = static_cast<T>(step_size), tbc2 = static_cast<T>(bias_correction2_sqrt);
             const int64_t n = param.numel();
-#pragma omp parallel for schedule(static)
+            // The update of one element; the loop below stays free of calls and branches, so it vectorises.
+            // Element-wise, so threads (only for tensors large enough to be worth a fork) change no bits.
+#pragma omp parallel for schedule(static) if (n >= 16384)
             for (int64_t j = 0; j < n; ++j) {
                 p[j] *= keep;
                 m[j] = tb1 * m[j] + c1 * g[j];
                 v[j] = tb2 * v[j] + c2 * g[j] * g[j];
                 p[j] -= tstep * m[j] / (std::sqrt(v[j]) / tbc2 + teps);
-                // BUG bf16-master-weights: the weights live in bf16, so each update is rounded to bf16's
-                // 8 significant bits; an update under half a bf16 step of the weight vanishes.
-                if (bf16_weights) p[j] = static_cast<T>(bf16_to_float(float_to_bf16(static_cast<float>(p[j]))));
+            }
+            // BUG bf16-master-weights: the weights live in bf16, so each update is rounded to bf16's
+            // 8 significant bits; an update under half a bf16 step of the weight vanishes.
+            if (bf16_weights) {
+                for (int64_t j = 0; j < n; ++j) p[j] = static_cast<T>(bf16_to_float(float_to_bf16(static_cast<float>(p[j]))));
             }
         });
     }

@@ -11,17 +11,30 @@
 // SLEEF's fixed-ISA entry points. sleef.h declares them only when the translation unit itself is
 // compiled for that ISA (-march=native on an AVX-512 machine); otherwise they are declared here, for
 // functions compiled for the ISA through target attributes, so a build that assumes no AVX can use them.
+// GCC takes the ISA from a pragma, clang from an attribute applied to the declarations.
 #if !defined(__AVX512F__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+extern "C" __m512 Sleef_expf16_u10avx512f(__m512);
+#pragma clang attribute pop
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 extern "C" __m512 Sleef_expf16_u10avx512f(__m512);
 #pragma GCC pop_options
 #endif
+#endif
 #if !defined(__AVX__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+extern "C" __m256 Sleef_expf8_u10avx2(__m256);
+#pragma clang attribute pop
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 extern "C" __m256 Sleef_expf8_u10avx2(__m256);
 #pragma GCC pop_options
+#endif
 #endif
 #endif
 
