@@ -126,6 +126,48 @@ TEST(TensorStats, MatchBruteForceWithNonFiniteValues) {
     EXPECT_THROW(tensor_stats(Tensor(ints.data(), DType::I64, {3}, "ids")), Error);
 }
 
+// Finite tensors of ordinary magnitude take the vector fast path (debug/tracer.cpp); it must agree
+// with the brute force as the careful loop does: -0.0 counts as |0|, the tail after the last 256-block
+// is included, a chunk with one NaN falls back without spoiling the others, in fp32 and fp64.
+TEST(TensorStats, FastPathMatchesBruteForce) {
+    auto brute = [](const auto& v) {
+        double sum = 0, lo = INFINITY, hi = 0;
+        int64_t bad = 0;
+        for (auto e : v) {
+            if (!std::isfinite(e)) { ++bad; continue; }
+            sum += double(e) * double(e);
+            lo = std::min(lo, double(std::fabs(e)));
+            hi = std::max(hi, double(std::fabs(e)));
+        }
+        return std::tuple{std::sqrt(sum / double(v.size() - bad)), lo, hi, bad};
+    };
+    Rng rng(8);
+    std::vector<float> x(300007);  // 10 chunks of 32k and a tail
+    for (auto& v : x) v = static_cast<float>(rng.normal() * 0.02);
+    for (int64_t i = 0; i < 1000; ++i) x[40000 + i] = 1e-30f;  // a tiny patch: its squares underflow
+    for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 1) {
+            x[777] = -0.0f;  // the smallest magnitude, negative zero
+            x[150001] = std::numeric_limits<float>::quiet_NaN();
+        }
+        const auto [rms, lo, hi, bad] = brute(x);
+        const TensorStats s = tensor_stats(Tensor(x.data(), DType::F32, {static_cast<int64_t>(x.size())}, "x"));
+        EXPECT_EQ(s.nonfinite, bad) << pass;
+        EXPECT_EQ(s.abs_max, hi) << pass;
+        EXPECT_EQ(s.abs_min, lo) << pass;
+        EXPECT_FALSE(std::signbit(s.abs_min)) << pass;
+        EXPECT_NEAR(s.rms, rms, 1e-6 * rms) << pass;
+    }
+    std::vector<double> y(70001);
+    for (auto& v : y) v = rng.normal() * 1e3;
+    const auto [rms, lo, hi, bad] = brute(y);
+    const TensorStats t = tensor_stats(Tensor(y.data(), DType::F64, {static_cast<int64_t>(y.size())}, "y"));
+    EXPECT_EQ(t.nonfinite, 0);
+    EXPECT_EQ(t.abs_max, hi);
+    EXPECT_EQ(t.abs_min, lo);
+    EXPECT_NEAR(t.rms, rms, 1e-12 * rms);
+}
+
 TEST(FrameTracer, RingKeepsExactlyKFrames) {
     std::ostringstream log;
     FrameTracer::Options o = quiet_options(log);
