@@ -27,6 +27,7 @@ Usage:  bench/cpu_step_vs_torch.py [--build build] [--threads 2] [--rounds 3] [-
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -61,13 +62,14 @@ def run_reftrain(build, threads):
 
 
 def run_tracer(build, threads):
-    """Step time with the tracer on / off, from one bench_tracer process (the pair shares its noise)."""
-    report = run_json([os.path.join(build, "bench_tracer"), "--benchmark_format=json",
-                       f"--benchmark_filter=BM_TinyStepTracer/threads:{threads}/"], bench_env(threads))
-    times = {}
-    for b in report["benchmarks"]:
-        times[int(b["name"].split("tracer:")[1].split("/")[0])] = b["real_time"]
-    return times[1] / times[0]
+    """Step time with the tracer on / off, from one bench_tracer process (the pair shares its noise):
+    the ratio from its last line, "tracer overhead, N threads: A ms -> B ms per step, ratio R (...)"."""
+    out = subprocess.run([os.path.join(build, "bench_tracer"), f"--benchmark_filter=BM_TinyStepTracer/threads:{threads}/"],
+                         check=True, capture_output=True, text=True, env=bench_env(threads)).stdout
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines():  # the console reporter's colours off
+        if line.startswith(f"tracer overhead, {threads} thread"):
+            return float(line.split("ratio ")[1].split()[0])
+    raise SystemExit(f"cpu_step_vs_torch: bench_tracer printed no overhead line:\n{out[-2000:]}")
 
 
 # OpenBLAS x86 cores from the newest instruction set down, with the CPU flags each needs (Linux names).
