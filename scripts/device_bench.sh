@@ -4,11 +4,11 @@
 # Run from anywhere on the GPU machine (the repo is its working tree); everything it writes goes under
 # $OUT (default build-device-bench/, git-ignored), at most 8 files:
 #   env.txt          GPU, driver, nvcc, cmake, compiler, python and torch versions
-#   build.log        configure + build of reftrain_cuda_tests bench_gpu_step bench_cpu_step reftrain
+#   build.log        configure + build of reftrain_cuda_tests bench_gpu_step bench_cpu_step bench_tracer reftrain
 #   ctest_gpu.log    ctest -L gpu (every CUDA op and the GPU model against their CPU twins)
 #   gpu_vs_torch.txt / .json   bench/gpu_vs_torch.py: the 135M step against PyTorch eager / compile
 #   cpu_vs_torch.txt bench/cpu_step_vs_torch.py --threads 2: the tiny step against PyTorch eager and torch.compile
-#                    (--sdpa, then --sdpa --compile)
+#                    (both peers in one run; the tracer rounds need bench_tracer)
 #   sanitize.log     compute-sanitizer memcheck (phase sanitize, named only; SANITIZE_FILTER picks the tests)
 #   cli.log          `reftrain train` of the addition job on the GPU in bf16 (phase cli, named only)
 #   summary.txt      each phase's status and the result lines
@@ -295,7 +295,7 @@ elif want build; then
   timeout "$(limit "${BUILD_TIMEOUT:-330}")" bash -c '
     cmake -S . -B "$0" -DCMAKE_BUILD_TYPE=Release -DREFTRAIN_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$1" \
           -DREFTRAIN_PYTHON="$2" "${@:3}" &&
-    cmake --build "$0" -j"'"${JOBS:-16}"'" --target reftrain_cuda_tests bench_gpu_step bench_cpu_step reftrain
+    cmake --build "$0" -j"'"${JOBS:-16}"'" --target reftrain_cuda_tests bench_gpu_step bench_cpu_step bench_tracer reftrain
   ' "$BUILD_DIR" "${CUDA_ARCH:-90}" "$PY" "${launcher[@]}" "${cmake_extra[@]}" > "$OUT/build.log" 2>&1
   rc=$?
   note "build: exit $rc in $(( $(date +%s) - t0 ))s (log build.log)"
