@@ -2,6 +2,9 @@
 #include "debug/report.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -45,8 +48,22 @@ T field(const json& object, const char* key, T fallback) {
     if (!object.is_object()) return fallback;
     const auto it = object.find(key);
     if (it == object.end()) return fallback;
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        // nlohmann converts a float or a large unsigned to an integer with a plain cast, which is undefined
+        // behaviour out of range (fuzz_run_metrics: "examples": 1.8e21); such a value is "odd" too.
+        if (it->is_number_float()) {
+            const double v = it->template get<double>();
+            const bool fits = v >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                              v < static_cast<double>(std::numeric_limits<T>::max());  // max rounds up to 2^k
+            return fits ? static_cast<T>(v) : fallback;
+        }
+        if (it->is_number_unsigned() &&
+            it->template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+            return fallback;
+        }
+    }
     try {
-        return it->get<T>();
+        return it->template get<T>();
     } catch (const json::exception&) {
         return fallback;
     }

@@ -264,6 +264,20 @@ TEST(Report, ExtremeNumbersDrawWithoutOverflowOrHanging) {
     EXPECT_GE(count(page, "<svg class=\"chart\""), 3u);
 }
 
+// Found by the long fuzz campaign (fuzz_run_metrics, 2026-12-04): a test record's "examples" of 1.8e21
+// went through nlohmann's float-to-int64 cast, undefined behaviour (on x86 it printed INT64_MIN). An
+// integer field out of its type's range now shows the fallback, as any other odd value does.
+TEST(Report, IntegerFieldsOutOfRangeShowTheFallback) {
+    for (const json& examples : {json(1.8e21), json(-1e30), json(18446744073709551615ull)}) {
+        const fs::path dir = write_run("int_range", {{{"kind", "test"}, {"step", 5}, {"exact_match", 0.5}, {"examples", examples}},
+                                                     {{"kind", "train"}, {"step", 1}, {"loss", 2.0}}},
+                                       json());
+        const std::string page = render_run_report(dir.string());
+        EXPECT_NE(page.find("on 0 held-out problems at step 5"), std::string::npos) << examples.dump();
+        EXPECT_EQ(page.find("-9223372036854775808"), std::string::npos) << examples.dump();
+    }
+}
+
 TEST(Report, MissingOrBadMetricsAreClearErrors) {
     const fs::path empty = fs::path(testing::scratch_dir("report")) / "empty";
     fs::create_directories(empty);
