@@ -72,6 +72,21 @@ FrameTracer::Options quiet_options(std::ostream& log, const std::string& run_dir
 
 // ---- statistics and the ring -----------------------------------------------------------------------------
 
+// The statistics by brute force in fp64: rms, min and max of |x| over the finite values, and how many
+// are not finite.
+template <class V>
+std::tuple<double, double, double, int64_t> brute_force_stats(const V& values) {
+    double sum = 0, lo = INFINITY, hi = 0;
+    int64_t bad = 0;
+    for (auto e : values) {
+        if (!std::isfinite(e)) { ++bad; continue; }
+        sum += double(e) * double(e);
+        lo = std::min(lo, double(std::fabs(e)));
+        hi = std::max(hi, double(std::fabs(e)));
+    }
+    return {std::sqrt(sum / double(values.size() - bad)), lo, hi, bad};
+}
+
 TEST(TensorStats, MatchBruteForceWithNonFiniteValues) {
     // Large enough for several chunks, with inf, -inf and NaN sprinkled in.
     std::vector<float> x(100003);
@@ -81,20 +96,13 @@ TEST(TensorStats, MatchBruteForceWithNonFiniteValues) {
     x[50000] = -std::numeric_limits<float>::infinity();
     x[99999] = std::numeric_limits<float>::quiet_NaN();
     x[123] = 0.0f;
-    double sum = 0, lo = INFINITY, hi = 0;
-    int64_t bad = 0;
-    for (float v : x) {
-        if (!std::isfinite(v)) { ++bad; continue; }
-        sum += double(v) * double(v);
-        lo = std::min(lo, double(std::fabs(v)));
-        hi = std::max(hi, double(std::fabs(v)));
-    }
+    const auto [rms, lo, hi, bad] = brute_force_stats(x);
     const TensorStats s = tensor_stats(Tensor(x.data(), DType::F32, {static_cast<int64_t>(x.size())}, "x"));
     EXPECT_EQ(s.nonfinite, 3);
     EXPECT_EQ(s.abs_min, 0.0);
     EXPECT_EQ(s.abs_max, hi);
     // Partial sums of 16 squares per lane are fp32 (then fp64 across blocks): 1e-6 relative is the bound.
-    EXPECT_NEAR(s.rms, std::sqrt(sum / double(x.size() - bad)), 1e-6 * s.rms);
+    EXPECT_NEAR(s.rms, rms, 1e-6 * s.rms);
 
     // A small F64 tensor with known values: |x| in {0.5, 2, 4}, rms = sqrt((0.25 + 4 + 16) / 3).
     std::vector<double> y{-0.5, 2.0, 4.0, std::nan("")};
@@ -130,17 +138,6 @@ TEST(TensorStats, MatchBruteForceWithNonFiniteValues) {
 // with the brute force as the careful loop does: -0.0 counts as |0|, the tail after the last 256-block
 // is included, a chunk with one NaN falls back without spoiling the others, in fp32 and fp64.
 TEST(TensorStats, FastPathMatchesBruteForce) {
-    auto brute = [](const auto& v) {
-        double sum = 0, lo = INFINITY, hi = 0;
-        int64_t bad = 0;
-        for (auto e : v) {
-            if (!std::isfinite(e)) { ++bad; continue; }
-            sum += double(e) * double(e);
-            lo = std::min(lo, double(std::fabs(e)));
-            hi = std::max(hi, double(std::fabs(e)));
-        }
-        return std::tuple{std::sqrt(sum / double(v.size() - bad)), lo, hi, bad};
-    };
     Rng rng(8);
     std::vector<float> x(300007);  // 10 chunks of 32k and a tail
     for (auto& v : x) v = static_cast<float>(rng.normal() * 0.02);
@@ -150,7 +147,7 @@ TEST(TensorStats, FastPathMatchesBruteForce) {
             x[777] = -0.0f;  // the smallest magnitude, negative zero
             x[150001] = std::numeric_limits<float>::quiet_NaN();
         }
-        const auto [rms, lo, hi, bad] = brute(x);
+        const auto [rms, lo, hi, bad] = brute_force_stats(x);
         const TensorStats s = tensor_stats(Tensor(x.data(), DType::F32, {static_cast<int64_t>(x.size())}, "x"));
         EXPECT_EQ(s.nonfinite, bad) << pass;
         EXPECT_EQ(s.abs_max, hi) << pass;
@@ -160,7 +157,7 @@ TEST(TensorStats, FastPathMatchesBruteForce) {
     }
     std::vector<double> y(70001);
     for (auto& v : y) v = rng.normal() * 1e3;
-    const auto [rms, lo, hi, bad] = brute(y);
+    const auto [rms, lo, hi, bad] = brute_force_stats(y);
     const TensorStats t = tensor_stats(Tensor(y.data(), DType::F64, {static_cast<int64_t>(y.size())}, "y"));
     EXPECT_EQ(t.nonfinite, 0);
     EXPECT_EQ(t.abs_max, hi);
