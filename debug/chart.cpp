@@ -180,6 +180,10 @@ std::string svg_chart(const ChartSpec& spec) {
         svg << "<line class=\"mark\" x1=\"" << num(px(m.x)) << "\" y1=\"" << num(top) << "\" x2=\"" << num(px(m.x))
             << "\" y2=\"" << num(top + ph) << "\" stroke=\"" << m.color << "\" stroke-dasharray=\"4,3\"><title>"
             << html_escape(m.label) << "</title></line>\n";
+        if (m.show_label) {
+            svg << "<text class=\"mark-label\" x=\"" << num(px(m.x) + 3) << "\" y=\"" << num(top + ph - 4) << "\" fill=\""
+                << m.color << "\">" << html_escape(m.label) << "</text>\n";
+        }
     }
     double legend_x = left + pw;
     std::vector<std::string> legend;

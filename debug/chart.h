@@ -27,6 +27,8 @@ struct ChartMark {
     double x = 0.0;
     std::string label{};
     std::string color = "#d62728";
+    bool show_label = false;    // the label as text beside the line (a chart saved as its own file, where
+                                // no page around it explains the mark), not only as its tooltip
 };
 
 struct ChartSpec {

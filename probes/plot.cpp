@@ -1,4 +1,4 @@
-// probes/plot.cpp — ASCII and SVG line charts (see plot.h).
+// probes/plot.cpp — ASCII and SVG line charts (see plot.h); the SVG is debug/chart.h's.
 #include "probes/plot.h"
 
 #include <algorithm>
@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "debug/chart.h"
 #include "kernels/error.h"
 #include "kernels/safetensors.h"  // write_file_atomically
 
@@ -90,80 +91,28 @@ std::string ascii_chart(const std::vector<Series>& series, const std::string& ti
     return out.str();
 }
 
+// The file is the run report's chart (debug/chart.h) on its own: one line per series against the step
+// (1-based), a series' marker as a labelled mark in its colour.
 void write_svg_chart(const std::string& path, const std::vector<Series>& series, const std::string& title,
                      const std::string& x_label, const std::string& y_label, bool log_y) {
-    const Range r = range_of(series, log_y);
-    const double W = 640, H = 400, left = 70, right = 20, top = 40, bottom = 50;
-    const double pw = W - left - right, ph = H - top - bottom;
-    auto px = [&](size_t i) { return left + (r.steps <= 1 ? 0.0 : pw * double(i) / double(r.steps - 1)); };
-    auto py = [&](double v) { return top + ph * (1.0 - (transform(v, log_y) - r.lo) / (r.hi - r.lo)); };
-    std::ostringstream svg;
-    svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-        << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-    svg << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << title << "</text>\n";
-    svg << "<line x1=\"" << left << "\" y1=\"" << top + ph << "\" x2=\"" << left + pw << "\" y2=\"" << top + ph
-        << "\" stroke=\"black\"/>\n";
-    svg << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << top + ph
-        << "\" stroke=\"black\"/>\n";
-    const auto label = [&](double t) { return format_value(log_y ? std::pow(10.0, t) : t); };
-    for (int k = 0; k <= 4; ++k) {
-        const double t = r.lo + (r.hi - r.lo) * k / 4.0;
-        const double y = top + ph * (1.0 - k / 4.0);
-        svg << "<text x=\"" << left - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">" << label(t) << "</text>\n";
-        svg << "<line x1=\"" << left << "\" y1=\"" << y << "\" x2=\"" << left + pw << "\" y2=\"" << y
-            << "\" stroke=\"#ddd\"/>\n";
-    }
-    svg << "<text x=\"" << left << "\" y=\"" << H - 15 << "\">1</text>\n";
-    svg << "<text x=\"" << left + pw << "\" y=\"" << H - 15 << "\" text-anchor=\"end\">" << r.steps << "</text>\n";
-    svg << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">" << x_label
-        << "</text>\n";
-    svg << "<text x=\"16\" y=\"" << top + ph / 2 << "\" transform=\"rotate(-90 16 " << top + ph / 2
-        << ")\" text-anchor=\"middle\">" << y_label << (log_y ? " (log)" : "") << "</text>\n";
-    double legend_y = top + 14;
+    ChartSpec spec{.title = title, .x_label = x_label, .y_label = y_label, .log_y = log_y};
+    spec.width = 640;
+    spec.height = 400;
     for (const Series& s : series) {
-        std::string points;
-        auto flush = [&] {
-            if (!points.empty()) {
-                svg << "<polyline fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"1.8\" points=\"" << points
-                    << "\"/>\n";
-            }
-            points.clear();
-        };
-        int64_t nonfinite = 0;
+        ChartLine line{.name = s.name, .color = s.color};
         for (size_t i = 0; i < s.values.size(); ++i) {
-            const double v = s.values[i];
-            if (!std::isfinite(v)) {
-                // Marked, not dropped: a "!" in the series' colour on the top edge at that step.
-                flush();
-                ++nonfinite;
-                svg << "<text class=\"nonfinite\" x=\"" << px(i) << "\" y=\"" << top - 4
-                    << "\" text-anchor=\"middle\" font-weight=\"bold\" fill=\"" << s.color << "\">!</text>\n";
-                continue;
-            }
-            if (log_y && v <= 0.0) {
-                flush();
-                continue;
-            }
-            char buf[64];
-            std::snprintf(buf, sizeof buf, "%.1f,%.1f ", px(i), py(v));
-            points += buf;
+            line.x.push_back(static_cast<double>(i + 1));
+            line.y.push_back(s.values[i]);
         }
-        flush();
+        spec.lines.push_back(std::move(line));
         if (s.marker >= 0) {
-            const double x = px(static_cast<size_t>(s.marker));
-            svg << "<line class=\"marker\" x1=\"" << x << "\" y1=\"" << top << "\" x2=\"" << x << "\" y2=\"" << top + ph
-                << "\" stroke=\"" << s.color << "\" stroke-dasharray=\"4,3\"/>\n";
-            svg << "<text x=\"" << x + 3 << "\" y=\"" << top + ph - 4 << "\" fill=\"" << s.color << "\">" << s.marker_label
-                << " (step " << s.marker + 1 << ")</text>\n";
+            spec.marks.push_back(ChartMark{.x = static_cast<double>(s.marker + 1),
+                                           .label = s.marker_label + " (step " + std::to_string(s.marker + 1) + ")",
+                                           .color = s.color,
+                                           .show_label = true});
         }
-        svg << "<text x=\"" << left + pw - 4 << "\" y=\"" << legend_y << "\" text-anchor=\"end\" fill=\"" << s.color
-            << "\">" << s.name
-            << (nonfinite > 0 ? " (! = " + std::to_string(nonfinite) + " non-finite steps)" : std::string()) << "</text>\n";
-        legend_y += 16;
     }
-    svg << "</svg>\n";
-    const std::string text = svg.str();
+    const std::string text = svg_chart(spec);
     write_file_atomically(path, text.data(), text.size());
 }
 

@@ -23,9 +23,9 @@ struct Series {
 std::string ascii_chart(const std::vector<Series>& series, const std::string& title, int width = 60, int height = 12,
                         bool log_y = false);
 
-// Writes an SVG line chart to `path` (atomically). A non-finite point breaks the line and is marked
-// with a "!" on the top edge at its step; the legend counts them. A series' marker is a dashed vertical
-// line in its colour at that step, labelled.
+// Writes an SVG line chart to `path` (atomically), drawn by the run report's svg_chart (debug/chart.h).
+// A non-finite point breaks the line and is marked with a "!" on the top edge at its step; the legend
+// counts them. A series' marker is a dashed vertical line in its colour at that step, labelled.
 void write_svg_chart(const std::string& path, const std::vector<Series>& series, const std::string& title,
                      const std::string& x_label, const std::string& y_label, bool log_y = false);
 

@@ -29,8 +29,8 @@ TEST(Plot, NonFinitePointsAreMarkedInTheSvgAndTheAsciiChart) {
     std::stringstream svg;
     svg << in.rdbuf();
     EXPECT_EQ(count_of(svg.str(), "class=\"nonfinite\""), 2u) << svg.str();
-    EXPECT_NE(svg.str().find("with bug (! = 2 non-finite steps)"), std::string::npos);
-    EXPECT_NE(svg.str().find(">without bug</text>"), std::string::npos) << "a finite series gets no count";
+    EXPECT_NE(svg.str().find(">with bug (2 non-finite: !)<"), std::string::npos) << svg.str();
+    EXPECT_NE(svg.str().find(">without bug<"), std::string::npos) << "a finite series gets no count";
     // The ASCII chart: '!' in the plot area itself (its legend line always explains the mark).
     const std::string ascii = ascii_chart({bad, good}, "loss");
     const std::string body = ascii.substr(0, ascii.find("not finite"));
@@ -53,7 +53,8 @@ TEST(Plot, TheStepWhereADetectorFiredIsMarked) {
     std::ifstream in(path);
     std::stringstream svg;
     svg << in.rdbuf();
-    EXPECT_EQ(count_of(svg.str(), "class=\"marker\""), 1u);
+    EXPECT_EQ(count_of(svg.str(), "class=\"mark\""), 1u) << svg.str();
+    EXPECT_EQ(count_of(svg.str(), "class=\"mark-label\""), 1u) << "the mark is labelled on the chart itself";
     EXPECT_NE(svg.str().find("detector first fired (step 3)"), std::string::npos);
     bad.marker = -1;
     EXPECT_EQ(ascii_chart({bad, good}, "loss").find('^'), std::string::npos);
