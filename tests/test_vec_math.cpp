@@ -1,7 +1,10 @@
-// tests/test_vec_math.cpp — the vectorised fp32 exp (kernels/cpu/vec_math.h): its error against fp64,
-// the special values, and that an element's result does not depend on where it sits in an array.
+// tests/test_vec_math.cpp — kernels/cpu/vec_math.h. The vectorised fp32 exp: its error against fp64,
+// the special values, and that an element's result does not depend on where it sits in an array. The
+// row reductions: accurate for every length, in the documented lane order (so the same bits wherever a
+// row sits), and a maximum that is exact, with NaN rows still NaN after the shift.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -80,6 +83,83 @@ TEST(VecMath, Fp64KeepsTheLibmExp) {
     std::vector<double> x = {-3.5, 0.25, 10.0}, y(3);
     cpu::exp_array(x.data(), y.data(), 3);
     for (int i = 0; i < 3; ++i) EXPECT_EQ(y[i], std::exp(x[i]));
+}
+
+// The documented order, written out plainly: term i into partial sum i % 8, then the fixed tree.
+double documented_lane_sum(const std::vector<double>& terms) {
+    double acc[8] = {};
+    for (size_t i = 0; i < terms.size(); ++i) acc[i % 8] += terms[i];
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+TEST(VecMathReductions, SumsAreAccurateForEveryLengthAndFollowTheDocumentedOrder) {
+    Rng rng(7);
+    for (int64_t n = 0; n <= 300; ++n) {
+        std::vector<float> a(n), b(n), c(n);
+        for (int64_t i = 0; i < n; ++i) {
+            a[i] = static_cast<float>(rng.normal() * 3.0);
+            b[i] = static_cast<float>(rng.normal());
+            c[i] = static_cast<float>(rng.uniform() + 0.5);
+        }
+        std::vector<double> t_sum(n), t_dot(n), t_dot3(n);
+        long double ref_sum = 0, ref_dot = 0, ref_dot3 = 0, mag_sum = 0, mag_dot = 0, mag_dot3 = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            t_sum[i] = a[i];
+            t_dot[i] = static_cast<double>(a[i]) * static_cast<double>(b[i]);
+            t_dot3[i] = static_cast<double>(a[i]) * static_cast<double>(b[i]) * static_cast<double>(c[i]);
+            ref_sum += t_sum[i];
+            ref_dot += t_dot[i];
+            ref_dot3 += t_dot3[i];
+            mag_sum += std::fabs(t_sum[i]);
+            mag_dot += std::fabs(t_dot[i]);
+            mag_dot3 += std::fabs(t_dot3[i]);
+        }
+        const double sum = cpu::sum_f64(a.data(), n), dot = cpu::dot_f64(a.data(), b.data(), n);
+        const double dot3 = cpu::dot3_f64(a.data(), b.data(), c.data(), n);
+        // The classical bound of a summation, n eps sum|term|: a lost tail or a term counted twice is
+        // off by a whole term, far outside it.
+        const double eps = std::numeric_limits<double>::epsilon();
+        EXPECT_LE(std::fabs(sum - static_cast<double>(ref_sum)), (n + 1) * eps * static_cast<double>(mag_sum)) << n;
+        EXPECT_LE(std::fabs(dot - static_cast<double>(ref_dot)), (n + 1) * eps * static_cast<double>(mag_dot)) << n;
+        EXPECT_LE(std::fabs(dot3 - static_cast<double>(ref_dot3)), (n + 1) * eps * static_cast<double>(mag_dot3)) << n;
+        // The exact bits of the documented order (an FMA may fuse a product into its add, so the dot
+        // products are compared to the order up to that last rounding: the plain sum has no product).
+        EXPECT_EQ(sum, documented_lane_sum(t_sum)) << n;
+        EXPECT_NEAR(dot, documented_lane_sum(t_dot), 4 * eps * static_cast<double>(mag_dot)) << n;
+        // The same row at another place in memory gives the same bits.
+        std::vector<float> shifted(n + 5, 9.0f);
+        std::copy(a.begin(), a.end(), shifted.begin() + 5);
+        EXPECT_EQ(cpu::sum_f64(shifted.data() + 5, n), sum) << n;
+    }
+    // fp64 arrays take the same path.
+    const std::vector<double> d = {1e16, 1.0, -1e16, 1.0, 0.5, 0.25, 3.0, -2.0, 7.0};
+    EXPECT_EQ(cpu::sum_f64(d.data(), static_cast<int64_t>(d.size())), documented_lane_sum(d));
+}
+
+TEST(VecMathReductions, MaxIsExactAndANaNRowStaysNaNAfterTheShift) {
+    Rng rng(3);
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    for (int64_t n = 1; n <= 100; ++n) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = static_cast<float>(rng.normal() * 10.0);
+        if (n % 3 == 0) x[rng.below(n)] = -inf;
+        EXPECT_EQ(cpu::max_value(x.data(), n), *std::max_element(x.begin(), x.end())) << n;
+        // A NaN anywhere: whatever the maximum comes out as, the shifted exp's sum is NaN, as the
+        // softmax and the log-sum-exp need.
+        for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+            std::vector<float> y = x;
+            y[at] = nan;
+            float rest = -inf;  // the maximum of the other elements
+            for (int64_t i = 0; i < n; ++i) rest = i != at ? std::max(rest, y[i]) : rest;
+            const float m = cpu::max_value(y.data(), n);
+            EXPECT_TRUE(std::isnan(m) || m == rest) << n << " " << at;
+            for (auto& v : y) v -= m;
+            cpu::exp_array(y.data(), y.data(), n);
+            EXPECT_TRUE(std::isnan(cpu::sum_f64(y.data(), n))) << n << " " << at;
+        }
+    }
+    const std::vector<float> all_neg_inf(20, -inf);
+    EXPECT_EQ(cpu::max_value(all_neg_inf.data(), 20), -inf);
 }
 
 }  // namespace

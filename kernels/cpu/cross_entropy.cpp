@@ -1,7 +1,8 @@
 // kernels/cpu/cross_entropy.cpp — fused softmax + cross-entropy with an ignore index.
 //
 // For each row n with a supervised target y = targets[n] (not kIgnoreIndex):
-//   lse[n]  = log sum_v exp(z[n, v])                     (max-shifted, summed in fp64)
+//   lse[n]  = log sum_v exp(z[n, v])                     (max-shifted, summed in fp64 in vec_math.h's
+//                                                          lane order, chunk by chunk)
 //   loss    = (1 / M) * sum_n (lse[n] - z[n, y])           M = number of supervised rows
 //   dz[n,v] += dloss / M * (exp(z[n, v] - lse[n]) - [v == y])
 // Ignored rows contribute nothing and get no gradient. When M = 0 the mean is undefined: we return
@@ -40,15 +41,14 @@ double forward_impl(const Tensor& logsumexp, const Tensor& logits, const Tensor&
 #pragma omp parallel for schedule(static) reduction(+ : count)
     for (int64_t n = 0; n < N; ++n) {
         const T* row = z + n * V;
-        T max_logit = row[0];
-        for (int64_t v = 1; v < V; ++v) max_logit = row[v] > max_logit ? row[v] : max_logit;
+        const T max_logit = max_value(row, V);
         double sum = 0.0;
         for (int64_t lo = 0; lo < V; lo += kChunk) {  // exp in vectorised chunks, summed in fp64
             const int64_t len = std::min(kChunk, V - lo);
             T e[kChunk];
             for (int64_t v = 0; v < len; ++v) e[v] = row[lo + v] - max_logit;
             exp_array(e, e, len);
-            for (int64_t v = 0; v < len; ++v) sum += static_cast<double>(e[v]);
+            sum += sum_f64(e, len);  // fixed lane order within a chunk
         }
         lse[n] = static_cast<T>(max_logit + std::log(sum));
         if (y[n] != kIgnoreIndex) ++count;

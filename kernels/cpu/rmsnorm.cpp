@@ -1,6 +1,6 @@
 // kernels/cpu/rmsnorm.cpp — RMSNorm (Zhang & Sennrich 2019), as in Qwen3/Llama, no bias, no mean.
 //
-// forward:   r[n] = (mean_c x[n,c]^2 + eps)^(-1/2)        (sum of squares accumulated in fp64)
+// forward:   r[n] = (mean_c x[n,c]^2 + eps)^(-1/2)        (sums in fp64, in vec_math.h's lane order)
 //            y[n,c] = x[n,c] * r[n] * w[c]
 // backward:  with g[c] = dy[n,c] * w[c],
 //            dx[n,c] += r[n] * g[c] - r[n]^3 / C * x[n,c] * sum_k g[k] x[n,k]
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace reftrain::cpu {
 
@@ -28,8 +29,7 @@ void forward_impl(const Tensor& out, const Tensor& rstd, const Tensor& x, const 
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
         const T* row = in + n * C;
-        double sum_squares = 0.0;
-        for (int64_t c = 0; c < C; ++c) sum_squares += static_cast<double>(row[c]) * row[c];
+        const double sum_squares = dot_f64(row, row, C);  // fixed lane order (kernels/cpu/vec_math.h)
         const T inv_rms = static_cast<T>(1.0 / std::sqrt(sum_squares / C + eps));
         r[n] = inv_rms;
         for (int64_t c = 0; c < C; ++c) o[n * C + c] = (row[c] * inv_rms) * w[c];
@@ -50,8 +50,7 @@ void backward_impl(const Tensor& dx, const Tensor& dweight, const Tensor& dout, 
         for (int64_t n = 0; n < N; ++n) {
             const T* row = in + n * C;
             const T* grow = dy + n * C;
-            double dot = 0.0;  // sum_k dy[k] w[k] x[k]
-            for (int64_t c = 0; c < C; ++c) dot += static_cast<double>(grow[c]) * w[c] * row[c];
+            const double dot = dot3_f64(grow, w, row, C);  // sum_k dy[k] w[k] x[k]
             const T rn = r[n];
             const T coeff = static_cast<T>(static_cast<double>(rn) * rn * rn * dot / C);
             for (int64_t c = 0; c < C; ++c) dxp[n * C + c] += rn * (grow[c] * w[c]) - coeff * row[c];
