@@ -419,5 +419,65 @@ TEST(OpsBehaviour, ResultsDoNotDependOnThreadCount) {
     for (int64_t c = 0; c < C; ++c) EXPECT_EQ(dw1.values[c], dw2.values[c]);
 }
 
+// The linear layer runs its products in chunks spread over the threads (kernels/cpu/matmul.cpp):
+// shapes with one chunk, with chunks of rows, and with chunks of columns (few rows, many features), for
+// the forward, dx and dW. In fp64 every chunked product equals the textbook sums; in fp32 the bits are
+// the same at 1 to 4 threads (3 threads share the chunks unevenly).
+TEST(OpsBehaviour, LinearChunksAreExactAndTheirBitsDoNotDependOnThreadCount) {
+    struct Shape { int64_t N, IC, OC; };
+    for (const Shape s : {Shape{100, 24, 40}, Shape{300, 17, 70}, Shape{1100, 48, 200}, Shape{1030, 200, 48},
+                          Shape{64, 300, 700}, Shape{500, 2000, 100}}) {
+        Rng rng(static_cast<uint64_t>(s.N + s.IC));
+        Buffer x("x", {s.N, s.IC}), w("w", {s.OC, s.IC}), dy("dy", {s.N, s.OC});
+        x.randomize(rng); w.randomize(rng); dy.randomize(rng);
+        Buffer y("y", {s.N, s.OC}), dx("dx", {s.N, s.IC}, 0.5), dw("dw", {s.OC, s.IC}, 0.25);
+        cpu::linear_forward(y, x, w);
+        cpu::linear_backward(dx, dw, dy, x, w);
+        double worst = 0.0;
+        for (int64_t n = 0; n < s.N; ++n) {
+            for (int64_t o = 0; o < s.OC; ++o) {
+                double want = 0.0;
+                for (int64_t i = 0; i < s.IC; ++i) want += x.values[n * s.IC + i] * w.values[o * s.IC + i];
+                worst = std::max(worst, std::fabs(y.values[n * s.OC + o] - want) / (1.0 + std::fabs(want)));
+            }
+            for (int64_t i = 0; i < s.IC; ++i) {
+                double want = 0.5;
+                for (int64_t o = 0; o < s.OC; ++o) want += dy.values[n * s.OC + o] * w.values[o * s.IC + i];
+                worst = std::max(worst, std::fabs(dx.values[n * s.IC + i] - want) / (1.0 + std::fabs(want)));
+            }
+        }
+        for (int64_t o = 0; o < s.OC; ++o) {
+            for (int64_t i = 0; i < s.IC; ++i) {
+                double want = 0.25;
+                for (int64_t n = 0; n < s.N; ++n) want += dy.values[n * s.OC + o] * x.values[n * s.IC + i];
+                worst = std::max(worst, std::fabs(dw.values[o * s.IC + i] - want) / (1.0 + std::fabs(want)));
+            }
+        }
+        EXPECT_LT(worst, 1e-12) << s.N << "x" << s.IC << "x" << s.OC;
+
+        auto run_f32 = [&](int threads) {
+            omp_set_num_threads(threads);
+            std::vector<float> xf(x.values.begin(), x.values.end()), wf(w.values.begin(), w.values.end());
+            std::vector<float> dyf(dy.values.begin(), dy.values.end()), out(s.N * s.OC), dxf(s.N * s.IC, 0.5f);
+            std::vector<float> dwf(s.OC * s.IC, 0.25f);
+            const Tensor xt(xf.data(), DType::F32, {s.N, s.IC}, "x"), wt(wf.data(), DType::F32, {s.OC, s.IC}, "w");
+            const Tensor dyt(dyf.data(), DType::F32, {s.N, s.OC}, "dy"), yt(out.data(), DType::F32, {s.N, s.OC}, "y");
+            const Tensor dxt(dxf.data(), DType::F32, {s.N, s.IC}, "dx"), dwt(dwf.data(), DType::F32, {s.OC, s.IC}, "dw");
+            cpu::linear_forward(yt, xt, wt);
+            cpu::linear_backward(dxt, dwt, dyt, xt, wt);
+            out.insert(out.end(), dxf.begin(), dxf.end());
+            out.insert(out.end(), dwf.begin(), dwf.end());
+            return out;
+        };
+        const std::vector<float> one = run_f32(1);
+        for (int threads : {2, 3, 4}) {
+            const std::vector<float> other = run_f32(threads);
+            EXPECT_EQ(std::memcmp(one.data(), other.data(), one.size() * sizeof(float)), 0)
+                << s.N << "x" << s.IC << "x" << s.OC << " at " << threads << " threads";
+        }
+        omp_set_num_threads(omp_get_num_procs());
+    }
+}
+
 }  // namespace
 }  // namespace reftrain
