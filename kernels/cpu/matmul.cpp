@@ -6,7 +6,7 @@
 //             dW (OC, IC) += dout^T (OC, N) @ x       sgemm(Trans, NoTrans, beta = 1)
 // beta = 1 is what makes the backward accumulate (see the conventions in ops.h).
 //
-// Each product runs as a fixed number of chunks, each one single-threaded GEMM, the chunks spread over
+// Each product runs as 1, 2, 4 or 8 chunks, each one single-threaded GEMM, the chunks spread over
 // the threads (chunked_gemm below: the token rows for the forward and dx, dW's rows for dW; columns
 // when there are too few rows). Two reasons:
 //   speed   OpenBLAS threads one GEMM by cutting it into panels and synchronising its threads after
@@ -29,14 +29,22 @@ namespace reftrain::cpu {
 
 namespace {
 
-// C (M, N) = op(A) op(B) + beta C as chunks of C: up to 8 chunks of its rows when it has at least
-// 2 * min_rows of them, else up to 8 of its columns (from 64 each), else one chunk. Every chunk runs
-// inside the parallel region, a single chunk too, so that OpenBLAS never threads a call.
+// The largest of 1, 2, 4, 8 that is at most n / unit: a count that 2 or 4 threads share evenly (3
+// chunks on 2 threads would leave one thread idle for a third of the product).
+int64_t power_of_two_chunks(int64_t n, int64_t unit) {
+    int64_t chunks = 1;
+    while (chunks < 8 && 2 * chunks * unit <= n) chunks *= 2;
+    return chunks;
+}
+
+// C (M, N) = op(A) op(B) + beta C as chunks of C: of its rows when it has at least 2 * min_rows of
+// them, else of its columns (from 64 each), else one chunk. Every chunk runs inside the parallel
+// region, a single chunk too, so that OpenBLAS never threads a call.
 template <class T>
 void chunked_gemm(int64_t min_rows, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                   const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
     const bool by_rows = M >= 2 * min_rows;
-    const int64_t chunks = by_rows ? std::min<int64_t>(M / min_rows, 8) : std::clamp<int64_t>(N / 64, 1, 8);
+    const int64_t chunks = by_rows ? power_of_two_chunks(M, min_rows) : power_of_two_chunks(N, 64);
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
         if (by_rows) {
