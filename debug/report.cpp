@@ -2,17 +2,17 @@
 #include "debug/report.h"
 
 #include <algorithm>
-#include <cstdint>
-#include <type_traits>
-#include <limits>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <type_traits>
 
 #include "debug/chart.h"
 #include "debug/run_diff.h"

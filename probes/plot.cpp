@@ -95,9 +95,7 @@ std::string ascii_chart(const std::vector<Series>& series, const std::string& ti
 // (1-based), a series' marker as a labelled mark in its colour.
 void write_svg_chart(const std::string& path, const std::vector<Series>& series, const std::string& title,
                      const std::string& x_label, const std::string& y_label, bool log_y) {
-    ChartSpec spec{.title = title, .x_label = x_label, .y_label = y_label, .log_y = log_y};
-    spec.width = 640;
-    spec.height = 400;
+    ChartSpec spec{.title = title, .x_label = x_label, .y_label = y_label, .log_y = log_y, .width = 640, .height = 400};
     for (const Series& s : series) {
         ChartLine line{.name = s.name, .color = s.color};
         for (size_t i = 0; i < s.values.size(); ++i) {

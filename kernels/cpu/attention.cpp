@@ -114,55 +114,56 @@ void backward_impl(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
     const int64_t B = q.dim(0), Tn = q.dim(1), Hq = q.dim(2), D = q.dim(3), Hkv = k.dim(2);
     const int64_t group = Hq / Hkv;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
-#pragma omp parallel
-    {
-        // dP, then turned into dS in place: one scratch per thread, zeroed once. Every head writes the
-        // same positions (the causal blocks do not depend on the head), so the positions no head writes
-        // stay zero for all the heads this thread takes.
-        std::vector<T> dS(Tn * Tn);
-#pragma omp for collapse(2) schedule(static)
-        for (int64_t b = 0; b < B; ++b) {
-            for (int64_t g = 0; g < Hkv; ++g) {
-                const T* kg = k.ptr<T>() + (b * Tn * Hkv + g) * D;
-                const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
-                for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-                    const T* qh = q.ptr<T>() + (b * Tn * Hq + h) * D;
-                    const T* doh = dout.ptr<T>() + (b * Tn * Hq + h) * D;
-                    const T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;
-                    for (int64_t r0 = 0; r0 < Tn; r0 += kRows) {
-                        const int64_t r1 = std::min(Tn, r0 + kRows), rows = r1 - r0, cols = visible_columns(r1, Tn);
-                        T* dSb = dS.data() + r0 * Tn;
-                        gemm(false, true, rows, cols, D, T(1), doh + r0 * Hq * D, Hq * D, vg, Hkv * D, T(0), dSb, Tn);  // dP = dO V^T
-                        for (int64_t t = r0; t < r1; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
-                            const T* p = P + t * Tn;
-                            T* row = dS.data() + t * Tn;
-                            const int64_t last = last_visible(t, Tn);
-                            const T w = static_cast<T>(dot_f64(p, row, last + 1));  // fp64, fixed lane order
-                            for (int64_t s = 0; s <= last; ++s) row[s] = p[s] * (row[s] - w);
-                            for (int64_t s = last + 1; s < cols; ++s) row[s] = 0;
-                        }
-                        if (dq.data) {  // dQ += scale dS K
-                            T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
-                            gemm(false, false, rows, D, cols, scale, dSb, Tn, kg, Hkv * D, T(1), dqh + r0 * Hq * D, Hq * D);
-                        }
-                    }
-                    // dK and dV by blocks of keys: key block [c0, c1) gets contributions from rows t >= the
-                    // first row that sees c0; P and dS are exact zeros wherever a row cannot see a key.
-                    for (int64_t c0 = 0; c0 < Tn; c0 += kRows) {
-                        const int64_t c1 = std::min(Tn, c0 + kRows), keys = c1 - c0, t0 = first_row_seeing(c0, Tn);
-                        if (dk.data) {  // dK += scale dS^T Q
-                            T* dkg = dk.ptr<T>() + (b * Tn * Hkv + g) * D;
-                            gemm(true, false, keys, D, Tn - t0, scale, dS.data() + t0 * Tn + c0, Tn, qh + t0 * Hq * D,
-                                 Hq * D, T(1), dkg + c0 * Hkv * D, Hkv * D);
-                        }
-                        if (dv.data) {  // dV += P^T dO
-                            T* dvg = dv.ptr<T>() + (b * Tn * Hkv + g) * D;
-                            gemm(true, false, keys, D, Tn - t0, T(1), P + t0 * Tn + c0, Tn, doh + t0 * Hq * D, Hq * D, T(1),
-                                 dvg + c0 * Hkv * D, Hkv * D);
-                        }
-                    }
+    // The gradients of KV head g of batch row b, from its query heads. dS is the caller's (T, T) scratch:
+    // dP, then turned into dS in place. Every head writes the same positions of it (the causal blocks
+    // do not depend on the head), so the positions no head writes stay zero from the first zeroing.
+    auto kv_head = [&](int64_t b, int64_t g, T* dS) {
+        const T* kg = k.ptr<T>() + (b * Tn * Hkv + g) * D;
+        const T* vg = v.ptr<T>() + (b * Tn * Hkv + g) * D;
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+            const T* qh = q.ptr<T>() + (b * Tn * Hq + h) * D;
+            const T* doh = dout.ptr<T>() + (b * Tn * Hq + h) * D;
+            const T* P = probs.ptr<T>() + (b * Hq + h) * Tn * Tn;
+            for (int64_t r0 = 0; r0 < Tn; r0 += kRows) {
+                const int64_t r1 = std::min(Tn, r0 + kRows), rows = r1 - r0, cols = visible_columns(r1, Tn);
+                T* dSb = dS + r0 * Tn;
+                gemm(false, true, rows, cols, D, T(1), doh + r0 * Hq * D, Hq * D, vg, Hkv * D, T(0), dSb, Tn);  // dP = dO V^T
+                for (int64_t t = r0; t < r1; ++t) {  // softmax Jacobian: dS = P (dP - rowsum(P dP))
+                    const T* p = P + t * Tn;
+                    T* row = dS + t * Tn;
+                    const int64_t last = last_visible(t, Tn);
+                    const T w = static_cast<T>(dot_f64(p, row, last + 1));  // fp64, fixed lane order
+                    for (int64_t s = 0; s <= last; ++s) row[s] = p[s] * (row[s] - w);
+                    for (int64_t s = last + 1; s < cols; ++s) row[s] = 0;
+                }
+                if (dq.data) {  // dQ += scale dS K
+                    T* dqh = dq.ptr<T>() + (b * Tn * Hq + h) * D;
+                    gemm(false, false, rows, D, cols, scale, dSb, Tn, kg, Hkv * D, T(1), dqh + r0 * Hq * D, Hq * D);
                 }
             }
+            // dK and dV by blocks of keys: key block [c0, c1) gets contributions from rows t >= the
+            // first row that sees c0; P and dS are exact zeros wherever a row cannot see a key.
+            for (int64_t c0 = 0; c0 < Tn; c0 += kRows) {
+                const int64_t c1 = std::min(Tn, c0 + kRows), keys = c1 - c0, t0 = first_row_seeing(c0, Tn);
+                if (dk.data) {  // dK += scale dS^T Q
+                    T* dkg = dk.ptr<T>() + (b * Tn * Hkv + g) * D;
+                    gemm(true, false, keys, D, Tn - t0, scale, dS + t0 * Tn + c0, Tn, qh + t0 * Hq * D,
+                         Hq * D, T(1), dkg + c0 * Hkv * D, Hkv * D);
+                }
+                if (dv.data) {  // dV += P^T dO
+                    T* dvg = dv.ptr<T>() + (b * Tn * Hkv + g) * D;
+                    gemm(true, false, keys, D, Tn - t0, T(1), P + t0 * Tn + c0, Tn, doh + t0 * Hq * D, Hq * D, T(1),
+                         dvg + c0 * Hkv * D, Hkv * D);
+                }
+            }
+        }
+    };
+#pragma omp parallel
+    {
+        std::vector<T> dS(Tn * Tn);  // one scratch per thread, zeroed once (see kv_head)
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < B; ++b) {
+            for (int64_t g = 0; g < Hkv; ++g) kv_head(b, g, dS.data());
         }
     }
 }
